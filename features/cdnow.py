@@ -1,0 +1,41 @@
+"""The real CDNOW master log that ships inside the ``lifetimes`` wheel, in our canonical schema.
+
+CDNOW (Fader, Hardie & Lee 2005): 69,659 orders by 23,570 customers who first bought in
+1997-Q1, observed 1997-01-01..1998-06-30. The file has a header line, CRLF line ends,
+2,068 duplicate customer-days and 80 zero-value orders; it has no order id.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import pandas as pd
+
+OBSERVATION_END = pd.Timestamp("1998-06-30")
+CALIBRATION_END = pd.Timestamp("1997-09-30")  # end of week 39, the published calibration period
+
+
+def master_path() -> Path:
+    """Path of ``CDNOW_master.txt`` inside the installed lifetimes package."""
+    return Path(str(files("lifetimes") / "datasets" / "CDNOW_master.txt"))
+
+
+def read_master() -> pd.DataFrame:
+    """The master log as a DataFrame: customer_id (str), timestamp, amount, number_of_cds."""
+    raw = pd.read_csv(master_path(), sep=r"\s+", dtype={"customer_id": str, "date": str})
+    return pd.DataFrame({
+        "customer_id": raw["customer_id"],
+        "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d"),
+        "amount": raw["dollar_value"].astype(float),
+        "number_of_cds": raw["number_of_cds"].astype(int),
+    })
+
+
+def write_master(out_dir: str | Path) -> Path:
+    """Write the master log as ``transactions.csv`` (ISO dates) under ``out_dir``; returns the path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "transactions.csv"
+    read_master().to_csv(path, index=False, date_format="%Y-%m-%d")
+    return path

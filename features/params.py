@@ -1,0 +1,59 @@
+"""Parameters of the feature build: the part of the configuration that features/ reads."""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, Field, field_validator
+
+EVENT_TYPES = (
+    "session",
+    "product_view",
+    "cart_add",
+    "email_send",
+    "email_open",
+    "email_click",
+    "return",
+    "review",
+    "referral",
+    "support_ticket",
+    "nps",
+)
+
+_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class StageRules(BaseModel):
+    """Thresholds of the lifecycle-stage rules (see docs/data.md, 'Lifecycle stages')."""
+
+    high_intent_events: list[str] = Field(default_factory=lambda: ["product_view", "cart_add"])
+    consideration_min_sessions: int = Field(3, ge=1)
+    advocacy_min_purchases: int = Field(5, ge=2, description="purchase days that make a repeat buyer an advocate")
+    advocacy_segments: list[str] = Field(default_factory=lambda: ["Champions"])
+    advocacy_events: list[str] = Field(default_factory=lambda: ["referral", "review"])
+    advocacy_min_nps: float = Field(9, ge=0, le=10)
+
+
+class FeatureParams(BaseModel):
+    """Everything the feature SQL depends on besides the data and the as-of date."""
+
+    event_types: list[str] = Field(default_factory=lambda: list(EVENT_TYPES))
+    windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
+    trend_window_days: int = Field(90, ge=7)
+    churn_horizon_days: int = Field(90, ge=1)
+    stages: StageRules = Field(default_factory=StageRules)
+
+    @field_validator("event_types")
+    @classmethod
+    def _identifiers(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _IDENTIFIER.match(v)]
+        if bad:
+            raise ValueError(f"event types must be lower_snake_case identifiers, got {bad}")
+        return value
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("windows_days must be a non-empty list of positive day counts")
+        return sorted(set(value))

@@ -1,0 +1,286 @@
+"""Reading and validating the input tables through DuckDB.
+
+Each table (transactions, events, customers) comes from a CSV or Parquet file or glob, or from a
+pandas DataFrame (the API path). Columns are mapped from the user's names to ours, values are
+parsed, and every row either becomes a valid row or a reject with exactly one reason. Nothing is
+dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report`` says so.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from features.errors import LifecycleError
+
+# Canonical schema: our column name -> (required, kind).
+SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
+    "transactions": {
+        "customer_id": (True, "id"),
+        "timestamp": (True, "timestamp"),
+        "amount": (True, "amount"),
+        "order_id": (False, "key"),
+    },
+    "events": {
+        "customer_id": (True, "id"),
+        "timestamp": (True, "timestamp"),
+        "event_type": (True, "label"),
+        "value": (False, "number"),
+    },
+    "customers": {
+        "customer_id": (True, "id"),
+        "signup_date": (False, "timestamp"),
+        "acquisition_channel": (False, "label"),
+        "acquisition_cost": (False, "amount"),
+    },
+}
+
+_SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
+             "amount": "DOUBLE", "number": "DOUBLE"}
+
+
+class TableSource(BaseModel):
+    """Where one input table lives and how its columns map onto ours."""
+
+    path: str | None = Field(None, description="CSV or Parquet file, or a glob of them")
+    columns: dict[str, str] = Field(default_factory=dict, description="our column name -> your column name")
+    timestamp_format: str | None = Field(None, description="strptime format when timestamps are not ISO 8601")
+
+
+@dataclass
+class TableReport:
+    """Row accounting of one input table."""
+
+    rows: int
+    valid: int
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class Dataset:
+    """Validated input tables registered as DuckDB views ``transactions``, ``events``, ``customers``.
+
+    Empty views stand in for tables that were not given, so the feature SQL never branches on
+    which tables exist. ``rejects`` is a view of every rejected row with its reason and raw record.
+    """
+
+    con: duckdb.DuckDBPyConnection
+    report: dict[str, TableReport]
+
+    def date_range(self) -> tuple[datetime | None, datetime | None]:
+        """First and last valid transaction timestamp."""
+        return self.con.execute("SELECT min(timestamp), max(timestamp) FROM transactions").fetchall()[0]
+
+    def customers_count(self) -> int:
+        return self.con.execute("SELECT count(DISTINCT customer_id) FROM transactions").fetchall()[0][0]
+
+    def write_rejects(self, path: str | Path) -> int:
+        """Write every rejected row (table, source_row, reason, raw record as JSON); returns the count."""
+        total = sum(r.rejected_total for r in self.report.values())
+        if total:
+            _copy(self.con, "SELECT * FROM rejects ORDER BY input_table, source_row", path)
+        return total
+
+
+def connect(memory_limit: str | None = None, temp_directory: str | Path | None = None,
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection set up for bounded-memory, UTC work."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    if temp_directory:
+        Path(temp_directory).mkdir(parents=True, exist_ok=True)
+        con.execute(f"SET temp_directory = '{Path(temp_directory).resolve()}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    return con
+
+
+def load(
+    con: duckdb.DuckDBPyConnection,
+    sources: Mapping[str, TableSource | pd.DataFrame | None],
+    now: datetime,
+    future_tolerance_days: int = 1,
+) -> Dataset:
+    """Register, map and validate the input tables; ``transactions`` is required.
+
+    Timestamps later than ``now + future_tolerance_days`` are rejected as far-future; rows after
+    an as-of date are *not* rejected here (the feature build just does not read them).
+    """
+    if sources.get("transactions") is None:
+        raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
+    future_limit = now + timedelta(days=future_tolerance_days)
+    report: dict[str, TableReport] = {}
+    reject_views = []
+    for table, schema in SCHEMAS.items():
+        source = sources.get(table)
+        if isinstance(source, TableSource) and source.path is None:
+            source = None
+        if source is None:
+            _empty_view(con, table, schema)
+            continue
+        raw = _raw_relation(con, table, source)
+        mapping = source.columns if isinstance(source, TableSource) else {}
+        fmt = source.timestamp_format if isinstance(source, TableSource) else None
+        _checked_view(con, table, schema, raw, mapping, fmt, future_limit)
+        report[table] = _count(con, table)
+        if report[table].valid == 0:
+            raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
+        reject_views.append(
+            f"SELECT '{table}' AS input_table, source_row, reason, to_json(raw) AS record "
+            f"FROM {table}_checked WHERE reason IS NOT NULL"
+        )
+    con.execute("CREATE OR REPLACE TEMP VIEW rejects AS " + " UNION ALL ".join(reject_views))
+    return Dataset(con, report)
+
+
+def _describe(report: TableReport) -> str:
+    reasons = ", ".join(f"{n} {reason}" for reason, n in report.rejected.items())
+    return f"{report.rows} rows, {report.rejected_total} rejected" + (f": {reasons}" if reasons else "")
+
+
+def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSource | pd.DataFrame) -> str:
+    """Register the user's table as view ``{table}_raw`` and return its name."""
+    name = f"{table}_raw"
+    if isinstance(source, pd.DataFrame):
+        con.register(f"{name}_frame", source)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {name}_frame")
+        return name
+    path = source.path
+    files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
+    if not files or not all(Path(f).is_file() for f in files):
+        raise LifecycleError(f"{table}: no file matches {path!r}")
+    suffixes = {Path(f).suffix.lower() for f in files}
+    quoted = "[" + ", ".join(_literal(f) for f in files) + "]"
+    if suffixes <= {".parquet", ".pq"}:
+        reader = f"read_parquet({quoted}, union_by_name = true)"
+    elif suffixes <= {".csv", ".txt", ".tsv"}:
+        reader = f"read_csv({quoted}, all_varchar = true, header = true, union_by_name = true)"
+    else:
+        raise LifecycleError(f"{table}: {path!r} is neither CSV nor Parquet (by extension)")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {reader}")
+    except duckdb.Error as exc:
+        raise LifecycleError(f"{table}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+    return name
+
+
+def _checked_view(con, table, schema, raw, mapping, fmt, future_limit) -> None:
+    """Create ``{table}_checked`` (every row, parsed, with a reason or NULL) and ``{table}`` (valid rows)."""
+    available = {name: dtype for name, dtype in zip(*_columns(con, raw), strict=True)}
+    unknown = set(mapping) - set(schema)
+    if unknown:
+        raise LifecycleError(f"{table}: column map names unknown columns {sorted(unknown)}; ours are {list(schema)}")
+    parsed, checks = [], []
+    for ours, (required, kind) in schema.items():
+        theirs = mapping.get(ours, ours)
+        if theirs not in available:
+            if required:
+                raise LifecycleError(
+                    f"{table}: column {theirs!r} (for {ours}) not found; the file has {sorted(available)}"
+                    + ("" if ours in mapping else f"; map yours with inputs.{table}.columns.{ours}")
+                )
+            parsed.append(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {ours}")
+            continue
+        column = f"raw.{_ident(theirs)}"
+        text = f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
+        value, column_checks = _parse(ours, kind, column, text, available[theirs], fmt, required, future_limit)
+        parsed.append(f"{value} AS {ours}")
+        checks.extend(column_checks)
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in checks) + " END"
+    key = {"transactions": "order_id", "customers": "customer_id"}.get(table)
+    duplicate = ""
+    if key:
+        duplicate = (
+            f"CASE WHEN reason IS NULL AND {key} IS NOT NULL AND row_number() OVER "
+            f"(PARTITION BY {key}, reason IS NULL ORDER BY source_row) > 1 THEN 'repeated {key}' "
+            "ELSE reason END AS "
+        )
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW {table}_checked AS
+        WITH numbered AS (SELECT row_number() OVER () AS source_row, raw FROM {raw} AS raw),
+        parsed AS (SELECT source_row, raw, {", ".join(parsed)} FROM numbered)
+        SELECT * EXCLUDE (reason), {duplicate}reason
+        FROM (SELECT *, {reason} AS reason FROM parsed)
+    """)
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_checked "
+        "WHERE reason IS NULL"
+    )
+
+
+def _parse(ours, kind, column, text, dtype, fmt, required, future_limit):
+    """SQL for one parsed column and the (condition, reason) checks it adds, in order."""
+    checks = []
+    if kind == "id":
+        return text, [(f"{text} IS NULL", f"missing {ours}")]
+    if kind in ("key", "label"):
+        value = f"lower({text})" if kind == "label" else text
+        return value, ([(f"{text} IS NULL", f"missing {ours}")] if required else [])
+    if kind == "timestamp":
+        if dtype.startswith(("TIMESTAMP", "DATE")):
+            value = f"CAST({column} AS TIMESTAMP)"
+        elif fmt:
+            value = f"try_strptime({text}, {_literal(fmt)})"
+        else:
+            value = f"try_cast({text} AS TIMESTAMP)"
+        if required:
+            checks.append((f"{text} IS NULL", f"missing {ours}"))
+        checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
+        checks.append((f"{value} > TIMESTAMP '{future_limit:%Y-%m-%d %H:%M:%S}'", f"{ours} in the future"))
+        return value, checks
+    # amount / number
+    value = f"try_cast({text} AS DOUBLE)" if dtype == "VARCHAR" else f"CAST({column} AS DOUBLE)"
+    if required:
+        checks.append((f"{text} IS NULL", f"missing {ours}"))
+    checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
+    checks.append((f"isnan({value}) OR isinf({value})", f"{ours} is not a finite number"))
+    if kind == "amount":
+        checks.append((f"{value} < 0", f"negative {ours}"))
+    return value, checks
+
+
+def _count(con, table: str) -> TableReport:
+    rows = con.execute(f"SELECT reason, count(*) FROM {table}_checked GROUP BY reason ORDER BY 2 DESC").fetchall()
+    rejected = {reason: n for reason, n in rows if reason is not None}
+    valid = sum(n for reason, n in rows if reason is None)
+    return TableReport(rows=valid + sum(rejected.values()), valid=valid, rejected=rejected)
+
+
+def _empty_view(con, table: str, schema) -> None:
+    cols = ", ".join(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {name}" for name, (_, kind) in schema.items())
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {cols} WHERE false")
+
+
+def _columns(con, relation: str) -> tuple[list[str], list[str]]:
+    described = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return [row[0] for row in described], [row[1] for row in described]
+
+
+def _copy(con, query: str, path: str | Path) -> None:
+    """Write a query's result to Parquet or CSV, chosen by the file extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "PARQUET" if path.suffix.lower() in (".parquet", ".pq") else "CSV, HEADER"
+    con.execute(f"COPY ({query}) TO {_literal(str(path))} (FORMAT {fmt})")
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
