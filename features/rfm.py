@@ -1,0 +1,54 @@
+"""RFM quintile scores and named segments.
+
+Scores are 1-5 from quintile edges *learned at fit time* on the buyers of the training population
+(``FeatureBuilder.rfm_edges_``), so a customer scored alone, in a batch chunk or in a Spark
+partition gets the same score as in the full table. A value's score is 1 + the number of edges
+strictly below it (ties share a score); recency is reversed (recent = 5).
+
+Segments follow the widely used R x FM grid, where FM = round-half-up((F + M) / 2).
+"""
+
+from __future__ import annotations
+
+QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+# (segment, R score range, FM score range), checked in this order; covers all 25 cells.
+SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
+    ("Champions", (5, 5), (4, 5)),
+    ("Loyal", (3, 4), (4, 5)),
+    ("Potential loyalist", (4, 5), (2, 3)),
+    ("New", (5, 5), (1, 1)),
+    ("Promising", (4, 4), (1, 1)),
+    ("Need attention", (3, 3), (3, 3)),
+    ("About to sleep", (3, 3), (1, 2)),
+    ("Can't lose", (1, 2), (5, 5)),
+    ("At risk", (1, 2), (3, 4)),
+    ("Lost", (1, 1), (1, 1)),
+    ("Hibernating", (1, 2), (1, 2)),
+)
+
+# The RFM measure behind each score, as a column of the base feature table.
+MEASURES = {"r": "recency_days", "f": "orders", "m": "total_spend"}
+
+
+def segment_of(r: int, fm: int) -> str:
+    """The segment name for an R score and an FM score."""
+    for name, (r_lo, r_hi), (fm_lo, fm_hi) in SEGMENTS:
+        if r_lo <= r <= r_hi and fm_lo <= fm <= fm_hi:
+            return name
+    raise ValueError(f"scores out of range: r={r}, fm={fm}")
+
+
+def score_sql(column: str, edges: list[float], reverse: bool = False) -> str:
+    """SQL for the 1-5 score of ``column`` given four ascending quintile edges."""
+    below = " + ".join(f"CAST({column} > {float(edge)!r} AS INTEGER)" for edge in edges)
+    return f"(6 - (1 + {below}))" if reverse else f"(1 + {below})"
+
+
+def segment_sql(r: str, fm: str) -> str:
+    """SQL CASE naming the segment of R score ``r`` and FM score ``fm``."""
+    whens = " ".join(
+        f"WHEN {r} BETWEEN {r_lo} AND {r_hi} AND {fm} BETWEEN {fm_lo} AND {fm_hi} THEN '{name.replace(chr(39), chr(39) * 2)}'"
+        for name, (r_lo, r_hi), (fm_lo, fm_hi) in SEGMENTS
+    )
+    return f"CASE {whens} END"
