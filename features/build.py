@@ -15,7 +15,7 @@ import duckdb
 
 from features import rfm
 from features.errors import LifecycleError
-from features.params import FeatureParams
+from features.params import FeatureParams, StageRules
 from features.sources import Dataset
 
 STAGES = ("awareness", "consideration", "conversion", "retention", "advocacy")
@@ -28,8 +28,11 @@ class FeatureBuilder:
     is kept on the object, so a fitted builder scores one customer or a billion identically.
     """
 
-    def __init__(self, params: FeatureParams | None = None):
+    def __init__(self, params: FeatureParams | None = None, stages: StageRules | None = None,
+                 churn_horizon_days: int = 90):
         self.params = params or FeatureParams()
+        self.stages = stages or StageRules()
+        self.churn_horizon_days = churn_horizon_days
         self.rfm_edges_: dict[str, list[float]] | None = None
 
     def fit(self, data: Dataset, as_of: date) -> Self:
@@ -53,7 +56,7 @@ class FeatureBuilder:
         """The full feature query at ``as_of``."""
         if self.rfm_edges_ is None:
             raise LifecycleError("FeatureBuilder is not fitted: call fit() first")
-        e, p = self.rfm_edges_, self.params.stages
+        e, p = self.rfm_edges_, self.stages
         r = rfm.score_sql("recency_days", e["r"], reverse=True)
         f = rfm.score_sql("orders", e["f"])
         m = rfm.score_sql("total_spend", e["m"])
@@ -88,7 +91,7 @@ class FeatureBuilder:
         staged AS (SELECT *, {stage} AS stage FROM segmented)
         SELECT * EXCLUDE (sessions, high_intent_events, advocacy_events),
             {rank} AS stage_rank,
-            coalesce(recency_days > {self.params.churn_horizon_days}, false) AS lapsed,
+            coalesce(recency_days > {self.churn_horizon_days}, false) AS lapsed,
             {following} AS next_stage
         FROM staged
         ORDER BY customer_id
@@ -194,8 +197,8 @@ class FeatureBuilder:
         engagement AS (
             SELECT customer_id, {counts}, {since}{per_type},
                 count(*) FILTER (WHERE event_type = 'session') AS sessions,
-                count(*) FILTER (WHERE event_type IN ({_list(p.stages.high_intent_events)})) AS high_intent_events,
-                count(*) FILTER (WHERE event_type IN ({_list(p.stages.advocacy_events)})) AS advocacy_events,
+                count(*) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})) AS high_intent_events,
+                count(*) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})) AS advocacy_events,
                 arg_max(value, timestamp) FILTER (WHERE event_type = 'nps' AND value IS NOT NULL) AS latest_nps
             FROM ev GROUP BY customer_id
         ),

@@ -35,13 +35,11 @@ class StageRules(BaseModel):
 
 
 class FeatureParams(BaseModel):
-    """Everything the feature SQL depends on besides the data and the as-of date."""
+    """Which engagement features to build and over which windows."""
 
     event_types: list[str] = Field(default_factory=lambda: list(EVENT_TYPES))
     windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90, 365])
-    trend_window_days: int = Field(90, ge=7)
-    churn_horizon_days: int = Field(90, ge=1)
-    stages: StageRules = Field(default_factory=StageRules)
+    trend_window_days: int = Field(90, ge=7, description="recent window of the spend and order-rate trends")
 
     @field_validator("event_types")
     @classmethod

@@ -89,7 +89,7 @@ class Dataset:
         """Write every rejected row (table, source_row, reason, raw record as JSON); returns the count."""
         total = sum(r.rejected_total for r in self.report.values())
         if total:
-            _copy(self.con, "SELECT * FROM rejects ORDER BY input_table, source_row", path)
+            write_query(self.con, "SELECT * FROM rejects ORDER BY input_table, source_row", path)
         return total
 
 
@@ -270,7 +270,7 @@ def _columns(con, relation: str) -> tuple[list[str], list[str]]:
     return [row[0] for row in described], [row[1] for row in described]
 
 
-def _copy(con, query: str, path: str | Path) -> None:
+def write_query(con: duckdb.DuckDBPyConnection, query: str, path: str | Path) -> None:
     """Write a query's result to Parquet or CSV, chosen by the file extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,180 @@
+"""The ``lifecycle`` command line."""
+
+from __future__ import annotations
+
+import sys
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from features import cdnow
+from features.errors import LifecycleError
+from features.simulator import SimulationParams, simulate
+from features.sources import TableSource
+from lifecycle.config import Settings, load_settings
+from lifecycle.pipeline import FeatureRun, build_features
+
+console = Console()
+app = typer.Typer(
+    help="Predict churn, lifecycle stage and customer lifetime value from an online shop's order log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+data_app = typer.Typer(help="Write the datasets the project ships or makes.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (default: ./lifecycle.toml if present).",
+                 exists=False, dir_okay=False),
+]
+
+
+@app.callback()
+def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
+    ctx.obj = config
+
+
+def _settings(ctx: typer.Context, **overrides) -> Settings:
+    return load_settings(ctx.obj, **overrides)
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the effective configuration (file + environment + defaults) as TOML.
+
+    Example: [bold]LIFECYCLE_CHURN_HORIZON_DAYS=60 lifecycle config show[/bold]
+    """
+    console.print(_settings(ctx).to_toml(), markup=False, highlight=False)
+
+
+@data_app.command("cdnow")
+def data_cdnow(
+    out: Annotated[Path, typer.Option(help="Folder to write transactions.csv into.")] = Path("data/cdnow"),
+) -> None:
+    """Write the real CDNOW master log (ships inside lifetimes) in our canonical schema.
+
+    Example: [bold]lifecycle data cdnow --out data/cdnow[/bold]
+    """
+    path = cdnow.write_master(out)
+    console.print(f"wrote [bold]{path}[/bold]: 69,659 orders of 23,570 customers, 1997-01-01..1998-06-30")
+
+
+@data_app.command("simulate")
+def data_simulate(
+    out: Annotated[Path, typer.Option(help="Folder to write the tables and the ground truth into.")],
+    customers: Annotated[int, typer.Option(min=1, help="Number of customers (buyers and prospects).")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 0,
+    days: Annotated[int, typer.Option(min=30, help="Length of the observation window in days.")] = 730,
+    start: Annotated[str, typer.Option(help="First day of the window.")] = "2024-01-01",
+    events: Annotated[bool, typer.Option(help="Also simulate engagement events.")] = True,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Simulate a shop with known ground truth (BG/NBD purchases, Gamma-Gamma spend, engagement events).
+
+    Example: [bold]lifecycle data simulate --customers 100000 --seed 7 --out data/sim[/bold]
+    """
+    if fmt not in ("parquet", "csv"):
+        raise LifecycleError(f"--format must be parquet or csv, not {fmt!r}")
+    try:
+        start_date = date.fromisoformat(start)
+    except ValueError:
+        raise LifecycleError(f"--start must be a date like 2024-01-01, not {start!r}") from None
+    with console.status(f"simulating {customers:,} customers..."):
+        sim = simulate(SimulationParams(customers=customers, seed=seed, days=days, start=str(start_date),
+                                        events=events))
+        paths = sim.write(out, fmt)
+    table = Table("table", "rows", "file", title=f"simulated shop (seed {seed}), {start_date}..{sim.end.date()}")
+    for name, path in paths.items():
+        table.add_row(name, f"{len(getattr(sim, name)):,}", str(path))
+    console.print(table)
+    console.print(f"ground truth parameters: {out / 'truth.json'} (see docs/simulator.md)")
+
+
+@app.command()
+def features(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv; rejects go next to it.")],
+    transactions: Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")] = None,
+    events: Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")] = None,
+    customers: Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")] = None,
+    as_of: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: last order day).")] = None,
+) -> None:
+    """Build one row of point-in-time features per customer and write it to a file.
+
+    Inputs and column maps come from the configuration; flags override the paths.
+
+    Example: [bold]lifecycle features --transactions data/cdnow/transactions.csv --out out/features.parquet[/bold]
+    """
+    settings = _settings(ctx, as_of=as_of.date() if as_of else None)
+    for name, path in (("transactions", transactions), ("events", events), ("customers", customers)):
+        if path is not None:
+            source: TableSource = getattr(settings.inputs, name)
+            setattr(settings.inputs, name, source.model_copy(update={"path": path}))
+    with console.status("validating inputs and building features..."):
+        run = build_features(settings, out)
+    _print_run(run)
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The main job on the real CDNOW data: export it, build features as of 1998-06-30, summarise.
+
+    Example: [bold]lifecycle demo[/bold]
+    """
+    settings = _settings(ctx)
+    with console.status("writing the CDNOW master log..."):
+        path = cdnow.write_master(settings.state_dir / "data" / "cdnow")
+    settings.inputs.transactions = TableSource(path=str(path))
+    settings.as_of = cdnow.OBSERVATION_END.date()
+    with console.status("validating inputs and building features..."):
+        run = build_features(settings, settings.state_dir / "output" / "cdnow_features.parquet")
+    _print_run(run)
+    btyd = run.data.con.execute(
+        f"SELECT avg(frequency), avg(recency), avg(T), avg(monetary_value), count(*) FILTER (WHERE frequency > 0) "
+        f"FROM '{run.out}' WHERE orders > 0"
+    ).fetchall()[0]
+    console.print(
+        f"BTYD summary (days): mean frequency {btyd[0]:.3f}, recency {btyd[1]:.1f}, T {btyd[2]:.1f}, "
+        f"monetary {btyd[3]:.2f}; {btyd[4]:,} repeat buyers"
+    )
+
+
+def _print_run(run: FeatureRun) -> None:
+    inputs = Table("input", "rows", "valid", "rejected", "reasons", title="inputs")
+    for name, report in run.data.report.items():
+        reasons = ", ".join(f"{reason}: {n:,}" for reason, n in report.rejected.items()) or "-"
+        inputs.add_row(name, f"{report.rows:,}", f"{report.valid:,}", f"{report.rejected_total:,}", reasons)
+    console.print(inputs)
+    if run.rows_after_as_of:
+        console.print(f"{run.rows_after_as_of:,} valid orders fall after the as-of date and were not read")
+    stages = Table("stage", "customers", title=f"lifecycle stages as of {run.as_of}")
+    for stage, n in run.stages:
+        stages.add_row(stage, f"{n:,}")
+    segments = Table("RFM segment", "customers", "avg total spend", title="RFM segments (buyers)")
+    for segment, n, spend in run.segments:
+        segments.add_row(segment, f"{n:,}", f"{spend:,.2f}")
+    console.print(stages, segments)
+    console.print(f"wrote [bold]{run.out}[/bold]: {run.customers:,} customers in {run.seconds:.1f} s")
+    if run.rejects:
+        console.print(f"rejected rows with reasons: [bold]{run.rejects}[/bold]")
+
+
+def main() -> None:
+    """Entry point: user mistakes end with one clear line and exit code 2, never a traceback."""
+    try:
+        app()
+    except LifecycleError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)
+    except duckdb.Error as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {str(exc).splitlines()[0]}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,100 @@
+"""The one typed configuration: ``lifecycle.toml`` plus ``LIFECYCLE_*`` environment overrides.
+
+Precedence, highest first: command-line flags, environment (``LIFECYCLE_CHURN_HORIZON_DAYS=60``,
+nested keys with ``__``: ``LIFECYCLE_INPUTS__TRANSACTIONS__PATH=orders.parquet``), the TOML file
+(``./lifecycle.toml``, or the file named by ``--config`` / ``LIFECYCLE_CONFIG``), then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, ClassVar
+
+import tomli_w
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from features.build import FeatureBuilder
+from features.errors import LifecycleError
+from features.params import FeatureParams, StageRules
+from features.sources import TableSource
+
+DEFAULT_CONFIG = Path("lifecycle.toml")
+
+
+class Inputs(BaseModel):
+    """Where the input tables are and how their columns map onto ours."""
+
+    transactions: TableSource = Field(default_factory=TableSource)
+    events: TableSource = Field(default_factory=TableSource)
+    customers: TableSource = Field(default_factory=TableSource)
+
+
+class DuckDBSettings(BaseModel):
+    """Resources for the embedded DuckDB engine (None: DuckDB's defaults)."""
+
+    memory_limit: str | None = Field(None, description="e.g. '2GB'; spills to the state folder beyond it")
+    threads: int | None = Field(None, ge=1)
+
+
+class Settings(BaseSettings):
+    """The effective configuration of one command."""
+
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_", env_nested_delimiter="__", extra="forbid")
+
+    state_dir: Path = Field(Path(".lifecycle"), description="local state: data, outputs, MLflow, BentoML home")
+    as_of: date | None = Field(None, description="score as of this date (default: the last transaction day)")
+    clv_horizon_days: int = Field(365, ge=1)
+    churn_horizon_days: int = Field(90, ge=1)
+    annual_discount_rate: float = Field(0.10, ge=0, lt=1)
+    future_tolerance_days: int = Field(1, ge=0, description="timestamps later than now + this are rejected")
+    inputs: Inputs = Field(default_factory=Inputs)
+    features: FeatureParams = Field(default_factory=FeatureParams)
+    stages: StageRules = Field(default_factory=StageRules)
+    duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
+
+    toml_file: ClassVar[Path | None] = None  # set by load_settings before construction
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
+        return tuple(sources)
+
+    def feature_builder(self) -> FeatureBuilder:
+        """An unfitted feature builder configured by these settings."""
+        return FeatureBuilder(self.features, self.stages, self.churn_horizon_days)
+
+    def to_toml(self) -> str:
+        """The effective configuration as TOML (unset optional values left out)."""
+        return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Read the configuration file (if any) and the environment; ``overrides`` win over both."""
+    path = config or (Path(os.environ["LIFECYCLE_CONFIG"]) if os.environ.get("LIFECYCLE_CONFIG") else None)
+    if path is not None and not path.is_file():
+        raise LifecycleError(f"config file {str(path)!r} not found")
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    Settings.toml_file = path
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LifecycleError(f"invalid configuration{where}: {problems}") from None
+    except ValueError as exc:  # malformed TOML
+        raise LifecycleError(f"cannot read {path}: {exc}") from None
+    settings.state_dir = settings.state_dir.expanduser().resolve()
+    return settings
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value

@@ -1,0 +1,68 @@
+"""Jobs the CLI runs, wiring configuration to the feature builders."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+from features.build import FeatureBuilder
+from features.sources import Dataset, connect, load, write_query
+from lifecycle.config import Settings
+
+
+@dataclass
+class FeatureRun:
+    """What one feature build read, wrote and found."""
+
+    data: Dataset
+    builder: FeatureBuilder
+    as_of: date
+    out: Path
+    rejects: Path | None
+    customers: int
+    rows_after_as_of: int
+    stages: list[tuple[str, int]]
+    segments: list[tuple[str, int, float]]
+    seconds: float
+
+
+def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
+    """Load and validate the configured input tables into a fresh DuckDB connection."""
+    con = connect(settings.duckdb.memory_limit, settings.state_dir / "duckdb_tmp", settings.duckdb.threads)
+    inputs = settings.inputs
+    return load(
+        con,
+        {"transactions": inputs.transactions, "events": inputs.events, "customers": inputs.customers},
+        now=now or datetime.now(UTC).replace(tzinfo=None),
+        future_tolerance_days=settings.future_tolerance_days,
+    )
+
+
+def build_features(settings: Settings, out: Path) -> FeatureRun:
+    """Build the feature table at the configured as-of date and write it (and the rejects) to ``out``."""
+    started = time.perf_counter()
+    data = open_dataset(settings)
+    as_of = settings.as_of or data.date_range()[1].date()
+    builder = settings.feature_builder().fit(data, as_of)
+    out = Path(out)
+    write_query(data.con, builder.sql(as_of), out)
+    rejects = out.with_name(f"{out.stem}.rejects{out.suffix}")
+    rejects.unlink(missing_ok=True)
+    written = data.write_rejects(rejects)
+    con = data.con
+    source = f"'{out}'"
+    stages = con.execute(f"SELECT stage, count(*) FROM {source} GROUP BY ALL ORDER BY min(stage_rank)").fetchall()
+    segments = con.execute(
+        f"SELECT rfm_segment, count(*), avg(total_spend) FROM {source} WHERE rfm_segment IS NOT NULL "
+        "GROUP BY ALL ORDER BY 2 DESC"
+    ).fetchall()
+    after = con.execute(
+        f"SELECT count(*) FROM transactions WHERE timestamp >= DATE '{as_of}' + 1"
+    ).fetchall()[0][0]
+    return FeatureRun(
+        data=data, builder=builder, as_of=as_of, out=out, rejects=rejects if written else None,
+        customers=sum(n for _, n in stages), rows_after_as_of=after, stages=stages, segments=segments,
+        seconds=time.perf_counter() - started,
+    )
