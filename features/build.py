@@ -9,6 +9,7 @@ docs/features.md.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from itertools import pairwise
 from typing import Self
 
 import duckdb
@@ -20,12 +21,20 @@ from features.sources import Dataset
 
 STAGES = ("awareness", "consideration", "conversion", "retention", "advocacy")
 
+# The per-customer aggregates behind the RFM measures, shared by fit() and the feature query.
+_RFM_AGGREGATES = {"last_day": "max(day)", "orders": "count(*)", "total_spend": "sum(amount)"}
+
+# Event counts behind the engagement rates (all history before the cutoff).
+_RATE_EVENTS = ("email_send", "email_open", "email_click", "cart_add", "return", "review", "referral")
+
 
 class FeatureBuilder:
-    """Builds the customer feature table; ``fit`` learns the population-relative parts.
+    """Builds the customer feature table; ``fit`` learns what is relative to the training data.
 
-    What it learns (``rfm_edges_``: quintile edges of recency, orders and spend over the buyers)
-    is kept on the object, so a fitted builder scores one customer or a billion identically.
+    Learned state, kept on the object so a fitted builder scores one customer or a billion the
+    same way: ``rfm_edges_`` (quintile edges of recency, orders and spend over the buyers) and
+    which optional tables the training data had (``has_events_``, ``has_customers_``), which
+    fixes the output schema: engagement and acquisition features exist only if their table did.
     """
 
     def __init__(self, params: FeatureParams | None = None, stages: StageRules | None = None,
@@ -34,18 +43,26 @@ class FeatureBuilder:
         self.stages = stages or StageRules()
         self.churn_horizon_days = churn_horizon_days
         self.rfm_edges_: dict[str, list[float]] | None = None
+        self.has_events_ = False
+        self.has_customers_ = False
 
     def fit(self, data: Dataset, as_of: date) -> Self:
-        """Learn RFM quintile edges from the buyers in the population at ``as_of``."""
+        """Learn the RFM quintile edges from the buyers at ``as_of`` and the feature schema."""
+        self.has_events_ = "events" in data.report
+        self.has_customers_ = "customers" in data.report
         measures = ", ".join(
             f"quantile_cont({column}, {list(rfm.QUANTILES)}) AS {score}" for score, column in rfm.MEASURES.items()
         )
-        rows = data.con.execute(
-            f"WITH base AS ({self._base_sql(as_of)}) SELECT count(*), {measures} FROM base WHERE orders > 0"
-        ).fetchall()[0]
+        aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
+        rows = data.con.execute(f"""
+            WITH tx AS ({_orders_sql(as_of)}),
+            buyers AS (SELECT {aggregates} FROM tx GROUP BY customer_id)
+            SELECT count(*), {measures} FROM (SELECT *, DATE '{as_of}' - last_day AS recency_days FROM buyers)
+        """).fetchall()[0]
         if rows[0] < 5:
-            raise LifecycleError(f"only {rows[0]} customers bought on or before {as_of}; need at least 5")
-        self.rfm_edges_ = {score: [float(v) for v in edges] for score, edges in zip(rfm.MEASURES, rows[1:])}
+            raise LifecycleError(f"only {rows[0]} customers bought by {as_of}; need at least 5 to fit")
+        edges = zip(rfm.MEASURES, rows[1:], strict=True)
+        self.rfm_edges_ = {score: [float(v) for v in values] for score, values in edges}
         return self
 
     def transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
@@ -63,23 +80,23 @@ class FeatureBuilder:
         advocacy = " OR ".join([
             f"purchase_days >= {p.advocacy_min_purchases}",
             f"rfm_segment IN ({_list(p.advocacy_segments)})",
-            "advocacy_events > 0",
-            f"coalesce(latest_nps >= {p.advocacy_min_nps}, false)",
+            "_advocacy_events > 0",
+            f"coalesce(_latest_nps >= {p.advocacy_min_nps}, false)",
         ])
         stage = (
             f"CASE WHEN purchase_days >= 2 AND ({advocacy}) THEN 'advocacy' "
             "WHEN purchase_days >= 2 THEN 'retention' WHEN purchase_days = 1 THEN 'conversion' "
-            f"WHEN high_intent_events > 0 OR sessions >= {p.consideration_min_sessions} THEN 'consideration' "
+            f"WHEN _high_intent_events > 0 OR _sessions >= {p.consideration_min_sessions} THEN 'consideration' "
             "ELSE 'awareness' END"
         )
         rank = "CASE stage " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES)) + " END"
         following = "CASE stage " + " ".join(
-            f"WHEN '{s}' THEN '{n}'" for s, n in zip(STAGES, STAGES[1:], strict=False)
+            f"WHEN '{s}' THEN '{n}'" for s, n in pairwise(STAGES)
         ) + " END"
         return f"""
         WITH base AS ({self._base_sql(as_of)}),
         scored AS (
-            SELECT base.*,
+            SELECT *,
                 CASE WHEN orders > 0 THEN {r} END AS r_score,
                 CASE WHEN orders > 0 THEN {f} END AS f_score,
                 CASE WHEN orders > 0 THEN {m} END AS m_score
@@ -89,12 +106,11 @@ class FeatureBuilder:
             SELECT *, {rfm.segment_sql("r_score", "((f_score + m_score + 1) // 2)")} AS rfm_segment FROM scored
         ),
         staged AS (SELECT *, {stage} AS stage FROM segmented)
-        SELECT * EXCLUDE (sessions, high_intent_events, advocacy_events),
+        SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps),
             {rank} AS stage_rank,
             coalesce(recency_days > {self.churn_horizon_days}, false) AS lapsed,
             {following} AS next_stage
         FROM staged
-        ORDER BY customer_id
         """
 
     def labels(self, data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:
@@ -109,7 +125,7 @@ class FeatureBuilder:
         if last is None or last.date() < end:
             raise LifecycleError(
                 f"labels over {horizon_days} days after {as_of} need data through {end}; "
-                f"transactions end {last:%Y-%m-%d}" if last else "no transactions"
+                + (f"transactions end {last:%Y-%m-%d}" if last else "there are no transactions")
             )
         return data.con.sql(f"""
             WITH now AS ({self.sql(as_of)}), later AS ({self.sql(end)}),
@@ -127,110 +143,126 @@ class FeatureBuilder:
                 CASE WHEN now.stage_rank < {len(STAGES) - 1} THEN later.stage_rank > now.stage_rank END
                     AS reached_next_stage
             FROM now LEFT JOIN later USING (customer_id) LEFT JOIN window_tx AS w USING (customer_id)
-            ORDER BY now.customer_id
         """)
 
     def _base_sql(self, as_of: date) -> str:
-        """Every feature that needs no fitted state, one row per known customer at ``as_of``."""
-        p = self.params
-        cutoff = f"TIMESTAMP '{as_of + timedelta(days=1)}'"
+        """Every feature that needs no fitted edges, one row per known customer at ``as_of``."""
+        day = f"DATE '{as_of}'"
+        ctes = [f"tx AS ({_orders_sql(as_of)})", self._orders_cte(as_of)]
+        columns = [self._order_columns(as_of)]
+        joins = []
+        population = ["SELECT customer_id FROM per_customer"]
+        if self.has_events_:
+            ctes.append(self._events_cte(as_of))
+            columns.append(self._event_columns())
+            joins.append("LEFT JOIN engagement AS en USING (customer_id)")
+            population.append("SELECT customer_id FROM engagement")
+            helpers = ("coalesce(en.sessions, 0)", "coalesce(en.high_intent_events, 0)",
+                       "coalesce(en.advocacy_events, 0)", "en.latest_nps")
+        else:
+            helpers = ("0", "0", "0", "CAST(NULL AS DOUBLE)")
+        if self.has_customers_:
+            ctes.append(
+                "known AS (SELECT customer_id, signup_date, acquisition_channel, acquisition_cost FROM customers "
+                f"WHERE signup_date IS NULL OR signup_date < TIMESTAMP '{as_of + timedelta(days=1)}')"
+            )
+            columns.append(f"{day} - CAST(k.signup_date AS DATE) AS days_since_signup, "
+                           "k.acquisition_channel, k.acquisition_cost")
+            joins.append("LEFT JOIN known AS k USING (customer_id)")
+            population.append("SELECT customer_id FROM known")
+        columns.append(", ".join(f"{sql} AS {name}" for sql, name in zip(
+            helpers, ("_sessions", "_high_intent_events", "_advocacy_events", "_latest_nps"), strict=True)))
+        if joins:  # customers known from events or the customer table too
+            ctes.append(f"population AS ({' UNION '.join(population)})")
+            source = "population LEFT JOIN per_customer AS d USING (customer_id) " + " ".join(joins)
+        else:
+            source = "per_customer AS d"
+        return f"""
+        WITH {", ".join(ctes)}
+        SELECT customer_id, {day} AS as_of, {", ".join(columns)}
+        FROM {source}
+        """
+
+    def _orders_cte(self, as_of: date) -> str:
+        """``per_customer``: BTYD summary and order behaviour from one ordered pass over the orders."""
+        day = f"DATE '{as_of}'"
+        window = self.params.trend_window_days
+        rfm_aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
+        return f"""
+        ordered AS (
+            SELECT customer_id, day, amount,
+                first_value(day) OVER w AS first_day,
+                day - lag(day) OVER w AS step,
+                CAST(date_trunc('week', day) AS DATE) AS week,
+                CAST(date_trunc('week', day) AS DATE) - CAST(date_trunc('week', lag(day) OVER w) AS DATE) AS week_step
+            FROM tx WINDOW w AS (PARTITION BY customer_id ORDER BY day)
+        ),
+        per_customer AS (
+            SELECT customer_id, {rfm_aggregates}, min(day) AS first_day,
+                1 + count(*) FILTER (WHERE step > 0) AS purchase_days,
+                1 + count(*) FILTER (WHERE week_step > 0) AS weeks,
+                min(week) AS first_week, max(week) AS last_week,
+                fsum(amount) FILTER (WHERE day > first_day) AS repeat_spend,
+                fsum(amount) FILTER (WHERE week > CAST(date_trunc('week', first_day) AS DATE)) AS repeat_week_spend,
+                sum(amount) FILTER (WHERE day = first_day) AS first_order_value,
+                stddev_samp(amount) AS spend_std,
+                avg(step) FILTER (WHERE step > 0) AS mean_days_between,
+                stddev_samp(step) FILTER (WHERE step > 0) AS std_days_between,
+                count(*) FILTER (WHERE day > {day} - {window}) AS orders_recent,
+                coalesce(sum(amount) FILTER (WHERE day > {day} - {window}), 0.0) AS spend_recent
+            FROM ordered GROUP BY customer_id
+        )"""
+
+    def _order_columns(self, as_of: date) -> str:
         day = f"DATE '{as_of}'"
         week = f"DATE '{as_of - timedelta(days=as_of.weekday())}'"
-        window = p.trend_window_days
-        counts = ", ".join(
-            f"count(*) FILTER (WHERE event_type = '{t}' AND day > {day} - {w}) AS {t}_{w}d"
-            for t in p.event_types for w in p.windows_days
-        )
-        since = ", ".join(
-            f"{day} - max(day) FILTER (WHERE event_type = '{t}') AS days_since_{t}" for t in p.event_types
-        )
-        per_type = "".join(
-            f", count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in
-            ("session", "email_send", "email_open", "email_click", "cart_add", "return", "review", "referral")
-        )
+        window = self.params.trend_window_days
+        earlier_days = f"nullif(({day} - {window}) - d.first_day + 1, 0)"
         return f"""
-        WITH tx AS (
-            SELECT customer_id, CAST(timestamp AS DATE) AS day, amount
-            FROM transactions WHERE timestamp < {cutoff}
-        ),
-        tx_days AS (
-            SELECT customer_id, day, {_sum('amount')} AS amount, count(*) AS orders
-            FROM tx GROUP BY customer_id, day
-        ),
-        ranked_days AS (
-            SELECT *, row_number() OVER w AS k, day - lag(day) OVER w AS gap
-            FROM tx_days WINDOW w AS (PARTITION BY customer_id ORDER BY day)
-        ),
-        daily AS (
-            SELECT customer_id,
-                count(*) AS purchase_days, CAST(sum(orders) AS BIGINT) AS orders,
-                min(day) AS first_day, max(day) AS last_day,
-                coalesce({_sum('amount', 'k > 1')} / count(*) FILTER (WHERE k > 1), 0.0)
-                    AS monetary_value,
-                fsum(amount) AS total_spend,
-                fsum(amount) FILTER (WHERE k = 1) AS first_order_value,
-                avg(gap) AS mean_days_between, stddev_samp(gap) AS std_days_between,
-                CAST(coalesce(sum(orders) FILTER (WHERE day > {day} - {window}), 0) AS BIGINT) AS orders_recent,
-                coalesce(fsum(amount) FILTER (WHERE day > {day} - {window}), 0.0) AS spend_recent
-            FROM ranked_days GROUP BY customer_id
-        ),
-        order_spread AS (
-            SELECT customer_id, stddev_samp(amount) AS spend_std FROM tx GROUP BY customer_id
-        ),
-        tx_weeks AS (
-            SELECT customer_id, week, amount, row_number() OVER (PARTITION BY customer_id ORDER BY week) AS k
-            FROM (SELECT customer_id, CAST(date_trunc('week', day) AS DATE) AS week, {_sum('amount')} AS amount
-                  FROM tx GROUP BY customer_id, week)
-        ),
-        weekly AS (
-            SELECT customer_id, count(*) - 1.0 AS frequency_weeks,
-                (max(week) - min(week)) / 7.0 AS recency_weeks,
-                ({week} - min(week)) / 7.0 AS T_weeks,
-                coalesce({_sum('amount', 'k > 1')} / count(*) FILTER (WHERE k > 1), 0.0)
-                    AS monetary_value_weeks
-            FROM tx_weeks GROUP BY customer_id
-        ),
-        ev AS (
-            SELECT customer_id, CAST(timestamp AS DATE) AS day, timestamp, event_type, value
-            FROM events WHERE timestamp < {cutoff}
-        ),
-        engagement AS (
-            SELECT customer_id, {counts}, {since}{per_type},
-                count(*) FILTER (WHERE event_type = 'session') AS sessions,
-                count(*) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})) AS high_intent_events,
-                count(*) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})) AS advocacy_events,
-                arg_max(value, timestamp) FILTER (WHERE event_type = 'nps' AND value IS NOT NULL) AS latest_nps
-            FROM ev GROUP BY customer_id
-        ),
-        known AS (
-            SELECT customer_id, signup_date, acquisition_channel, acquisition_cost
-            FROM customers WHERE signup_date IS NULL OR signup_date < {cutoff}
-        ),
-        population AS (
-            SELECT customer_id FROM daily UNION SELECT customer_id FROM engagement
-            UNION SELECT customer_id FROM known
-        )
-        SELECT
-            population.customer_id, {day} AS as_of,
             CAST(d.purchase_days - 1 AS DOUBLE) AS frequency,
             CAST(d.last_day - d.first_day AS DOUBLE) AS recency,
             CAST({day} - d.first_day AS DOUBLE) AS T,
-            d.monetary_value,
-            wk.frequency_weeks, wk.recency_weeks, wk.T_weeks, wk.monetary_value_weeks,
+            coalesce(d.repeat_spend / nullif(d.purchase_days - 1, 0), 0.0) AS monetary_value,
+            CAST(d.weeks - 1 AS DOUBLE) AS frequency_weeks,
+            (d.last_week - d.first_week) / 7.0 AS recency_weeks,
+            ({week} - d.first_week) / 7.0 AS T_weeks,
+            coalesce(d.repeat_week_spend / nullif(d.weeks - 1, 0), 0.0) AS monetary_value_weeks,
             {day} - d.last_day AS recency_days,
             coalesce(d.orders, 0) AS orders,
             coalesce(d.purchase_days, 0) AS purchase_days,
             coalesce(d.total_spend, 0.0) AS total_spend,
             d.total_spend / d.orders AS avg_order_value,
             {day} - d.first_day AS tenure_days,
-            d.first_order_value, os.spend_std, d.mean_days_between, d.std_days_between,
+            d.first_order_value, d.spend_std, d.mean_days_between, d.std_days_between,
             coalesce(d.orders_recent, 0) AS orders_recent,
-            30.0 * (d.orders_recent / {window}
-                - (d.orders - d.orders_recent) / nullif(({day} - {window}) - d.first_day + 1, 0))
-                AS order_rate_trend,
-            30.0 * (d.spend_recent / {window}
-                - (d.total_spend - d.spend_recent) / nullif(({day} - {window}) - d.first_day + 1, 0))
-                AS spend_trend,
+            30.0 * (d.orders_recent / {window} - (d.orders - d.orders_recent) / {earlier_days}) AS order_rate_trend,
+            30.0 * (d.spend_recent / {window} - (d.total_spend - d.spend_recent) / {earlier_days}) AS spend_trend"""
+
+    def _events_cte(self, as_of: date) -> str:
+        """``engagement``: per event type, windowed counts and recency; the counts behind the rates."""
+        p, day = self.params, f"DATE '{as_of}'"
+        counts = ", ".join(
+            f"count(*) FILTER (WHERE event_type = '{t}' AND day > {day} - {w}) AS {t}_{w}d"
+            for t in p.event_types for w in p.windows_days
+        )
+        since = ", ".join(f"{day} - max(day) FILTER (WHERE event_type = '{t}') AS days_since_{t}"
+                          for t in p.event_types)
+        totals = ", ".join(f"count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in _RATE_EVENTS)
+        return f"""
+        engagement AS (
+            SELECT customer_id, {counts}, {since}, {totals},
+                count(*) FILTER (WHERE event_type = 'session') AS sessions,
+                count(*) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})) AS high_intent_events,
+                count(*) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})) AS advocacy_events,
+                arg_max(value, timestamp) FILTER (WHERE event_type = 'nps' AND value IS NOT NULL) AS latest_nps
+            FROM (SELECT *, CAST(timestamp AS DATE) AS day FROM events
+                  WHERE timestamp < TIMESTAMP '{as_of + timedelta(days=1)}')
+            GROUP BY customer_id
+        )"""
+
+    def _event_columns(self) -> str:
+        p = self.params
+        return f"""
             {", ".join(f"coalesce(en.{t}_{w}d, 0) AS {t}_{w}d" for t in p.event_types for w in p.windows_days)},
             {", ".join(f"en.days_since_{t}" for t in p.event_types)},
             en.n_email_open / nullif(en.n_email_send, 0) AS email_open_rate,
@@ -238,29 +270,15 @@ class FeatureBuilder:
             d.orders / nullif(en.n_cart_add, 0) AS cart_to_order_rate,
             coalesce(en.n_return, 0) / nullif(d.orders, 0) AS return_rate,
             coalesce(en.n_review, 0) AS reviews, coalesce(en.n_referral, 0) AS referrals,
-            en.latest_nps,
-            {day} - CAST(k.signup_date AS DATE) AS days_since_signup,
-            k.acquisition_channel, k.acquisition_cost,
-            coalesce(en.sessions, 0) AS sessions,
-            coalesce(en.high_intent_events, 0) AS high_intent_events,
-            coalesce(en.advocacy_events, 0) AS advocacy_events
-        FROM population
-        LEFT JOIN daily AS d USING (customer_id)
-        LEFT JOIN weekly AS wk USING (customer_id)
-        LEFT JOIN order_spread AS os USING (customer_id)
-        LEFT JOIN engagement AS en USING (customer_id)
-        LEFT JOIN known AS k USING (customer_id)
-        """
+            en.latest_nps"""
 
 
-def _sum(column: str, where: str = "true") -> str:
-    """SQL for a group sum that rounds like pandas' Kahan-compensated group sums.
-
-    Kahan summation of one or two values is plain IEEE addition, and for longer groups it is
-    near correctly-rounded, like DuckDB's ``fsum`` (which is not plain addition for two values).
-    """
-    return (f"CASE WHEN count(*) FILTER (WHERE {where}) <= 2 THEN sum({column}) FILTER (WHERE {where}) "
-            f"ELSE fsum({column}) FILTER (WHERE {where}) END")
+def _orders_sql(as_of: date) -> str:
+    """Valid orders on or before ``as_of``, with their day."""
+    return (
+        "SELECT customer_id, CAST(timestamp AS DATE) AS day, amount FROM transactions "
+        f"WHERE timestamp < TIMESTAMP '{as_of + timedelta(days=1)}'"
+    )
 
 
 def _list(values: list[str]) -> str:

@@ -48,7 +48,11 @@ def score_sql(column: str, edges: list[float], reverse: bool = False) -> str:
 def segment_sql(r: str, fm: str) -> str:
     """SQL CASE naming the segment of R score ``r`` and FM score ``fm``."""
     whens = " ".join(
-        f"WHEN {r} BETWEEN {r_lo} AND {r_hi} AND {fm} BETWEEN {fm_lo} AND {fm_hi} THEN '{name.replace(chr(39), chr(39) * 2)}'"
+        f"WHEN {r} BETWEEN {r_lo} AND {r_hi} AND {fm} BETWEEN {fm_lo} AND {fm_hi} THEN {_quote(name)}"
         for name, (r_lo, r_hi), (fm_lo, fm_hi) in SEGMENTS
     )
     return f"CASE {whens} END"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

@@ -42,6 +42,7 @@ SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
     },
 }
 
+_INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
              "amount": "DOUBLE", "number": "DOUBLE"}
 
@@ -89,7 +90,7 @@ class Dataset:
         """Write every rejected row (table, source_row, reason, raw record as JSON); returns the count."""
         total = sum(r.rejected_total for r in self.report.values())
         if total:
-            write_query(self.con, "SELECT * FROM rejects ORDER BY input_table, source_row", path)
+            write_relation(self.con.sql("SELECT * FROM rejects ORDER BY input_table, source_row"), path)
         return total
 
 
@@ -99,6 +100,7 @@ def connect(memory_limit: str | None = None, temp_directory: str | Path | None =
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET preserve_insertion_order = false")  # lets DuckDB write and spill in parallel
     if memory_limit:
         con.execute(f"SET memory_limit = '{memory_limit}'")
     if temp_directory:
@@ -123,25 +125,28 @@ def load(
     if sources.get("transactions") is None:
         raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
     future_limit = now + timedelta(days=future_tolerance_days)
+    given = {}
+    for table in SCHEMAS:
+        source = sources.get(table)
+        if isinstance(source, pd.DataFrame) or (source is not None and source.path is not None):
+            given[table] = (source, _raw_relation(con, table, source))
+    id_type = _id_type(con, given)
     report: dict[str, TableReport] = {}
     reject_views = []
     for table, schema in SCHEMAS.items():
-        source = sources.get(table)
-        if isinstance(source, TableSource) and source.path is None:
-            source = None
-        if source is None:
-            _empty_view(con, table, schema)
+        if table not in given:
+            _empty_view(con, table, schema, id_type)
             continue
-        raw = _raw_relation(con, table, source)
+        source, raw = given[table]
         mapping = source.columns if isinstance(source, TableSource) else {}
         fmt = source.timestamp_format if isinstance(source, TableSource) else None
-        _checked_view(con, table, schema, raw, mapping, fmt, future_limit)
+        _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
         if report[table].valid == 0:
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
         reject_views.append(
-            f"SELECT '{table}' AS input_table, source_row, reason, to_json(raw) AS record "
-            f"FROM {table}_checked WHERE reason IS NOT NULL"
+            f"SELECT '{table}' AS input_table, source_row, reason, record FROM {table}_rejected "
+            f"JOIN {table}_numbered USING (source_row)"
         )
     con.execute("CREATE OR REPLACE TEMP VIEW rejects AS " + " UNION ALL ".join(reject_views))
     return Dataset(con, report)
@@ -178,7 +183,18 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     return name
 
 
-def _checked_view(con, table, schema, raw, mapping, fmt, future_limit) -> None:
+def _id_type(con, given) -> str:
+    """BIGINT when every given table stores customer ids as integers (faster), else VARCHAR."""
+    for source, raw in given.values():
+        mapping = source.columns if isinstance(source, TableSource) else {}
+        names, types = _columns(con, raw)
+        dtype = dict(zip(names, types, strict=True)).get(mapping.get("customer_id", "customer_id"))
+        if dtype not in _INTEGER_TYPES:
+            return "VARCHAR"
+    return "BIGINT"
+
+
+def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) -> None:
     """Create ``{table}_checked`` (every row, parsed, with a reason or NULL) and ``{table}`` (valid rows)."""
     available = {name: dtype for name, dtype in zip(*_columns(con, raw), strict=True)}
     unknown = set(mapping) - set(schema)
@@ -195,41 +211,54 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit) -> None:
                 )
             parsed.append(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {ours}")
             continue
-        column = f"raw.{_ident(theirs)}"
-        text = f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
-        value, column_checks = _parse(ours, kind, column, text, available[theirs], fmt, required, future_limit)
+        value, column_checks = _parse(ours, kind, f"raw.{_ident(theirs)}", available[theirs], fmt, required,
+                                      future_limit, id_type)
         parsed.append(f"{value} AS {ours}")
         checks.extend(column_checks)
     reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in checks) + " END"
+    record = "to_json({" + ", ".join(f"{_literal(c)}: raw.{_ident(c)}" for c in available) + "})"
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW {table}_numbered AS "
+        f"SELECT row_number() OVER () AS source_row, {record} AS record FROM {raw} AS raw"
+    )
     key = {"transactions": "order_id", "customers": "customer_id"}.get(table)
-    duplicate = ""
+    final_reason = "reason"
     if key:
-        duplicate = (
+        final_reason = (
             f"CASE WHEN reason IS NULL AND {key} IS NOT NULL AND row_number() OVER "
-            f"(PARTITION BY {key}, reason IS NULL ORDER BY source_row) > 1 THEN 'repeated {key}' "
-            "ELSE reason END AS "
+            f"(PARTITION BY {key}, reason IS NULL ORDER BY source_row) > 1 THEN 'repeated {key}' ELSE reason END"
         )
     con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW {table}_checked AS
-        WITH numbered AS (SELECT row_number() OVER () AS source_row, raw FROM {raw} AS raw),
-        parsed AS (SELECT source_row, raw, {", ".join(parsed)} FROM numbered)
-        SELECT * EXCLUDE (reason), {duplicate}reason
-        FROM (SELECT *, {reason} AS reason FROM parsed)
+        CREATE OR REPLACE TEMP VIEW {table}_parsed AS
+        SELECT row_number() OVER () AS source_row, {", ".join(parsed)}, {reason} AS reason FROM {raw} AS raw
     """)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW {table}_checked AS
+        SELECT source_row, {", ".join(schema)}, {final_reason} AS reason FROM {table}_parsed
+    """)
+    # The one full validation pass keeps only the rejected row numbers; valid rows are an anti-join.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_rejected AS "
+                f"SELECT source_row, reason FROM {table}_checked WHERE reason IS NOT NULL")
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_checked "
-        "WHERE reason IS NULL"
+        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_parsed "
+        f"ANTI JOIN {table}_rejected USING (source_row)"
     )
 
 
-def _parse(ours, kind, column, text, dtype, fmt, required, future_limit):
+def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
     """SQL for one parsed column and the (condition, reason) checks it adds, in order."""
-    checks = []
+    text = f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
+    typed = dtype != "VARCHAR"
+    missing = f"{column} IS NULL" if typed else f"{text} IS NULL"
+    checks = [(missing, f"missing {ours}")] if required or kind == "id" else []
+    if kind == "id" and id_type == "BIGINT":
+        return f"CAST({column} AS BIGINT)", checks
+    if kind == "key":  # only compared for duplicates, so its own type will do
+        return (column if typed else text), checks
     if kind == "id":
-        return text, [(f"{text} IS NULL", f"missing {ours}")]
-    if kind in ("key", "label"):
-        value = f"lower({text})" if kind == "label" else text
-        return value, ([(f"{text} IS NULL", f"missing {ours}")] if required else [])
+        return (f"CAST({column} AS VARCHAR)" if typed else text), checks
+    if kind == "label":
+        return f"lower({text})", checks
     if kind == "timestamp":
         if dtype.startswith(("TIMESTAMP", "DATE")):
             value = f"CAST({column} AS TIMESTAMP)"
@@ -237,16 +266,14 @@ def _parse(ours, kind, column, text, dtype, fmt, required, future_limit):
             value = f"try_strptime({text}, {_literal(fmt)})"
         else:
             value = f"try_cast({text} AS TIMESTAMP)"
-        if required:
-            checks.append((f"{text} IS NULL", f"missing {ours}"))
-        checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
+        if not dtype.startswith(("TIMESTAMP", "DATE")):
+            checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
         checks.append((f"{value} > TIMESTAMP '{future_limit:%Y-%m-%d %H:%M:%S}'", f"{ours} in the future"))
         return value, checks
     # amount / number
-    value = f"try_cast({text} AS DOUBLE)" if dtype == "VARCHAR" else f"CAST({column} AS DOUBLE)"
-    if required:
-        checks.append((f"{text} IS NULL", f"missing {ours}"))
-    checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
+    value = f"CAST({column} AS DOUBLE)" if typed else f"try_cast({text} AS DOUBLE)"
+    if not typed:
+        checks.append((f"{text} IS NOT NULL AND {value} IS NULL", f"unparseable {ours}"))
     checks.append((f"isnan({value}) OR isinf({value})", f"{ours} is not a finite number"))
     if kind == "amount":
         checks.append((f"{value} < 0", f"negative {ours}"))
@@ -254,14 +281,16 @@ def _parse(ours, kind, column, text, dtype, fmt, required, future_limit):
 
 
 def _count(con, table: str) -> TableReport:
-    rows = con.execute(f"SELECT reason, count(*) FROM {table}_checked GROUP BY reason ORDER BY 2 DESC").fetchall()
-    rejected = {reason: n for reason, n in rows if reason is not None}
-    valid = sum(n for reason, n in rows if reason is None)
-    return TableReport(rows=valid + sum(rejected.values()), valid=valid, rejected=rejected)
+    rejected = dict(con.execute(
+        f"SELECT reason, count(*) FROM {table}_rejected GROUP BY reason ORDER BY 2 DESC, 1").fetchall())
+    rows = con.execute(f"SELECT count(*) FROM {table}_raw").fetchall()[0][0]
+    return TableReport(rows=rows, valid=rows - sum(rejected.values()), rejected=rejected)
 
 
-def _empty_view(con, table: str, schema) -> None:
-    cols = ", ".join(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {name}" for name, (_, kind) in schema.items())
+def _empty_view(con, table: str, schema, id_type: str) -> None:
+    cols = ", ".join(
+        f"CAST(NULL AS {id_type if kind == 'id' else _SQL_TYPE[kind]}) AS {name}" for name, (_, kind) in schema.items()
+    )
     con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {cols} WHERE false")
 
 
@@ -270,12 +299,14 @@ def _columns(con, relation: str) -> tuple[list[str], list[str]]:
     return [row[0] for row in described], [row[1] for row in described]
 
 
-def write_query(con: duckdb.DuckDBPyConnection, query: str, path: str | Path) -> None:
-    """Write a query's result to Parquet or CSV, chosen by the file extension."""
+def write_relation(relation: duckdb.DuckDBPyRelation, path: str | Path) -> None:
+    """Write a relation to Parquet or CSV, chosen by the file extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PARQUET" if path.suffix.lower() in (".parquet", ".pq") else "CSV, HEADER"
-    con.execute(f"COPY ({query}) TO {_literal(str(path))} (FORMAT {fmt})")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        relation.write_parquet(str(path))
+    else:
+        relation.write_csv(str(path), header=True)
 
 
 def _ident(name: str) -> str:

@@ -106,7 +106,9 @@ def features(
     transactions: Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")] = None,
     events: Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")] = None,
     customers: Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")] = None,
-    as_of: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: last order day).")] = None,
+    as_of: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
+    ] = None,
 ) -> None:
     """Build one row of point-in-time features per customer and write it to a file.
 

@@ -14,7 +14,12 @@ from typing import Any, ClassVar
 
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from features.build import FeatureBuilder
 from features.errors import LifecycleError

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from features.build import FeatureBuilder
-from features.sources import Dataset, connect, load, write_query
+from features.sources import Dataset, connect, load, write_relation
 from lifecycle.config import Settings
 
 
@@ -47,7 +47,7 @@ def build_features(settings: Settings, out: Path) -> FeatureRun:
     as_of = settings.as_of or data.date_range()[1].date()
     builder = settings.feature_builder().fit(data, as_of)
     out = Path(out)
-    write_query(data.con, builder.sql(as_of), out)
+    write_relation(builder.transform(data, as_of), out)
     rejects = out.with_name(f"{out.stem}.rejects{out.suffix}")
     rejects.unlink(missing_ok=True)
     written = data.write_rejects(rejects)
