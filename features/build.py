@@ -97,13 +97,15 @@ class FeatureBuilder:
         WITH base AS ({self._base_sql(as_of)}),
         scored AS (
             SELECT *,
-                CASE WHEN orders > 0 THEN {r} END AS r_score,
-                CASE WHEN orders > 0 THEN {f} END AS f_score,
-                CASE WHEN orders > 0 THEN {m} END AS m_score
+                CASE WHEN orders > 0 THEN {r} END AS r,
+                CASE WHEN orders > 0 THEN {f} END AS f,
+                CASE WHEN orders > 0 THEN {m} END AS m
             FROM base
         ),
         segmented AS (
-            SELECT *, {rfm.segment_sql("r_score", "((f_score + m_score + 1) // 2)")} AS rfm_segment FROM scored
+            SELECT * EXCLUDE (r, f, m), {rfm.segment_sql("r", "((f + m + 1) // 2)")} AS rfm_segment,
+                CAST(r AS DOUBLE) AS r_score, CAST(f AS DOUBLE) AS f_score, CAST(m AS DOUBLE) AS m_score
+            FROM scored
         ),
         staged AS (SELECT *, {stage} AS stage FROM segmented)
         SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps),
@@ -166,7 +168,7 @@ class FeatureBuilder:
                 "known AS (SELECT customer_id, signup_date, acquisition_channel, acquisition_cost FROM customers "
                 f"WHERE signup_date IS NULL OR signup_date < TIMESTAMP '{as_of + timedelta(days=1)}')"
             )
-            columns.append(f"{day} - CAST(k.signup_date AS DATE) AS days_since_signup, "
+            columns.append(f"CAST({day} - CAST(k.signup_date AS DATE) AS DOUBLE) AS days_since_signup, "
                            "k.acquisition_channel, k.acquisition_cost")
             joins.append("LEFT JOIN known AS k USING (customer_id)")
             population.append("SELECT customer_id FROM known")
@@ -227,12 +229,12 @@ class FeatureBuilder:
             (d.last_week - d.first_week) / 7.0 AS recency_weeks,
             ({week} - d.first_week) / 7.0 AS T_weeks,
             coalesce(d.repeat_week_spend / nullif(d.weeks - 1, 0), 0.0) AS monetary_value_weeks,
-            {day} - d.last_day AS recency_days,
+            CAST({day} - d.last_day AS DOUBLE) AS recency_days,
             coalesce(d.orders, 0) AS orders,
             coalesce(d.purchase_days, 0) AS purchase_days,
             coalesce(d.total_spend, 0.0) AS total_spend,
             d.total_spend / d.orders AS avg_order_value,
-            {day} - d.first_day AS tenure_days,
+            CAST({day} - d.first_day AS DOUBLE) AS tenure_days,
             d.first_order_value, d.spend_std, d.mean_days_between, d.std_days_between,
             coalesce(d.orders_recent, 0) AS orders_recent,
             30.0 * (d.orders_recent / {window} - (d.orders - d.orders_recent) / {earlier_days}) AS order_rate_trend,
@@ -245,7 +247,7 @@ class FeatureBuilder:
             f"count(*) FILTER (WHERE event_type = '{t}' AND day > {day} - {w}) AS {t}_{w}d"
             for t in p.event_types for w in p.windows_days
         )
-        since = ", ".join(f"{day} - max(day) FILTER (WHERE event_type = '{t}') AS days_since_{t}"
+        since = ", ".join(f"CAST({day} - max(day) FILTER (WHERE event_type = '{t}') AS DOUBLE) AS days_since_{t}"
                           for t in p.event_types)
         totals = ", ".join(f"count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in _RATE_EVENTS)
         return f"""

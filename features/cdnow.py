@@ -16,14 +16,29 @@ OBSERVATION_END = pd.Timestamp("1998-06-30")
 CALIBRATION_END = pd.Timestamp("1997-09-30")  # end of week 39, the published calibration period
 
 
-def master_path() -> Path:
-    """Path of ``CDNOW_master.txt`` inside the installed lifetimes package."""
-    return Path(str(files("lifetimes") / "datasets" / "CDNOW_master.txt"))
+def dataset_path(name: str) -> Path:
+    """Path of a file in the ``datasets`` folder of the installed lifetimes package."""
+    return Path(str(files("lifetimes") / "datasets" / name))
 
 
 def read_master() -> pd.DataFrame:
     """The master log as a DataFrame: customer_id (str), timestamp, amount, number_of_cds."""
-    raw = pd.read_csv(master_path(), sep=r"\s+", dtype={"customer_id": str, "date": str})
+    raw = pd.read_csv(dataset_path("CDNOW_master.txt"), sep=r"\s+", dtype={"customer_id": str, "date": str})
+    return _canonical(raw)
+
+
+def read_sample() -> pd.DataFrame:
+    """The 1/10 sample (2,357 customers) behind the published BG/NBD and Gamma-Gamma estimates.
+
+    customer_id is the sample's own 1..2357 id, as in lifetimes' ``cdnow_customers_summary*.csv``.
+    """
+    raw = pd.read_csv(dataset_path("CDNOW_sample.txt"), sep=r"\s+", header=None, dtype=str,
+                      names=["master_id", "customer_id", "date", "number_of_cds", "dollar_value"])
+    raw["customer_id"] = raw["customer_id"].astype(int).astype(str)
+    return _canonical(raw)
+
+
+def _canonical(raw: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "customer_id": raw["customer_id"],
         "timestamp": pd.to_datetime(raw["date"], format="%Y%m%d"),

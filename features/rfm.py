@@ -12,7 +12,8 @@ from __future__ import annotations
 
 QUANTILES = (0.2, 0.4, 0.6, 0.8)
 
-# (segment, R score range, FM score range), checked in this order; covers all 25 cells.
+# (segment, R score range, FM score range): the first rule that matches names the cell (Lost is
+# checked before Hibernating, which takes the rest of its corner); together they cover all 25 cells.
 SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
     ("Champions", (5, 5), (4, 5)),
     ("Loyal", (3, 4), (4, 5)),

@@ -142,7 +142,7 @@ def load(
         fmt = source.timestamp_format if isinstance(source, TableSource) else None
         _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
-        if report[table].valid == 0:
+        if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
         reject_views.append(
             f"SELECT '{table}' AS input_table, source_row, reason, record FROM {table}_rejected "

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real CDNOW logs and a small simulated shop."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime
+
+import pandas as pd
+import pytest
+
+from features import cdnow, sources
+from features.simulator import Simulation, SimulationParams, simulate
+
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+NOW = datetime(2026, 1, 1)  # the validation clock of every test
+
+
+def load(now: datetime = NOW, **tables) -> sources.Dataset:
+    """Validate tables (DataFrames or TableSources) into a fresh DuckDB connection."""
+    return sources.load(sources.connect(), tables, now=now)
+
+
+@pytest.fixture(scope="session")
+def cdnow_master() -> pd.DataFrame:
+    return cdnow.read_master()
+
+
+@pytest.fixture(scope="session")
+def shop() -> Simulation:
+    """A small shop with every event type, used by behaviour and point-in-time tests."""
+    return simulate(SimulationParams(customers=3000, seed=11))

@@ -1,0 +1,133 @@
+"""Input validation: every row is either valid or rejected with one reason; nothing is lost."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from features.errors import LifecycleError
+from features.sources import TableSource
+from tests.conftest import load
+
+CASES = [  # (customer, timestamp, amount, order id) -> expected reason or None
+    ("a", "2020-01-01 10:00:00", "1.50", "o1", None),
+    ("b", "2020-02-01", "x", "o2", "unparseable amount"),
+    ("", "2020-01-01", "1", "o3", "missing customer_id"),
+    ("c", "not a date", "1", "o4", "unparseable timestamp"),
+    ("d", "2099-01-01", "1", "o5", "timestamp in the future"),
+    ("e", "2020-01-01", "-2", "o6", "negative amount"),
+    ("f", "2020-01-01", "NaN", "o7", "amount is not a finite number"),
+    ("a", "2020-03-01", "3", "o1", "repeated order_id"),
+    ("g", "", "4", "o8", "missing timestamp"),
+    ("h", "2020-01-05", "", "o9", "missing amount"),
+    ("i", "2020-01-05", "0", "o10", None),
+    ("j", "2020-01-05", "7", "", None),
+    ("j", "2020-01-05", "7", "", None),  # no order id: identical rows are separate orders
+]
+
+
+@pytest.fixture()
+def orders_csv(tmp_path):
+    frame = pd.DataFrame([c[:4] for c in CASES], columns=["cust", "ts", "price", "oid"])
+    path = tmp_path / "orders.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def _source(path) -> TableSource:
+    return TableSource(path=str(path), columns={"customer_id": "cust", "timestamp": "ts", "amount": "price",
+                                                "order_id": "oid"})
+
+
+def test_every_bad_row_is_rejected_with_its_reason(orders_csv, tmp_path):
+    data = load(transactions=_source(orders_csv))
+    report = data.report["transactions"]
+    expected = pd.Series([c[4] for c in CASES]).value_counts().to_dict()
+    assert report.rows == len(CASES)
+    assert report.valid == sum(c[4] is None for c in CASES) == 4
+    assert report.rejected == expected
+    assert report.rows == report.valid + report.rejected_total
+
+    valid = data.con.execute("SELECT customer_id, amount FROM transactions ORDER BY customer_id").fetchall()
+    assert valid == [("a", 1.5), ("i", 0.0), ("j", 7.0), ("j", 7.0)]
+
+    path = tmp_path / "rejects.csv"
+    assert data.write_rejects(path) == 9
+    rejects = pd.read_csv(path)
+    by_row = dict(zip(rejects.source_row, rejects.reason, strict=True))
+    assert by_row == {i + 1: c[4] for i, c in enumerate(CASES) if c[4]}
+    record = json.loads(rejects.set_index("source_row").loc[2, "record"])
+    assert record == {"cust": "b", "ts": "2020-02-01", "price": "x", "oid": "o2"}
+
+
+def test_a_repeated_order_id_keeps_its_first_valid_row():
+    frame = pd.DataFrame({"customer_id": ["a", "a", "a"], "timestamp": ["2020-01-01", "2020-01-02", "2020-01-03"],
+                          "amount": [-1.0, 2.0, 3.0], "order_id": ["o1", "o1", "o1"]})
+    data = load(transactions=frame)
+    assert data.report["transactions"].rejected == {"negative amount": 1, "repeated order_id": 1}
+    assert data.con.execute("SELECT amount FROM transactions").fetchall() == [(2.0,)]
+
+
+def test_timestamp_format_and_parquet_glob(tmp_path):
+    for part in range(3):
+        pd.DataFrame({"id": [part, part + 10], "day": ["20200101", "20200315"], "value": [1.0, 2.0]}).to_parquet(
+            tmp_path / f"part-{part}.parquet")
+    source = TableSource(path=str(tmp_path / "part-*.parquet"), timestamp_format="%Y%m%d",
+                         columns={"customer_id": "id", "timestamp": "day", "amount": "value"})
+    data = load(transactions=source)
+    assert data.report["transactions"].valid == 6
+    first, last = data.date_range()
+    assert (str(first), str(last)) == ("2020-01-01 00:00:00", "2020-03-15 00:00:00")
+    # integer ids everywhere stay integers (faster joins), text ids stay text
+    assert data.con.execute("SELECT typeof(customer_id) FROM transactions LIMIT 1").fetchall() == [("BIGINT",)]
+
+
+def test_unknown_or_missing_columns_are_named(orders_csv):
+    with pytest.raises(LifecycleError, match=r"column 'customer_id' .* the file has \['cust', 'oid', 'price', 'ts'\]"):
+        load(transactions=TableSource(path=str(orders_csv)))
+    with pytest.raises(LifecycleError, match="unknown columns"):
+        load(transactions=TableSource(path=str(orders_csv), columns={"customer": "cust"}))
+    with pytest.raises(LifecycleError, match="no file matches"):
+        load(transactions=TableSource(path=str(orders_csv) + ".missing"))
+    with pytest.raises(LifecycleError, match="no transactions given"):
+        load(events=TableSource(path=str(orders_csv)))
+
+
+def test_a_table_without_any_valid_row_is_an_error():
+    frame = pd.DataFrame({"customer_id": ["a"], "timestamp": ["2020-01-01"], "amount": [-5.0]})
+    with pytest.raises(LifecycleError, match="no valid rows.*1 negative amount"):
+        load(transactions=frame)
+
+
+def test_events_and_customers_are_validated():
+    orders = pd.DataFrame({"customer_id": ["a"], "timestamp": ["2020-01-01"], "amount": [5.0]})
+    events = pd.DataFrame({"customer_id": ["a", "a", "b", "c"],
+                           "timestamp": ["2020-01-02", "2020-01-03", "2020-01-04", "2020-01-05"],
+                           "event_type": ["Session", None, "nps", "nps"], "value": [None, None, "9", "great"]})
+    customers = pd.DataFrame({"customer_id": ["a", "a", "b", "c"],
+                              "signup_date": ["2019-12-01", "2019-12-02", "2030-01-01", "2019-01-01"],
+                              "acquisition_cost": [1.0, 2.0, 3.0, -4.0]})
+    data = load(transactions=orders, events=events, customers=customers)
+    assert data.report["events"].rejected == {"missing event_type": 1, "unparseable value": 1}
+    assert data.con.execute("SELECT event_type FROM events ORDER BY timestamp").fetchall() == [("session",), ("nps",)]
+    assert data.report["customers"].rejected == {
+        "repeated customer_id": 1, "signup_date in the future": 1, "negative acquisition_cost": 1}
+
+
+def test_cdnow_master_log_is_read_whole(cdnow_master, tmp_path):
+    """CDNOW's quirks are data, not errors: all 69,659 rows are valid (no order id to repeat)."""
+    from features import cdnow
+
+    log = cdnow_master
+    assert len(log) == 69_659 and log.customer_id.nunique() == 23_570
+    assert (log.timestamp.min(), log.timestamp.max()) == (pd.Timestamp("1997-01-01"), pd.Timestamp("1998-06-30"))
+    assert log.duplicated(["customer_id", "timestamp"]).sum() == 2_068
+    assert (log.amount == 0).sum() == 80
+    assert log.duplicated().sum() == 255
+
+    data = load(transactions=TableSource(path=str(cdnow.write_master(tmp_path))))
+    report = data.report["transactions"]
+    assert (report.rows, report.valid, report.rejected_total) == (69_659, 69_659, 0)
+    assert data.customers_count() == 23_570
