@@ -7,8 +7,8 @@ customer drops out with probability ``p ~ Beta(a, b)``. Order values follow Gamm
 ``z ~ Gamma(shape=p_gg, rate=nu)`` with ``nu ~ Gamma(shape=q, rate=gamma)``.
 
 A latent engagement level, ``engagement = lambda / E[lambda]``, drives the events (sessions,
-product views, cart adds, email opens and clicks, referrals, NPS) while the customer is alive;
-after dropout, engagement falls to a tenth. So engagement carries real signal about churn while
+product views, cart adds, email opens and clicks, referrals, NPS): while the customer is alive at
+intensity ``0.3 + 0.7 * engagement`` (infrequent buyers still browse), after dropout at 3 % of it. So engagement carries real signal about churn while
 the purchase process keeps exactly the BG/NBD distribution, and a fit can recover its parameters.
 
 Vectorised generation: with N ~ Poisson(lambda * T) arrivals in the window and J ~ Geometric(p)
@@ -199,17 +199,20 @@ def _events(rng, params, start, ids, signup, dropout, engagement, tx_owner, tx_t
         keep = times < end
         parts.append((kind, tx_owner[hit][keep], times[keep], None if value is None else value[hit][keep]))
 
-    e = engagement
-    stream("session", 0.05 * e, 0.005 * e)
-    stream("product_view", 0.10 * e, 0.01 * e)
-    stream("cart_add", 0.01 * e, 0.001 * e)
-    stream("email_send", np.full_like(e, 1 / 30), np.full_like(e, 1 / 30))
-    stream("email_open", (1 / 30) * np.clip(0.15 + 0.25 * e, 0, 0.9), np.full_like(e, (1 / 30) * 0.05))
-    stream("email_click", (1 / 30) * np.clip(0.03 + 0.06 * e, 0, 0.5), np.full_like(e, (1 / 30) * 0.005))
-    stream("referral", 0.002 * e, 0.0002 * e)
-    stream("nps", np.full_like(e, 1 / 180), np.full_like(e, 1 / 360),
+    # Intensity while alive has a floor (infrequent buyers still browse); after dropout it falls to 3 %.
+    alive = 0.3 + 0.7 * engagement
+    dead = 0.03 * alive
+    monthly = np.full_like(alive, 1 / 30)
+    stream("session", 0.05 * alive, 0.05 * dead)
+    stream("product_view", 0.10 * alive, 0.10 * dead)
+    stream("cart_add", 0.01 * alive, 0.01 * dead)
+    stream("email_send", monthly, monthly)
+    stream("email_open", monthly * np.clip(0.1 + 0.2 * alive, 0, 0.9), monthly * 0.02)
+    stream("email_click", monthly * np.clip(0.02 + 0.05 * alive, 0, 0.5), monthly * 0.002)
+    stream("referral", 0.002 * alive, 0.002 * dead)
+    stream("nps", monthly / 6, monthly / 12,
            value=lambda owner, times: np.clip(np.round(
-               5 + 2 * np.tanh(np.log(np.maximum(e[owner], 1e-6))) + 2 * (times < dropout[owner])
+               4 + 2 * np.tanh(np.log(alive[owner])) + 3 * (times < dropout[owner])
                + rng.normal(0, 1.5, owner.size)), 0, 10))
     per_order("cart_add", 0.8, (-0.05, -0.001))
     per_order("return", 0.05, (2.0, 20.0), value=amount)

@@ -1,0 +1,109 @@
+"""The simulator against its own ground truth and against the BG/NBD and Gamma-Gamma models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from sklearn.metrics import roc_auc_score
+
+from features.build import FeatureBuilder
+from features.simulator import SimulationParams, simulate
+from tests.conftest import load
+
+DAY = pd.Timedelta(days=1)
+
+
+def continuous_summary(sim) -> pd.DataFrame:
+    """BTYD summary in continuous days (no rounding to whole days), straight from the orders."""
+    tx = sim.transactions.sort_values(["customer_id", "timestamp"])
+    g = tx.groupby("customer_id")
+    first, last, count = g.timestamp.min(), g.timestamp.max(), g.timestamp.count()
+    repeat = tx[tx.timestamp > tx.customer_id.map(first)]
+    return pd.DataFrame({
+        "frequency": count - 1,
+        "recency": (last - first) / DAY,
+        "T": (sim.end - first) / DAY,
+        "monetary_value": repeat.groupby("customer_id").amount.mean().reindex(count.index).fillna(0.0),
+    })
+
+
+@pytest.fixture(scope="module")
+def large():
+    return simulate(SimulationParams(customers=60_000, seed=5, events=False))
+
+
+def test_same_seed_same_shop_other_seed_other_shop():
+    a, b = simulate(SimulationParams(customers=500, seed=3)), simulate(SimulationParams(customers=500, seed=3))
+    for name in ("transactions", "events", "customers", "truth"):
+        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    c = simulate(SimulationParams(customers=500, seed=4))
+    assert not a.transactions.amount.equals(c.transactions.amount)
+
+
+def test_orders_agree_with_the_ground_truth(shop):
+    truth = shop.truth.set_index("customer_id")
+    tx = shop.transactions
+    counts = tx.groupby("customer_id").size()
+    buyers = truth[truth.is_buyer]
+    assert counts.index.equals(buyers.index)  # prospects never buy, every buyer has a first order
+    assert (counts - 1).equals(buyers.repeat_purchases.rename(None))
+    last = tx.groupby("customer_id").timestamp.max()
+    dead = buyers[~buyers.alive_at_end]
+    # a dropout happens right after the last purchase: that purchase is the dropout time itself
+    assert (last[dead.index] - dead.dropout_at).abs().max() < pd.Timedelta(milliseconds=1)
+    assert buyers[buyers.alive_at_end].dropout_at.isna().all()
+    assert tx.timestamp.max() < shop.end and tx.order_id.is_unique and (tx.amount >= 0).all()
+    assert set(shop.events.event_type) == {
+        "session", "product_view", "cart_add", "email_send", "email_open", "email_click", "return", "review",
+        "referral", "support_ticket", "nps"}
+    assert shop.events.timestamp.max() < shop.end
+
+
+def test_repeat_purchases_match_the_bgnbd_expectation(large):
+    """Mean simulated repeat purchases against E[X(T)] of BG/NBD at the true parameters (no fitting)."""
+    p = large.params
+    summary = continuous_summary(large)
+    model = BetaGeoFitter()
+    model.params_ = pd.Series({"r": p.r, "alpha": p.alpha, "a": p.a, "b": p.b})
+    expected = model.expected_number_of_purchases_up_to_time(summary["T"].to_numpy())
+    observed = summary.frequency.to_numpy()
+    z = (observed.mean() - expected.mean()) / (observed.std(ddof=1) / np.sqrt(len(observed)))
+    assert abs(z) < 4, (observed.mean(), expected.mean())
+
+
+def test_bgnbd_parameters_are_recovered(large):
+    summary = continuous_summary(large)
+    fit = BetaGeoFitter().fit(summary.frequency, summary.recency, summary["T"])
+    truth = large.params
+    z = {name: (fit.summary.loc[name, "coef"] - getattr(truth, name)) / fit.summary.loc[name, "se(coef)"]
+         for name in ("r", "alpha", "a", "b")}
+    assert all(abs(v) < 4 for v in z.values()), z
+
+
+def test_gamma_gamma_parameters_are_recovered(large):
+    summary = continuous_summary(large)
+    repeat = summary[summary.frequency > 0]
+    fit = GammaGammaFitter().fit(repeat.frequency, repeat.monetary_value)
+    truth = large.params
+    z = {name: (fit.summary.loc[name, "coef"] - getattr(truth, gg)) / fit.summary.loc[name, "se(coef)"]
+         for name, gg in (("p", "p"), ("q", "q"), ("v", "gamma"))}
+    assert all(abs(v) < 4 for v in z.values()), z
+
+
+def test_engagement_carries_signal_about_dropout(shop):
+    """Buyers who dropped out stop visiting: days since the last session separates them from the living."""
+    end = (shop.end - DAY).date()
+    data = load(**{"transactions": shop.transactions, "events": shop.events})
+    features = FeatureBuilder().fit(data, end).transform(data, end).df().set_index("customer_id")
+    truth = shop.truth.set_index("customer_id")
+    buyers = truth[truth.is_buyer].index
+    dead = ~truth.loc[buyers, "alive_at_end"]
+    since = features.loc[buyers, "days_since_session"].fillna(10_000)
+    auc = roc_auc_score(dead, since)
+    assert auc > 0.75, auc
+    # and, among the living, visits rise with the latent level that drives purchasing
+    alive = buyers[truth.loc[buyers, "alive_at_end"]]
+    rho = features.loc[alive, "session_365d"].corr(truth.loc[alive, "engagement"], method="spearman")
+    assert rho > 0.3, rho
