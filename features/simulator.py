@@ -8,8 +8,9 @@ customer drops out with probability ``p ~ Beta(a, b)``. Order values follow Gamm
 
 A latent engagement level, ``engagement = lambda / E[lambda]``, drives the events (sessions,
 product views, cart adds, email opens and clicks, referrals, NPS): while the customer is alive at
-intensity ``0.3 + 0.7 * engagement`` (infrequent buyers still browse), after dropout at 3 % of it. So engagement carries real signal about churn while
-the purchase process keeps exactly the BG/NBD distribution, and a fit can recover its parameters.
+intensity ``0.3 + 0.7 * engagement`` (infrequent buyers still browse), after dropout at 3 % of it.
+So engagement carries real signal about churn while the purchase process keeps exactly the
+BG/NBD distribution, and a fit can recover its parameters.
 
 Vectorised generation: with N ~ Poisson(lambda * T) arrivals in the window and J ~ Geometric(p)
 purchases until dropout, the customer makes min(N, J) repeat purchases. If J <= N the dropout

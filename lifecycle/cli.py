@@ -158,14 +158,15 @@ def _print_run(run: FeatureRun) -> None:
     console.print(inputs)
     if run.rows_after_as_of:
         console.print(f"{run.rows_after_as_of:,} valid orders fall after the as-of date and were not read")
-    stages = Table("stage", "customers", title=f"lifecycle stages as of {run.as_of}")
+    stages = Table("stage", "customers", title="lifecycle stages")
     for stage, n in run.stages:
         stages.add_row(stage, f"{n:,}")
     segments = Table("RFM segment", "customers", "avg total spend", title="RFM segments (buyers)")
     for segment, n, spend in run.segments:
         segments.add_row(segment, f"{n:,}", f"{spend:,.2f}")
     console.print(stages, segments)
-    console.print(f"wrote [bold]{run.out}[/bold]: {run.customers:,} customers in {run.seconds:.1f} s")
+    console.print(f"features as of {run.as_of} for {run.customers:,} customers: [bold]{run.out}[/bold] "
+                  f"({run.seconds:.1f} s)")
     if run.rejects:
         console.print(f"rejected rows with reasons: [bold]{run.rejects}[/bold]")
 

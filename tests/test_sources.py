@@ -97,7 +97,7 @@ def test_unknown_or_missing_columns_are_named(orders_csv):
 
 def test_a_table_without_any_valid_row_is_an_error():
     frame = pd.DataFrame({"customer_id": ["a"], "timestamp": ["2020-01-01"], "amount": [-5.0]})
-    with pytest.raises(LifecycleError, match="no valid rows.*1 negative amount"):
+    with pytest.raises(LifecycleError, match=r"no valid rows.*1 negative amount"):
         load(transactions=frame)
 
 

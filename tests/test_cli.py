@@ -1,0 +1,97 @@
+"""The lifecycle command as a user runs it: a real process, its output and its exit code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"]]
+
+
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lifecycle", *args], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_an_example(command, tmp_path):
+    result = run(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0 and "Example" in result.stdout
+
+
+def test_features_on_cdnow_writes_the_table_and_a_summary(tmp_path):
+    assert run("data", "cdnow", "--out", "data", cwd=tmp_path).returncode == 0
+    result = run("features", "--transactions", "data/transactions.csv", "--as-of", "1997-09-30",
+                 "--out", "out/features.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "out/features.csv", dtype={"customer_id": str})
+    assert len(table) == 23_570 and set(table.stage) == {"conversion", "retention", "advocacy"}
+    assert "69,659" in result.stdout and "as of 1997-09-30" in result.stdout
+    assert f"{(pd.read_csv(tmp_path / 'data/transactions.csv').timestamp > '1997-09-30').sum():,}" in result.stdout
+    assert not (tmp_path / "out/features.rejects.csv").exists()
+
+
+def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
+    orders = pd.DataFrame({"customer_id": ["a", "b", "c", "d", "e", "f", None, "g"],
+                           "timestamp": ["2024-01-01", "2024-01-02", "2024-02-03", "2024-02-04", "2024-03-01",
+                                         "yesterday", "2024-01-01", "2024-02-05"],
+                           "amount": [1, 2, 3, 4, -5, 6, 7, 8]})
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    result = run("features", "--transactions", "orders.csv", "--out", "f.parquet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rejects = pd.read_parquet(tmp_path / "f.rejects.parquet")
+    assert sorted(rejects.reason) == ["missing customer_id", "negative amount", "unparseable timestamp"]
+    assert len(pd.read_parquet(tmp_path / "f.parquet")) == 5  # 8 rows in: 5 valid, 3 rejected
+    assert "negative amount: 1" in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["features", "--transactions", "missing.csv", "--out", "f.csv"], "no file matches 'missing.csv'"),
+    (["features", "--transactions", "orders.csv", "--out", "f.csv"],
+     "column 'customer_id' (for customer_id) not found"),
+    (["features", "--transactions", "orders.csv", "--out", "f.csv", "--as-of", "soon"], "Invalid value"),
+    (["--config", "nowhere.toml", "config", "show"], "config file 'nowhere.toml' not found"),
+    (["data", "simulate", "--out", "x", "--format", "xlsx"], "--format must be parquet or csv"),
+])
+def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
+    pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_configuration_file_column_map_and_environment(tmp_path):
+    pd.DataFrame({"cust": list("abcdef"), "ts": ["2024-01-01"] * 6, "value": [1.0] * 6}).to_csv(
+        tmp_path / "orders.csv", index=False)
+    (tmp_path / "lifecycle.toml").write_text(
+        'churn_horizon_days = 60\n[inputs.transactions]\npath = "orders.csv"\n'
+        'columns = { customer_id = "cust", timestamp = "ts", amount = "value" }\n')
+    shown = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CLV_HORIZON_DAYS": "180"})
+    assert "churn_horizon_days = 60" in shown.stdout and "clv_horizon_days = 180" in shown.stdout
+    assert f'state_dir = "{tmp_path / ".lifecycle"}"' in shown.stdout
+    assert run("features", "--out", "f.csv", cwd=tmp_path).returncode == 0
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 6
+    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON_DAYS": "-3"})
+    assert bad.returncode == 2 and "churn_horizon_days" in bad.stderr
+
+
+def test_simulate_writes_tables_and_ground_truth(tmp_path):
+    result = run("data", "simulate", "--customers", "300", "--seed", "2", "--out", "sim", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("transactions", "events", "customers", "truth"):
+        assert (tmp_path / "sim" / f"{name}.parquet").is_file()
+    assert '"seed": 2' in (tmp_path / "sim" / "truth.json").read_text()
+
+
+def test_demo_runs_the_main_job_on_cdnow(tmp_path):
+    result = run("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "features as of 1998-06-30 for 23,570 customers" in result.stdout and "Champions" in result.stdout
+    assert (tmp_path / ".lifecycle/output/cdnow_features.parquet").is_file()
