@@ -1,0 +1,152 @@
+"""Feature build vs lifetimes' summary_data_from_transaction_data: seconds and peak memory.
+
+Each measurement runs in a fresh process so its peak resident memory is its own.
+- lifetimes: the orders are read from Parquet into pandas first (not timed, but in the peak
+  memory), then ``summary_data_from_transaction_data`` is timed: the BTYD summary only.
+- ours: the whole ``lifecycle features`` job, timed end to end: read Parquet, validate every row,
+  learn the RFM edges, build every feature (BTYD in days and weeks, RFM, order behaviour,
+  stages) and write the table to Parquet; DuckDB is capped at ``--memory-limit``.
+
+Usage: python benchmarks/features.py [--sizes 1000000 10000000 50000000] [--memory-limit 2GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and this file would shadow the
+# project's `features` package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+ORDERS_PER_CUSTOMER = 2.59  # of the default simulated shop: customers needed = rows / this
+CHUNK_CUSTOMERS = 2_000_000
+
+
+def make_log(rows: int, path: Path) -> int:
+    """Write a simulated order log of about ``rows`` orders as Parquet (in chunks); returns its rows."""
+    from features.simulator import SimulationParams, simulate
+
+    customers = int(rows / ORDERS_PER_CUSTOMER)
+    writer, written, chunk = None, 0, 0
+    while chunk * CHUNK_CUSTOMERS < customers:
+        n = min(CHUNK_CUSTOMERS, customers - chunk * CHUNK_CUSTOMERS)
+        orders = simulate(SimulationParams(customers=n, seed=chunk, events=False)).transactions
+        orders["customer_id"] += chunk * CHUNK_CUSTOMERS
+        orders["order_id"] += written
+        table = pa.Table.from_pandas(orders, preserve_index=False)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table)
+        written += len(orders)
+        chunk += 1
+    writer.close()
+    return written
+
+
+def run_lifetimes(path: str) -> dict:
+    import warnings
+
+    import pandas as pd
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    warnings.simplefilter("ignore")
+    orders = pd.read_parquet(path, columns=["customer_id", "timestamp", "amount"])
+    started = time.perf_counter()
+    summary = summary_data_from_transaction_data(orders, "customer_id", "timestamp", monetary_value_col="amount")
+    return {"seconds": time.perf_counter() - started, "customers": len(summary)}
+
+
+def run_ours(path: str, memory_limit: str) -> dict:
+    from lifecycle.config import load_settings
+    from lifecycle.pipeline import build_features
+
+    with tempfile.TemporaryDirectory() as state:
+        settings = load_settings(state_dir=state, duckdb={"memory_limit": memory_limit},
+                                 inputs={"transactions": {"path": path}})
+        started = time.perf_counter()
+        run = build_features(settings, Path(state) / "features.parquet")
+        seconds = time.perf_counter() - started
+    return {"seconds": seconds, "customers": run.customers}
+
+
+def measure(engine: str, path: Path, memory_limit: str) -> dict:
+    """Run one measurement in a child process; returns seconds, customers and peak RSS (GB)."""
+    out = subprocess.run([sys.executable, __file__, "--child", engine, str(path), "--memory-limit", memory_limit],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1_000_000, 10_000_000, 50_000_000])
+    parser.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit for our build")
+    parser.add_argument("--child", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        engine, path = args.child
+        result = run_lifetimes(path) if engine == "lifetimes" else run_ours(path, args.memory_limit)
+        result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print(json.dumps(result))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from features import cdnow
+
+    console = Console()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        datasets = [("CDNOW (real)", Path(tmp) / "cdnow.parquet", None)]
+        orders = cdnow.read_master()
+        pq.write_table(pa.Table.from_pandas(orders, preserve_index=False), datasets[0][1])
+        datasets += [(f"simulated {n / 1e6:g}M", Path(tmp) / f"sim{n}.parquet", n) for n in args.sizes]
+        for name, path, size in datasets:
+            count = len(orders) if size is None else None
+            if size is not None:
+                with console.status(f"simulating {size:,} orders..."):
+                    count = make_log(size, path)
+            with console.status(f"{name}: lifetimes..."):
+                theirs = measure("lifetimes", path, args.memory_limit)
+            with console.status(f"{name}: ours..."):
+                ours = measure("ours", path, args.memory_limit)
+            assert ours["customers"] == theirs["customers"], (ours, theirs)
+            rows.append((name, count, ours["customers"], theirs, ours))
+            console.print(f"{name}: lifetimes {theirs['seconds']:.1f} s, ours {ours['seconds']:.1f} s")
+
+    title = (f"Feature build vs lifetimes summary ({platform.machine()}, {_cpus()} CPUs, "
+             f"{_memory_gb():.0f} GB RAM, DuckDB memory limit {args.memory_limit})")
+    table = Table("data", "orders", "customers", "lifetimes s", "lifetimes peak GB", "ours s", "ours peak GB",
+                  "speed-up", title=title)
+    markdown = ["| data | orders | customers | lifetimes s | lifetimes peak GB | ours s | ours peak GB | speed-up |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, count, customers, theirs, ours in rows:
+        cells = [name, f"{count:,}", f"{customers:,}", f"{theirs['seconds']:.1f}", f"{theirs['peak_gb']:.2f}",
+                 f"{ours['seconds']:.1f}", f"{ours['peak_gb']:.2f}", f"{theirs['seconds'] / ours['seconds']:.1f}x"]
+        table.add_row(*cells)
+        markdown.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    print("\n" + title + "\n\n" + "\n".join(markdown))
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _memory_gb() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+
+
+if __name__ == "__main__":
+    main()
