@@ -48,29 +48,50 @@ class FeatureBuilder:
 
     def fit(self, data: Dataset, as_of: date) -> Self:
         """Learn the RFM quintile edges from the buyers at ``as_of`` and the feature schema."""
-        self.has_events_ = "events" in data.report
-        self.has_customers_ = "customers" in data.report
-        measures = ", ".join(
-            f"quantile_cont({column}, {list(rfm.QUANTILES)}) AS {score}" for score, column in rfm.MEASURES.items()
-        )
+        self._learn_schema(data)
         aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
-        rows = data.con.execute(f"""
-            WITH tx AS ({_orders_sql(as_of)}),
-            buyers AS (SELECT {aggregates} FROM tx GROUP BY customer_id)
-            SELECT count(*), {measures} FROM (SELECT *, DATE '{as_of}' - last_day AS recency_days FROM buyers)
-        """).fetchall()[0]
-        if rows[0] < 5:
-            raise LifecycleError(f"only {rows[0]} customers bought by {as_of}; need at least 5 to fit")
-        edges = zip(rfm.MEASURES, rows[1:], strict=True)
-        self.rfm_edges_ = {score: [float(v) for v in values] for score, values in edges}
+        self._learn_edges(data.con, f"""(
+            SELECT *, DATE '{as_of}' - last_day AS recency_days
+            FROM (SELECT {aggregates} FROM ({_orders_sql(as_of)}) GROUP BY customer_id))""")
         return self
 
     def transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
         """The feature table at ``as_of`` (a lazy DuckDB relation)."""
         return data.con.sql(self.sql(as_of))
 
+    def fit_transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
+        """``fit`` and ``transform`` at the same date, reading the orders once.
+
+        The unfitted features are kept in a temporary DuckDB table (which spills to disk under
+        the memory limit); the edges are learned from it and the scores computed over it.
+        """
+        self._learn_schema(data)
+        table = f"features_base_{as_of:%Y%m%d}"
+        data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._base_sql(as_of)}")
+        self._learn_edges(data.con, table)
+        return data.con.sql(self._scored_sql(table))
+
+    def _learn_schema(self, data: Dataset) -> None:
+        self.has_events_ = "events" in data.report
+        self.has_customers_ = "customers" in data.report
+
+    def _learn_edges(self, con: duckdb.DuckDBPyConnection, buyers: str) -> None:
+        """Quintile edges of the RFM measures over the rows of ``buyers`` that bought."""
+        measures = ", ".join(
+            f"quantile_cont({column}, {list(rfm.QUANTILES)}) AS {score}" for score, column in rfm.MEASURES.items()
+        )
+        rows = con.execute(f"SELECT count(*), {measures} FROM {buyers} WHERE orders > 0").fetchall()[0]
+        if rows[0] < 5:
+            raise LifecycleError(f"only {rows[0]} customers bought by the as-of date; need at least 5 to fit")
+        edges = zip(rfm.MEASURES, rows[1:], strict=True)
+        self.rfm_edges_ = {score: [float(v) for v in values] for score, values in edges}
+
     def sql(self, as_of: date) -> str:
         """The full feature query at ``as_of``."""
+        return self._scored_sql(f"({self._base_sql(as_of)})")
+
+    def _scored_sql(self, base: str) -> str:
+        """The fitted parts (RFM scores and segment, stage) on top of the unfitted features in ``base``."""
         if self.rfm_edges_ is None:
             raise LifecycleError("FeatureBuilder is not fitted: call fit() first")
         e, p = self.rfm_edges_, self.stages
@@ -94,13 +115,12 @@ class FeatureBuilder:
             f"WHEN '{s}' THEN '{n}'" for s, n in pairwise(STAGES)
         ) + " END"
         return f"""
-        WITH base AS ({self._base_sql(as_of)}),
-        scored AS (
+        WITH scored AS (
             SELECT *,
                 CASE WHEN orders > 0 THEN {r} END AS r,
                 CASE WHEN orders > 0 THEN {f} END AS f,
                 CASE WHEN orders > 0 THEN {m} END AS m
-            FROM base
+            FROM {base}
         ),
         segmented AS (
             SELECT * EXCLUDE (r, f, m), {rfm.segment_sql("r", "((f + m + 1) // 2)")} AS rfm_segment,

@@ -202,9 +202,21 @@ def test_without_events_or_customers_the_schema_has_no_engagement_columns(shop):
     assert set(f.stage) <= {"conversion", "retention", "advocacy"}
 
 
+def test_fit_transform_equals_fit_then_transform(shop):
+    data = load(**_frames(shop))
+    as_of = date(2025, 1, 31)
+    fitted = FeatureBuilder().fit(data, as_of)
+    once = FeatureBuilder()
+    together = once.fit_transform(data, as_of).df().sort_values("customer_id", ignore_index=True)
+    for score, edges in fitted.rfm_edges_.items():
+        np.testing.assert_allclose(once.rfm_edges_[score], edges, rtol=1e-12)
+    apart = fitted.transform(data, as_of).df().sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(together, apart, check_exact=False, rtol=1e-12)
+
+
 def test_unfitted_builder_and_too_few_buyers_are_clear_errors():
     data = load(transactions=pd.DataFrame(ORDERS[:4], columns=["customer_id", "timestamp", "amount"]))
     with pytest.raises(LifecycleError, match="not fitted"):
         FeatureBuilder().transform(data, AS_OF)
-    with pytest.raises(LifecycleError, match="only 1 customers bought"):
+    with pytest.raises(LifecycleError, match="only 1 customers bought by the as-of date"):
         FeatureBuilder().fit(data, AS_OF)
