@@ -166,7 +166,7 @@ def _print_run(run: FeatureRun) -> None:
         segments.add_row(segment, f"{n:,}", f"{spend:,.2f}")
     console.print(stages, segments)
     console.print(f"features as of {run.as_of} for {run.customers:,} customers: [bold]{run.out}[/bold] "
-                  f"({run.seconds:.1f} s)")
+                  f"({run.total_seconds:.1f} s)")
     if run.rejects:
         console.print(f"rejected rows with reasons: [bold]{run.rejects}[/bold]")
 

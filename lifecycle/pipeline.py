@@ -25,7 +25,11 @@ class FeatureRun:
     rows_after_as_of: int
     stages: list[tuple[str, int]]
     segments: list[tuple[str, int, float]]
-    seconds: float
+    seconds: dict[str, float]  # per phase: validate, features, write
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.seconds.values())
 
 
 def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
@@ -42,15 +46,19 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
 
 def build_features(settings: Settings, out: Path) -> FeatureRun:
     """Build the feature table at the configured as-of date and write it (and the rejects) to ``out``."""
-    started = time.perf_counter()
+    clock = _Clock()
     data = open_dataset(settings)
     as_of = settings.as_of or data.date_range()[1].date()
+    clock.lap("validate")
     builder = settings.feature_builder()
+    features = builder.fit_transform(data, as_of)
+    clock.lap("features")
     out = Path(out)
-    write_relation(builder.fit_transform(data, as_of), out)
+    write_relation(features, out)
     rejects = out.with_name(f"{out.stem}.rejects{out.suffix}")
     rejects.unlink(missing_ok=True)
     written = data.write_rejects(rejects)
+    clock.lap("write")
     con = data.con
     source = f"'{out}'"
     stages = con.execute(f"SELECT stage, count(*) FROM {source} GROUP BY ALL ORDER BY min(stage_rank)").fetchall()
@@ -64,5 +72,16 @@ def build_features(settings: Settings, out: Path) -> FeatureRun:
     return FeatureRun(
         data=data, builder=builder, as_of=as_of, out=out, rejects=rejects if written else None,
         customers=sum(n for _, n in stages), rows_after_as_of=after, stages=stages, segments=segments,
-        seconds=time.perf_counter() - started,
+        seconds=clock.laps,
     )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = now - self._last
+        self._last = now
