@@ -125,11 +125,13 @@ def load(
     if sources.get("transactions") is None:
         raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
     future_limit = now + timedelta(days=future_tolerance_days)
-    given = {}
+    given = {}  # table -> (raw view, column map, timestamp format)
     for table in SCHEMAS:
         source = sources.get(table)
-        if isinstance(source, pd.DataFrame) or (source is not None and source.path is not None):
-            given[table] = (source, _raw_relation(con, table, source))
+        if isinstance(source, pd.DataFrame):
+            given[table] = (_raw_relation(con, table, source), {}, None)
+        elif source is not None and source.path is not None:
+            given[table] = (_raw_relation(con, table, source), source.columns, source.timestamp_format)
     id_type = _id_type(con, given)
     report: dict[str, TableReport] = {}
     reject_views = []
@@ -137,9 +139,7 @@ def load(
         if table not in given:
             _empty_view(con, table, schema, id_type)
             continue
-        source, raw = given[table]
-        mapping = source.columns if isinstance(source, TableSource) else {}
-        fmt = source.timestamp_format if isinstance(source, TableSource) else None
+        raw, mapping, fmt = given[table]
         _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
@@ -185,8 +185,7 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
 
 def _id_type(con, given) -> str:
     """BIGINT when every given table stores customer ids as integers (faster), else VARCHAR."""
-    for source, raw in given.values():
-        mapping = source.columns if isinstance(source, TableSource) else {}
+    for raw, mapping, _ in given.values():
         names, types = _columns(con, raw)
         dtype = dict(zip(names, types, strict=True)).get(mapping.get("customer_id", "customer_id"))
         if dtype not in _INTEGER_TYPES:
@@ -237,6 +236,7 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
         SELECT source_row, {", ".join(schema)}, {final_reason} AS reason FROM {table}_parsed
     """)
     # The one full validation pass keeps only the rejected row numbers; valid rows are an anti-join.
+    # row_number() OVER () follows the input's order in every scan (tests/test_sources.py checks it).
     con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_rejected AS "
                 f"SELECT source_row, reason FROM {table}_checked WHERE reason IS NOT NULL")
     con.execute(

@@ -131,3 +131,26 @@ def test_cdnow_master_log_is_read_whole(cdnow_master, tmp_path):
     report = data.report["transactions"]
     assert (report.rows, report.valid, report.rejected_total) == (69_659, 69_659, 0)
     assert data.customers_count() == 23_570
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_valid_rows_are_exactly_the_unrejected_ones_in_parallel_scans(fmt, tmp_path):
+    """Rejects are remembered by row number; the numbering must agree between scans of big files."""
+    import numpy as np
+
+    n = 300_000
+    rng = np.random.default_rng(1)
+    amount = rng.uniform(1, 100, n)
+    bad = rng.random(n) < 0.01
+    amount[bad] = -1.0
+    frame = pd.DataFrame({"customer_id": rng.integers(0, 50_000, n), "amount": amount, "order_id": np.arange(n),
+                          "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), "s")})
+    path = tmp_path / f"orders.{fmt}"
+    if fmt == "parquet":
+        frame.to_parquet(path, row_group_size=10_000)  # many row groups: scanned by both threads
+    else:
+        frame.to_csv(path, index=False)
+    data = load(transactions=TableSource(path=str(path)))
+    assert data.report["transactions"].rejected == {"negative amount": int(bad.sum())}
+    valid = data.con.execute("SELECT count(*), count(*) FILTER (WHERE amount < 0), sum(CAST(order_id AS BIGINT)) FROM transactions")
+    assert valid.fetchall()[0] == (n - bad.sum(), 0, int(np.arange(n)[~bad].sum()))
