@@ -152,5 +152,6 @@ def test_valid_rows_are_exactly_the_unrejected_ones_in_parallel_scans(fmt, tmp_p
         frame.to_csv(path, index=False)
     data = load(transactions=TableSource(path=str(path)))
     assert data.report["transactions"].rejected == {"negative amount": int(bad.sum())}
-    valid = data.con.execute("SELECT count(*), count(*) FILTER (WHERE amount < 0), sum(CAST(order_id AS BIGINT)) FROM transactions")
+    valid = data.con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE amount < 0), sum(CAST(order_id AS BIGINT)) FROM transactions")
     assert valid.fetchall()[0] == (n - bad.sum(), 0, int(np.arange(n)[~bad].sum()))
