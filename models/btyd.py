@@ -1,0 +1,213 @@
+"""Buy-till-you-die models: BG/NBD for purchases and P(alive), Gamma-Gamma for order value.
+
+BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"): while alive, a
+customer buys at Poisson rate ``lambda ~ Gamma(r, alpha)``; after each purchase they drop out
+with probability ``p ~ Beta(a, b)``. Inputs per customer: frequency x (repeat purchases),
+recency t_x and age T, in one time unit (days or weeks).
+
+Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"): order values are ``Gamma(p, nu)`` with
+``nu ~ Gamma(q, gamma)``, independent of the purchase process. The expected order value of a
+customer with x repeat purchases of mean m shrinks m towards the population mean
+``p * gamma / (q - 1)``: ``E[M | x, m] = (q - 1) / (p x + q - 1) * p gamma / (q - 1)
++ p x / (p x + q - 1) * m``. Customers without a repeat purchase (x = 0), and repeat buyers
+whose repeat orders were all free (m = 0, which Gamma-Gamma cannot fit), get that formula's
+value: the population mean, or the mean shrunk towards 0.
+
+The maximum-likelihood fits go through ``lifetimes`` (archived upstream: tests/test_btyd.py
+guards its numerics against the published CDNOW estimates) on the unique rows, with their counts
+as weights: the same estimates, far fewer likelihood terms. Predictions are computed once per
+unique row too.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from contextlib import contextmanager, redirect_stdout
+from typing import Self
+
+import numpy as np
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes.utils import ConvergenceError
+from scipy.special import gammaln
+
+from features.errors import LifecycleError
+
+MIN_REPEAT_BUYERS = 10
+BOUNDARY = (1e-6, 1e6)  # parameters outside are at the edge of what the data identify
+MAX_SPEND_CORRELATION = 0.3
+
+
+class PurchaseModel:
+    """BG/NBD: expected purchases and P(alive) from frequency, recency and T."""
+
+    def __init__(self, penalizer: float = 0.0):
+        self.penalizer = penalizer
+        self.params_: dict[str, float] | None = None
+        self.log_likelihood_: float | None = None
+        self.customers_ = 0
+
+    def fit(self, frequency, recency, T) -> Self:
+        """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence."""
+        x, t_x, age = _as_arrays(frequency, recency, T)
+        repeaters = int((x > 0).sum())
+        if repeaters < MIN_REPEAT_BUYERS:
+            raise LifecycleError(f"only {repeaters} repeat buyers; BG/NBD needs at least {MIN_REPEAT_BUYERS}")
+        (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
+        fitter = BetaGeoFitter(penalizer_coef=self.penalizer)
+        try:
+            with _quiet():
+                fitter.fit(ux, ut_x, uage, weights=counts)
+        except ConvergenceError as exc:
+            raise LifecycleError(f"BG/NBD did not converge: {str(exc).strip().splitlines()[0]}") from None
+        self.params_ = {name: float(fitter.params_[name]) for name in ("r", "alpha", "a", "b")}
+        _warn_at_boundary("BG/NBD", self.params_)
+        self.log_likelihood_ = float((counts * self.log_likelihood(ux, ut_x, uage)).sum())
+        self.customers_ = len(x)
+        return self
+
+    def log_likelihood(self, frequency, recency, T) -> np.ndarray:
+        """Each customer's log-likelihood at the fitted parameters (equation 6 of the paper)."""
+        r, alpha, a, b = self._params()
+        x, t_x, age = _as_arrays(frequency, recency, T)
+        common = (gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+                  + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x))
+        alive = -(r + x) * np.log(alpha + age)
+        gone = np.where(x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x),
+                        -np.inf)
+        return common + np.logaddexp(alive, gone)
+
+    def expected_purchases(self, t, frequency, recency, T) -> np.ndarray:
+        """Expected purchases in the next ``t`` time units; ``t`` may be a row of horizons (broadcast)."""
+        fitter = self._fitter()
+        return _per_unique(lambda x, t_x, age: fitter.conditional_expected_number_of_purchases_up_to_time(
+            np.asarray(t, dtype=float), x[:, None], t_x[:, None], age[:, None]), frequency, recency, T,
+            squeeze=np.ndim(t) == 0)
+
+    def p_alive(self, frequency, recency, T) -> np.ndarray:
+        """Probability that each customer is still alive (will buy again)."""
+        fitter = self._fitter()
+        return _per_unique(fitter.conditional_probability_alive, frequency, recency, T)
+
+    def _params(self) -> tuple[float, float, float, float]:
+        if self.params_ is None:
+            raise LifecycleError("PurchaseModel is not fitted: call fit() first")
+        return self.params_["r"], self.params_["alpha"], self.params_["a"], self.params_["b"]
+
+    def _fitter(self) -> BetaGeoFitter:
+        fitter = BetaGeoFitter()
+        fitter.params_ = dict(zip(("r", "alpha", "a", "b"), self._params(), strict=True))
+        return fitter
+
+
+class SpendModel:
+    """Gamma-Gamma: expected value of a customer's future orders."""
+
+    def __init__(self, penalizer: float = 0.0):
+        self.penalizer = penalizer
+        self.params_: dict[str, float] | None = None
+        self.spend_correlation_: float | None = None
+
+    def fit(self, frequency, monetary_value) -> Self:
+        """Fit on repeat buyers with a positive mean repeat spend; checks q > 1 and independence."""
+        x, m = _as_arrays(frequency, monetary_value)
+        usable = (x > 0) & (m > 0)
+        if usable.sum() < MIN_REPEAT_BUYERS:
+            raise LifecycleError(
+                f"only {int(usable.sum())} repeat buyers with a positive spend; Gamma-Gamma needs {MIN_REPEAT_BUYERS}")
+        x, m = x[usable], m[usable]
+        self.spend_correlation_ = float(np.corrcoef(x, m)[0, 1])
+        if self.spend_correlation_ > MAX_SPEND_CORRELATION:
+            warnings.warn(
+                f"frequency and mean spend correlate at {self.spend_correlation_:.2f} (> {MAX_SPEND_CORRELATION}): "
+                "Gamma-Gamma assumes they are independent, so its order values are biased", stacklevel=2)
+        (ux, um), counts, _ = _unique_rows(x, m)
+        fitter = GammaGammaFitter(penalizer_coef=self.penalizer)
+        try:
+            with _quiet():
+                fitter.fit(ux, um, weights=counts)
+        except ConvergenceError as exc:
+            raise LifecycleError(f"Gamma-Gamma did not converge: {str(exc).strip().splitlines()[0]}") from None
+        params = {"p": float(fitter.params_["p"]), "q": float(fitter.params_["q"]), "gamma": float(fitter.params_["v"])}
+        if params["q"] <= 1:
+            raise LifecycleError(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
+                                 "check the amounts for outliers or use a penalizer")
+        _warn_at_boundary("Gamma-Gamma", params)
+        self.params_ = params
+        return self
+
+    @property
+    def population_mean(self) -> float:
+        """Expected order value of a customer we know nothing about: p gamma / (q - 1)."""
+        p, q, gamma = self._params()
+        return p * gamma / (q - 1)
+
+    def expected_order_value(self, frequency, monetary_value) -> np.ndarray:
+        """E[M | x, m]: the customer's mean repeat spend shrunk towards the population mean."""
+        p, q, _ = self._params()
+        x, m = _as_arrays(frequency, monetary_value)
+        weight = p * x / (p * x + q - 1)
+        return (1 - weight) * self.population_mean + weight * m
+
+    def _params(self) -> tuple[float, float, float]:
+        if self.params_ is None:
+            raise LifecycleError("SpendModel is not fitted: call fit() first")
+        return self.params_["p"], self.params_["q"], self.params_["gamma"]
+
+
+def monthly_rate(annual_rate: float) -> float:
+    """The monthly discount rate equivalent to an annual one."""
+    return (1 + annual_rate) ** (1 / 12) - 1
+
+
+def clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, monetary_value,
+        months: int, monthly_discount: float, month_length: float) -> np.ndarray:
+    """Discounted expected cash flow over ``months`` months, in monthly steps.
+
+    ``CLV = sum_k E[M] (E[X(k L)] - E[X((k - 1) L)]) / (1 + d)^k`` for k = 1..months, with the
+    month length L in the model's time unit (days: 365.25 / 12; lifetimes uses 4.345 weeks) and
+    the monthly discount rate d. All months of all customers are one vectorised evaluation.
+    """
+    steps = np.arange(1, months + 1) * month_length
+    cumulative = purchases.expected_purchases(steps, frequency, recency, T)
+    per_month = np.diff(cumulative, axis=1, prepend=0.0)
+    discount = (1 + monthly_discount) ** -np.arange(1, months + 1)
+    return spend.expected_order_value(frequency, monetary_value) * (per_month @ discount)
+
+
+def _as_arrays(*columns) -> list[np.ndarray]:
+    arrays = [np.asarray(c, dtype=float) for c in columns]
+    if any(a.shape != arrays[0].shape for a in arrays) or any(np.isnan(a).any() for a in arrays):
+        raise LifecycleError("BTYD inputs must be equally long and free of missing values")
+    return arrays
+
+
+def _unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The distinct rows of the given columns, how often each occurs, and each row's index into them."""
+    unique, inverse, counts = np.unique(np.column_stack(columns), axis=0, return_inverse=True, return_counts=True)
+    return list(unique.T), counts, inverse.ravel()
+
+
+def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
+    """Evaluate ``function`` once per distinct (frequency, recency, T) row and spread the result back."""
+    unique, _, inverse = _unique_rows(*_as_arrays(*columns))
+    values = np.asarray(function(*unique))
+    if squeeze and values.ndim == 2:
+        values = values[:, 0]
+    return values[inverse]
+
+
+@contextmanager
+def _quiet():
+    """Silence lifetimes' optimizer: its overflow warnings, and the result it prints when it fails."""
+    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _warn_at_boundary(model: str, params: dict[str, float]) -> None:
+    low, high = BOUNDARY
+    edges = {k: v for k, v in params.items() if not low < v < high}
+    if edges:
+        warnings.warn(f"{model} parameters at the edge of their range {edges}: the data barely identify them",
+                      stacklevel=3)

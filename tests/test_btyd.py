@@ -1,0 +1,157 @@
+"""BG/NBD and Gamma-Gamma against the published CDNOW results, lifetimes itself and the simulator."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifetimes import BetaGeoFitter, GammaGammaFitter
+from scipy.optimize import minimize
+
+from features import cdnow
+from features.build import FeatureBuilder
+from features.errors import LifecycleError
+from features.simulator import SimulationParams, simulate
+from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
+from tests.conftest import load
+from tests.test_simulator import continuous_summary
+
+LIFETIMES_MONTH_IN_WEEKS = 4.345
+
+
+@pytest.fixture(scope="module")
+def published():
+    """lifetimes' 2,357-customer CDNOW summary, weeks 1-39 (the published estimation sample)."""
+    return pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))
+
+
+@pytest.fixture(scope="module")
+def fitted(published):
+    s = published
+    purchases = PurchaseModel().fit(s.x, s.t_x, s["T"])
+    spend = SpendModel().fit(s.x, s.zbar)
+    return purchases, spend
+
+
+def test_bgnbd_reproduces_the_published_cdnow_estimates(fitted, published):
+    """Fader, Hardie & Lee (2005): r = 0.243, alpha = 4.414, a = 0.793, b = 2.426, LL = -9582.4."""
+    purchases, _ = fitted
+    assert {k: round(v, 3) for k, v in purchases.params_.items()} == {"r": 0.243, "alpha": 4.414, "a": 0.793,
+                                                                       "b": 2.426}
+    assert purchases.log_likelihood_ == pytest.approx(-9582.43, abs=0.01)
+    # and it is the maximum: an independent, tightly converged search on our own log-likelihood agrees
+    probe = PurchaseModel()
+
+    def negative_log_likelihood(log_params):
+        probe.params_ = dict(zip(("r", "alpha", "a", "b"), np.exp(log_params), strict=True))
+        return -probe.log_likelihood(published.x, published.t_x, published["T"]).sum()
+
+    best = minimize(negative_log_likelihood, np.log([0.3, 5.0, 1.0, 3.0]), method="Nelder-Mead",
+                    options={"xatol": 1e-10, "fatol": 1e-10, "maxiter": 20_000, "maxfev": 40_000})
+    np.testing.assert_allclose(list(purchases.params_.values()), np.exp(best.x), rtol=1e-5)
+    assert purchases.log_likelihood_ == pytest.approx(-best.fun, abs=1e-6)
+    assert purchases.expected_purchases(39, [2], [30.43], [38.86])[0] == pytest.approx(1.226, abs=5e-4)
+
+
+def test_gamma_gamma_reproduces_the_published_cdnow_estimates(fitted):
+    _, spend = fitted
+    assert {k: round(v, 4) for k, v in spend.params_.items()} == {"p": 6.2488, "q": 3.7446, "gamma": 15.4477}
+
+
+def test_clv_reproduces_the_published_cdnow_values(fitted, published):
+    purchases, spend = fitted
+    s = published
+    values = clv(purchases, spend, s.x, s.t_x, s["T"], s.zbar, months=12, monthly_discount=0.01,
+                 month_length=LIFETIMES_MONTH_IN_WEEKS)
+    assert values.mean() == pytest.approx(30.339, abs=5e-4)
+    assert np.round(values[:3], 2).tolist() == [36.28, 4.64, 8.34]
+
+
+def test_predictions_and_clv_equal_lifetimes_on_the_cdnow_master_log(cdnow_master):
+    """Fit through unique rows with weights, vectorised CLV: the same numbers as plain lifetimes."""
+    data = load(transactions=cdnow_master)
+    summary = FeatureBuilder().fit_transform(data, cdnow.OBSERVATION_END.date()).df()
+    f, r, t, m = (summary[c].to_numpy() for c in ("frequency", "recency", "T", "monetary_value"))
+    purchases = PurchaseModel().fit(f, r, t)
+    spend = SpendModel().fit(f, m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = BetaGeoFitter().fit(f, r, t)
+        repeat = (f > 0) & (m > 0)
+        their_spend = GammaGammaFitter().fit(f[repeat], m[repeat])
+    for name in ("r", "alpha", "a", "b"):
+        assert purchases.params_[name] == pytest.approx(theirs.params_[name], rel=1e-4), name
+    assert spend.params_["p"] == pytest.approx(their_spend.params_["p"], rel=1e-4)
+    # Same parameters in, the same predictions out (to 1e-6 relative).
+    theirs.params_ = pd.Series(purchases.params_)
+    their_spend.params_ = pd.Series({"p": spend.params_["p"], "q": spend.params_["q"], "v": spend.params_["gamma"]})
+    np.testing.assert_allclose(purchases.p_alive(f, r, t), theirs.conditional_probability_alive(f, r, t), rtol=1e-6)
+    np.testing.assert_allclose(purchases.expected_purchases(90, f, r, t),
+                               theirs.conditional_expected_number_of_purchases_up_to_time(90, f, r, t), rtol=1e-6)
+    ours = clv(purchases, spend, f, r, t, m, months=12, monthly_discount=0.01, month_length=30)
+    index = pd.RangeIndex(len(f))
+    reference = their_spend.customer_lifetime_value(theirs, pd.Series(f, index), pd.Series(r, index),
+                                                    pd.Series(t, index), pd.Series(m, index), time=12,
+                                                    discount_rate=0.01, freq="D")
+    np.testing.assert_allclose(ours, reference.to_numpy(), rtol=1e-6)
+
+
+def test_the_zero_spend_repeat_buyer_gets_a_defined_order_value(cdnow_master):
+    """One CDNOW repeat buyer's repeat orders were all free: Gamma-Gamma cannot fit that row."""
+    data = load(transactions=cdnow_master)
+    summary = FeatureBuilder().fit_transform(data, cdnow.OBSERVATION_END.date()).df()
+    zero = summary[(summary.frequency > 0) & (summary.monetary_value == 0)]
+    assert len(zero) == 1
+    spend = SpendModel().fit(summary.frequency, summary.monetary_value)
+    p, q = spend.params_["p"], spend.params_["q"]
+    x = zero.frequency.iloc[0]
+    value = spend.expected_order_value([x], [0.0])[0]
+    assert value == pytest.approx((q - 1) / (p * x + q - 1) * spend.population_mean)
+    assert spend.expected_order_value([0], [0.0])[0] == pytest.approx(spend.population_mean)
+
+
+def test_parameters_of_the_simulator_are_recovered():
+    """Continuous-time data from the simulator: estimates within 4 standard errors of the truth."""
+    sim = simulate(SimulationParams(customers=60_000, seed=8, events=False))
+    s = continuous_summary(sim)
+    purchases = PurchaseModel().fit(s.frequency, s.recency, s["T"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        errors = BetaGeoFitter().fit(s.frequency, s.recency, s["T"]).summary["se(coef)"]
+    truth = sim.params
+    for name in ("r", "alpha", "a", "b"):
+        assert abs(purchases.params_[name] - getattr(truth, name)) < 4 * errors[name], name
+    repeat = s[s.frequency > 0]
+    spend = SpendModel().fit(repeat.frequency, repeat.monetary_value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spend_errors = GammaGammaFitter().fit(repeat.frequency, repeat.monetary_value).summary["se(coef)"]
+    for name, ours in (("p", "p"), ("q", "q"), ("v", "gamma")):
+        assert abs(spend.params_[ours] - getattr(truth, ours)) < 4 * spend_errors[name], name
+
+
+def test_guards_speak_clearly():
+    rng = np.random.default_rng(0)
+    with pytest.raises(LifecycleError, match="only 3 repeat buyers"):
+        PurchaseModel().fit([1, 2, 1, 0, 0], [5, 9, 3, 0, 0], [10, 10, 10, 10, 10])
+    with pytest.raises(LifecycleError, match="not fitted"):
+        PurchaseModel().p_alive([1], [1], [2])
+    with pytest.raises(LifecycleError, match="missing values"):
+        PurchaseModel().fit([1, np.nan], [1, 1], [2, 2])
+    # Order values with an infinite mean: nu ~ Gamma(q = 0.7) makes q <= 1.
+    x = rng.integers(1, 10, 5000)
+    nu = rng.gamma(0.7, 1 / 15, 5000)
+    m = rng.gamma(6 * x, 1 / (nu * x))  # the mean of x Gamma(6, nu) orders
+    with pytest.raises(LifecycleError, match=r"q = 0\.[5-9][0-9]* <= 1"):
+        SpendModel().fit(x, m)
+    # Spend that grows with frequency breaks Gamma-Gamma's independence assumption: pair the
+    # largest mean spends with the most frequent buyers.
+    spend = np.sort(rng.gamma(6 * x, 1 / (rng.gamma(4, 1 / 15, 5000) * x)))
+    with pytest.warns(UserWarning, match=r"correlate at 0\.[3-9]"):
+        SpendModel().fit(np.sort(x), spend)
+
+
+def test_monthly_rate_compounds_to_the_annual_rate():
+    assert (1 + monthly_rate(0.10)) ** 12 == pytest.approx(1.10)
