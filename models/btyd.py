@@ -27,6 +27,7 @@ from contextlib import contextmanager, redirect_stdout
 from typing import Self
 
 import numpy as np
+import pandas as pd
 from lifetimes import BetaGeoFitter, GammaGammaFitter
 from lifetimes.utils import ConvergenceError
 from scipy.special import gammaln
@@ -183,9 +184,26 @@ def _as_arrays(*columns) -> list[np.ndarray]:
 
 
 def _unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The distinct rows of the given columns, how often each occurs, and each row's index into them."""
-    unique, inverse, counts = np.unique(np.column_stack(columns), axis=0, return_inverse=True, return_counts=True)
-    return list(unique.T), counts, inverse.ravel()
+    """The distinct rows of the given columns (sorted), how often each occurs, and each row's index.
+
+    Rows are hashed to 64 bits and the hashes factorized, many times faster than the sort behind
+    ``np.unique(axis=0)``; every row is then checked against its representative, and a hash
+    collision (never seen, but possible) falls back to the exact sort. The distinct rows come out
+    sorted because lifetimes' likelihood evaluates ~1.5x faster on sorted input.
+    """
+    hashes = pd.util.hash_pandas_object(pd.DataFrame(dict(enumerate(columns))), index=False).to_numpy()
+    inverse, _ = pd.factorize(hashes)
+    first = np.zeros(inverse.max() + 1, dtype=np.int64)
+    first[inverse[::-1]] = np.arange(len(inverse))[::-1]  # the first row of each distinct hash
+    levels = [c[first] for c in columns]
+    if not all(np.array_equal(level[inverse], c) for level, c in zip(levels, columns, strict=True)):
+        unique, inverse, counts = np.unique(np.column_stack(columns), axis=0, return_inverse=True, return_counts=True)
+        return list(unique.T), counts, inverse.ravel()
+    order = np.lexsort(levels[::-1])
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    inverse = rank[inverse]
+    return [level[order] for level in levels], np.bincount(inverse), inverse
 
 
 def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:

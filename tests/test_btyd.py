@@ -155,3 +155,22 @@ def test_guards_speak_clearly():
 
 def test_monthly_rate_compounds_to_the_annual_rate():
     assert (1 + monthly_rate(0.10)) ** 12 == pytest.approx(1.10)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_unique_rows_are_exact_even_when_hashes_collide(collide, monkeypatch):
+    from models import btyd
+
+    if collide:  # every row hashes alike: the exact fallback must take over
+        def same_hash(frame, index):
+            return pd.Series(np.zeros(len(frame), dtype="uint64"))
+
+        monkeypatch.setattr(pd.util, "hash_pandas_object", same_hash)
+    rng = np.random.default_rng(3)
+    columns = [rng.integers(0, 4, 1000).astype(float), rng.integers(0, 3, 1000).astype(float), np.full(1000, 7.5)]
+    levels, counts, inverse = btyd._unique_rows(*columns)
+    for level, column in zip(levels, columns, strict=True):
+        np.testing.assert_array_equal(level[inverse], column)
+    expected = np.unique(np.column_stack(columns), axis=0, return_counts=True)
+    np.testing.assert_array_equal(np.column_stack(levels), expected[0])  # distinct and sorted
+    np.testing.assert_array_equal(counts, expected[1])
