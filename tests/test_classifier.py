@@ -16,16 +16,10 @@ from features.simulator import SimulationParams, simulate
 from models.btyd import PurchaseModel
 from models.classifier import Classifier
 from tests.conftest import load
+from training import evaluate
 
 HORIZON = 90
 NOT_FEATURES = ["customer_id", "as_of", "next_stage"]
-
-
-def expected_calibration_error(probability: np.ndarray, outcome: np.ndarray, bins: int = 10) -> float:
-    edges = np.quantile(probability, np.linspace(0, 1, bins + 1))
-    which = np.clip(np.searchsorted(edges, probability, side="right") - 1, 0, bins - 1)
-    return sum(abs(probability[which == b].mean() - outcome[which == b].mean()) * (which == b).mean()
-               for b in range(bins) if (which == b).any())
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +57,7 @@ def test_churn_model_beats_both_baselines_out_of_time(split):
     recency = roc_auc_score(y, test.recency_days)
     not_alive = roc_auc_score(y, 1 - test.p_alive)
     assert auc > max(recency, not_alive) + 0.01, (auc, recency, not_alive)
-    assert expected_calibration_error(model.predict_proba(features(test)), y) < 0.05
+    assert evaluate.expected_calibration_error(y, model.predict_proba(features(test))) < 0.05
     assert model.best_iteration_ < model.max_rounds  # early stopping stopped it
 
 

@@ -1,0 +1,75 @@
+"""Out-of-time metrics: classification (churn, next stage), purchase counts and CLV ranking."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import spearmanr
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+
+def classification(outcome, probability) -> dict[str, float]:
+    """ROC-AUC, PR-AUC (average precision), Brier score and expected calibration error."""
+    y, p = np.asarray(outcome, dtype=int), np.asarray(probability, dtype=float)
+    return {
+        "roc_auc": float(roc_auc_score(y, p)),
+        "pr_auc": float(average_precision_score(y, p)),
+        "brier": float(brier_score_loss(y, np.clip(p, 0, 1))),
+        "ece": expected_calibration_error(y, p),
+    }
+
+
+def ranking(outcome, score) -> float:
+    """ROC-AUC of any score (a baseline need not be a probability)."""
+    return float(roc_auc_score(np.asarray(outcome, dtype=int), np.asarray(score, dtype=float)))
+
+
+def expected_calibration_error(outcome, probability, bins: int = 10) -> float:
+    """Mean |observed rate - mean probability| over ten equal-width probability bins, weighted by size."""
+    y, p = np.asarray(outcome, dtype=float), np.asarray(probability, dtype=float)
+    which = np.clip((p * bins).astype(int), 0, bins - 1)
+    size = np.bincount(which, minlength=bins)
+    used = size > 0
+    observed = np.bincount(which, weights=y, minlength=bins)[used] / size[used]
+    predicted = np.bincount(which, weights=p, minlength=bins)[used] / size[used]
+    return float(np.sum(np.abs(observed - predicted) * size[used]) / len(p))
+
+
+def auc_by_group(outcome, probability, group) -> dict[str, float]:
+    """ROC-AUC within each group (e.g. current stage) that has both outcomes."""
+    y, p, g = np.asarray(outcome, dtype=int), np.asarray(probability, dtype=float), np.asarray(group)
+    return {str(k): float(roc_auc_score(y[g == k], p[g == k])) for k in np.unique(g)
+            if len(np.unique(y[g == k])) == 2}
+
+
+def counts(actual, predicted) -> dict[str, float]:
+    """Per-customer mean absolute error and the relative error of the total."""
+    a, p = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    return {"mae": float(np.mean(np.abs(p - a))), "aggregate_error": float((p.sum() - a.sum()) / a.sum())}
+
+
+def value(actual, predicted, groups: int = 10) -> dict[str, float]:
+    """How well predicted value (CLV) ranks and sizes actual holdout spend.
+
+    spearman: rank correlation. gini: normalized Gini, the Gini of actual spend ordered by the
+    prediction over the Gini of the perfect order (1 perfect, 0 random, -1 reversed).
+    top_decile_capture: share of all actual spend made by the top 10 % by prediction.
+    decile_mape: mean |mean predicted - mean actual| / mean actual over the prediction's deciles.
+    """
+    a, p = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    order = np.argsort(-p, kind="stable")
+    top = max(1, len(a) // groups)
+    deciles = np.array_split(order, groups)
+    errors = [abs(p[d].mean() - a[d].mean()) / a[d].mean() for d in deciles if len(d) and a[d].mean() > 0]
+    return {
+        "spearman": float(spearmanr(a, p).statistic),
+        "gini": _gini(a, p) / _gini(a, a),
+        "top_decile_capture": float(a[order[:top]].sum() / a.sum()),
+        "decile_mape": float(np.mean(errors)),
+    }
+
+
+def _gini(actual: np.ndarray, predicted: np.ndarray) -> float:
+    """Gini of ``actual`` ordered by ``predicted``, descending: area between its Lorenz curve and the diagonal."""
+    ordered = actual[np.argsort(-predicted, kind="stable")]
+    cumulative = np.cumsum(ordered) / ordered.sum()
+    return float(np.mean(cumulative - np.arange(1, len(actual) + 1) / len(actual)))
