@@ -75,3 +75,31 @@ def test_simulated_shop_with_engagement():
 def test_too_short_a_history_is_refused():
     with pytest.raises(LifecycleError, match="needs more than two churn horizons"):
         windows(date(2024, 1, 1), date(2024, 5, 1), Horizons(churn_days=90))
+
+
+def test_the_model_is_a_self_contained_mlflow_pyfunc(cdnow_run, tmp_path):
+    """Saved, then loaded by MLflow in a fresh process elsewhere: the same records as in process."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from models import pyfunc
+
+    data, run = cdnow_run
+    features = run.model.builder.transform(data, run.windows.end).df()
+    pyfunc.save(run.model, tmp_path / "model", features.head(5))
+    features.to_parquet(tmp_path / "features.parquet")
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "model.predict(pd.read_parquet(sys.argv[2])).to_parquet(sys.argv[3])\n"
+        "print(sys.modules['models'].__file__)\n"
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model"), str(tmp_path / "features.parquet"),
+                           str(tmp_path / "scores.parquet")], cwd=elsewhere, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().startswith(str(tmp_path / "model" / "code"))  # the code that travelled with it
+    expected = pyfunc.as_records(run.model.predict(features))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"), expected, check_dtype=False)
