@@ -102,10 +102,10 @@ def connect(memory_limit: str | None = None, temp_directory: str | Path | None =
     con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB write and spill in parallel
     if memory_limit:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
+        con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
     if temp_directory:
         Path(temp_directory).mkdir(parents=True, exist_ok=True)
-        con.execute(f"SET temp_directory = '{Path(temp_directory).resolve()}'")
+        con.execute(f"SET temp_directory = {sql_literal(str(Path(temp_directory).resolve()))}")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     return con
@@ -169,7 +169,7 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     if not files or not all(Path(f).is_file() for f in files):
         raise LifecycleError(f"{table}: no file matches {path!r}")
     suffixes = {Path(f).suffix.lower() for f in files}
-    quoted = "[" + ", ".join(_literal(f) for f in files) + "]"
+    quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
     if suffixes <= {".parquet", ".pq"}:
         reader = f"read_parquet({quoted}, union_by_name = true)"
     elif suffixes <= {".csv", ".txt", ".tsv"}:
@@ -215,7 +215,7 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
         parsed.append(f"{value} AS {ours}")
         checks.extend(column_checks)
     reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in checks) + " END"
-    record = "to_json({" + ", ".join(f"{_literal(c)}: raw.{_ident(c)}" for c in available) + "})"
+    record = "to_json({" + ", ".join(f"{sql_literal(c)}: raw.{_ident(c)}" for c in available) + "})"
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {table}_numbered AS "
         f"SELECT row_number() OVER () AS source_row, {record} AS record FROM {raw} AS raw"
@@ -263,7 +263,7 @@ def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
         if dtype.startswith(("TIMESTAMP", "DATE")):
             value = f"CAST({column} AS TIMESTAMP)"
         elif fmt:
-            value = f"try_strptime({text}, {_literal(fmt)})"
+            value = f"try_strptime({text}, {sql_literal(fmt)})"
         else:
             value = f"try_cast({text} AS TIMESTAMP)"
         if not dtype.startswith(("TIMESTAMP", "DATE")):
@@ -313,5 +313,6 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(text: str) -> str:
+def sql_literal(text: str) -> str:
+    """``text`` as a quoted SQL string literal."""
     return "'" + text.replace("'", "''") + "'"

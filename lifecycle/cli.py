@@ -15,7 +15,7 @@ from rich.table import Table
 from features import cdnow
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from features.sources import TableSource
+from features.sources import TableSource, sql_literal
 from lifecycle.config import Settings, load_settings
 from lifecycle.pipeline import FeatureRun, build_features
 
@@ -142,7 +142,7 @@ def demo(ctx: typer.Context) -> None:
     _print_run(run)
     btyd = run.data.con.execute(
         f"SELECT avg(frequency), avg(recency), avg(T), avg(monetary_value), count(*) FILTER (WHERE frequency > 0) "
-        f"FROM '{run.out}' WHERE orders > 0"
+        f"FROM {sql_literal(str(run.out))} WHERE orders > 0"
     ).fetchall()[0]
     console.print(
         f"BTYD summary (days): mean frequency {btyd[0]:.3f}, recency {btyd[1]:.1f}, T {btyd[2]:.1f}, "

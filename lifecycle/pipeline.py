@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from features.build import FeatureBuilder
-from features.sources import Dataset, connect, load, write_relation
+from features.sources import Dataset, connect, load, sql_literal, write_relation
 from lifecycle.config import Settings
 
 
@@ -60,7 +60,7 @@ def build_features(settings: Settings, out: Path) -> FeatureRun:
     written = data.write_rejects(rejects)
     clock.lap("write")
     con = data.con
-    source = f"'{out}'"
+    source = sql_literal(str(out))
     stages = con.execute(f"SELECT stage, count(*) FROM {source} GROUP BY ALL ORDER BY min(stage_rank)").fetchall()
     segments = con.execute(
         f"SELECT rfm_segment, count(*), avg(total_spend) FROM {source} WHERE rfm_segment IS NOT NULL "

@@ -95,3 +95,12 @@ def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "features as of 1998-06-30 for 23,570 customers" in result.stdout and "Champions" in result.stdout
     assert (tmp_path / ".lifecycle/output/cdnow_features.parquet").is_file()
+
+
+def test_paths_with_quotes_work(tmp_path):
+    folder = tmp_path / "it's here"
+    folder.mkdir()
+    assert run("data", "cdnow", "--out", "data", cwd=folder).returncode == 0
+    result = run("features", "--transactions", "data/transactions.csv", "--out", "o'ut/features.parquet", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_parquet(folder / "o'ut/features.parquet")) == 23_570
