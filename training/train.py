@@ -30,6 +30,9 @@ from models.classifier import Classifier
 from models.lifecycle import Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from training import evaluate
 
+# Label columns joined to the features (orders renamed: the features have their own).
+_LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
+
 
 @dataclass(frozen=True)
 class Windows:
@@ -101,9 +104,6 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring = scoring_builder.fit_transform(data, win.end).df()
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons)
     return TrainingResult(model, win, metrics, baselines, by_stage)
-
-
-_LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
 
 
 def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Horizons, fit: bool = False):
