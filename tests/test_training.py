@@ -42,6 +42,14 @@ def test_cdnow_models_beat_their_baselines(cdnow_run):
     assert m["clv_top_decile_capture"] > 0.45
 
 
+def test_a_run_is_reproducible(cdnow_run):
+    """Same data and seed, same numbers (to the last bits of DuckDB's parallel floating-point sums)."""
+    data, run = cdnow_run
+    again = train(data, FeatureBuilder, Horizons())
+    assert again.metrics == pytest.approx(run.metrics, rel=1e-12)
+    assert again.baselines == pytest.approx(run.baselines, rel=1e-12)
+
+
 def test_cdnow_scores_every_customer_with_the_full_record(cdnow_run):
     data, run = cdnow_run
     model = run.model

@@ -61,10 +61,30 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
 
 
 @dataclass
+class EvaluationTwin:
+    """The models a training run is judged by, all fitted strictly before its evaluation windows.
+
+    Classifiers (and the BTYD models and feature builder behind their inputs) are fitted at t0
+    with labels up to t1; the holdout BTYD models at the calibration end. A newer run's windows
+    start no earlier, so the promotion gate can score an older champion's twin on the newest
+    window without it having seen any of it.
+    """
+
+    builder: FeatureBuilder
+    purchases: PurchaseModel
+    spend: SpendModel
+    churn: Classifier
+    next_stage: Classifier
+    holdout_purchases: PurchaseModel
+    holdout_spend: SpendModel
+
+
+@dataclass
 class TrainingResult:
-    """The fitted model and everything measured on the way."""
+    """The fitted model, its evaluation twin and everything measured on the way."""
 
     model: LifecycleModel
+    twin: EvaluationTwin
     windows: Windows
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
@@ -76,26 +96,8 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder."""
     first, last = data.date_range()
     win = windows(first.date(), last.date(), horizons)
-    metrics, baselines = _evaluate_btyd(data, new_builder(), win, horizons)
-
-    train_builder = new_builder()
-    train_at_t0 = _labelled(data, train_builder, win.t0, horizons, fit=True)
-    purchases_t0, spend_t0 = _fit_btyd(train_at_t0)
-    churn, next_stage = _fit_classifiers(train_at_t0, purchases_t0, spend_t0, horizons, seed)
-    test = _labelled(data, train_builder, win.t1, horizons)
-    btyd = btyd_columns(purchases_t0, spend_t0, test, horizons)
-    inputs = classifier_inputs(test.drop(columns=_LABELS), btyd)
-    churned = test["churned"].to_numpy()
-    churn_metrics = evaluate.classification(churned, churn.predict_proba(inputs))
-    metrics.update({f"churn_{k}": v for k, v in churn_metrics.items()})
-    # A prospect has no recency: rank them as the longest-gone; BTYD's P(alive) does not apply to them.
-    baselines["churn_roc_auc_recency"] = evaluate.ranking(churned, test["recency_days"].fillna(1e9))
-    baselines["churn_roc_auc_p_alive"] = evaluate.ranking(churned, 1 - btyd["p_alive"].fillna(0))
-    climbing = test["next_stage"].notna().to_numpy()
-    reached = test.loc[climbing, "reached_next_stage"].astype(int).to_numpy()
-    probability = next_stage.predict_proba(inputs[climbing])
-    metrics["next_stage_roc_auc"] = evaluate.ranking(reached, probability)
-    by_stage = evaluate.auc_by_group(reached, probability, test.loc[climbing, "stage"])
+    twin = fit_twin(data, new_builder, win, horizons, seed)
+    metrics, baselines, by_stage = evaluate_twin(data, twin, win, horizons)
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
     churn, next_stage = _fit_classifiers(final, *_fit_btyd(final), horizons, seed)
@@ -103,14 +105,49 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons)
-    return TrainingResult(model, win, metrics, baselines, by_stage)
+    return TrainingResult(model, twin, win, metrics, baselines, by_stage)
+
+
+def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Windows, horizons: Horizons,
+             seed: int = 0) -> EvaluationTwin:
+    """Fit the models that ``evaluate_twin`` judges: classifiers at t0, BTYD at the calibration end."""
+    builder = new_builder()
+    at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
+    purchases, spend = _fit_btyd(at_t0)
+    churn, next_stage = _fit_classifiers(at_t0, purchases, spend, horizons, seed)
+    calibration = builder.transform(data, win.btyd_calibration_end).df()
+    return EvaluationTwin(builder, purchases, spend, churn, next_stage, *_fit_btyd(calibration))
+
+
+def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows,
+                  horizons: Horizons) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Metrics, baselines and next-stage AUC per stage of ``twin`` on the windows ``win``."""
+    metrics, baselines = _evaluate_btyd(data, twin, win, horizons)
+    test = _labelled(data, twin.builder, win.t1, horizons)
+    btyd = btyd_columns(twin.purchases, twin.spend, test, horizons)
+    inputs = classifier_inputs(test.drop(columns=_LABELS), btyd)
+    churned = test["churned"].to_numpy()
+    metrics |= {f"churn_{k}": v for k, v in evaluate.classification(churned, twin.churn.predict_proba(inputs)).items()}
+    # A prospect has no recency: rank them as the longest-gone; BTYD's P(alive) does not apply to them.
+    baselines["churn_roc_auc_recency"] = evaluate.ranking(churned, test["recency_days"].fillna(1e9))
+    baselines["churn_roc_auc_p_alive"] = evaluate.ranking(churned, 1 - btyd["p_alive"].fillna(0))
+    climbing = test["next_stage"].notna().to_numpy()
+    reached = test.loc[climbing, "reached_next_stage"].astype(int).to_numpy()
+    probability = twin.next_stage.predict_proba(inputs[climbing])
+    metrics["next_stage_roc_auc"] = evaluate.ranking(reached, probability)
+    return metrics, baselines, evaluate.auc_by_group(reached, probability, test.loc[climbing, "stage"])
 
 
 def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Horizons, fit: bool = False):
-    """Features at ``as_of`` joined with their labels over the churn horizon."""
+    """Features at ``as_of`` joined with their labels over the churn horizon, in customer order.
+
+    DuckDB returns rows in no fixed order; sorting makes the seeded splits, and so every run,
+    reproducible.
+    """
     features = (builder.fit_transform(data, as_of) if fit else builder.transform(data, as_of)).df()
     labels = builder.labels(data, as_of, horizons.churn_days).df().rename(columns={"orders": "orders_in_window"})
-    return features.merge(labels[["customer_id", *_LABELS]], on="customer_id", validate="one_to_one")
+    table = features.merge(labels[["customer_id", *_LABELS]], on="customer_id", validate="one_to_one")
+    return table.sort_values("customer_id", ignore_index=True)
 
 
 def _fit_btyd(features: pd.DataFrame) -> tuple[PurchaseModel, SpendModel]:
@@ -129,19 +166,18 @@ def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: Spend
     return churn, next_stage
 
 
-def _evaluate_btyd(data: Dataset, builder: FeatureBuilder, win: Windows,
+def _evaluate_btyd(data: Dataset, twin: EvaluationTwin, win: Windows,
                    horizons: Horizons) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit on the calibration period, compare with the holdout: purchases and value (CLV)."""
-    calibration = builder.fit_transform(data, win.btyd_calibration_end).df()
-    holdout = builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
+    """The twin's holdout BTYD models against what customers did after the calibration end."""
+    calibration = twin.builder.transform(data, win.btyd_calibration_end).df()
+    holdout = twin.builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
     table = calibration.merge(holdout[["customer_id", "purchases", "spend"]], on="customer_id")
-    table = table[table["orders"] > 0].reset_index(drop=True)
-    purchases, spend = _fit_btyd(table)
+    table = table[table["orders"] > 0].sort_values("customer_id", ignore_index=True)
     f, r, t = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
-    predicted = purchases.expected_purchases(win.btyd_holdout_days, f, r, t)
+    predicted = twin.holdout_purchases.expected_purchases(win.btyd_holdout_days, f, r, t)
     past_rate = f / np.maximum(t, 1) * win.btyd_holdout_days  # repeat purchases per day so far
     value_horizons = Horizons(horizons.churn_days, win.btyd_holdout_days, horizons.annual_discount_rate)
-    clv = btyd_columns(purchases, spend, table, value_horizons)["clv"].to_numpy()
+    clv = btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"].to_numpy()
     spend_rate = table["total_spend"].to_numpy() / (t + 1) * win.btyd_holdout_days  # spend per day so far
     metrics = {f"holdout_purchases_{k}": v for k, v in evaluate.counts(table["purchases"], predicted).items()}
     metrics |= {f"clv_{k}": v for k, v in evaluate.value(table["spend"], clv).items()}
