@@ -92,15 +92,18 @@ class TrainingResult:
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
-          seed: int = 0) -> TrainingResult:
-    """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder."""
+          seed: int = 0, classifier_params: dict | None = None) -> TrainingResult:
+    """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
+
+    ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS).
+    """
     first, last = data.date_range()
     win = windows(first.date(), last.date(), horizons)
-    twin = fit_twin(data, new_builder, win, horizons, seed)
+    twin = fit_twin(data, new_builder, win, horizons, seed, classifier_params)
     metrics, baselines, by_stage = evaluate_twin(data, twin, win, horizons)
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
-    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final), horizons, seed)
+    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final), horizons, seed, classifier_params)
     # Population-relative state (RFM edges) is learned where the model will score: at the end.
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
@@ -109,12 +112,12 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
 
 
 def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Windows, horizons: Horizons,
-             seed: int = 0) -> EvaluationTwin:
+             seed: int = 0, classifier_params: dict | None = None) -> EvaluationTwin:
     """Fit the models that ``evaluate_twin`` judges: classifiers at t0, BTYD at the calibration end."""
     builder = new_builder()
     at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
     purchases, spend = _fit_btyd(at_t0)
-    churn, next_stage = _fit_classifiers(at_t0, purchases, spend, horizons, seed)
+    churn, next_stage = _fit_classifiers(at_t0, purchases, spend, horizons, seed, classifier_params)
     calibration = builder.transform(data, win.btyd_calibration_end).df()
     return EvaluationTwin(builder, purchases, spend, churn, next_stage, *_fit_btyd(calibration))
 
@@ -157,12 +160,13 @@ def _fit_btyd(features: pd.DataFrame) -> tuple[PurchaseModel, SpendModel]:
 
 
 def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
-                     seed: int) -> tuple[Classifier, Classifier]:
+                     seed: int, params: dict | None) -> tuple[Classifier, Classifier]:
     features = table.drop(columns=_LABELS)
     inputs = classifier_inputs(features, btyd_columns(purchases, spend, features, horizons))
-    churn = Classifier(seed=seed).fit(inputs, table["churned"])
+    churn = Classifier(params, seed=seed).fit(inputs, table["churned"])
     climbing = table["next_stage"].notna().to_numpy()
-    next_stage = Classifier(seed=seed).fit(inputs[climbing], table.loc[climbing, "reached_next_stage"].astype(int))
+    next_stage = Classifier(params, seed=seed).fit(inputs[climbing],
+                                                   table.loc[climbing, "reached_next_stage"].astype(int))
     return churn, next_stage
 
 

@@ -1,0 +1,69 @@
+"""The registry and the promotion gate against a real MLflow store (SQLite), on CDNOW."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from features.build import FeatureBuilder
+from features.errors import LifecycleError
+from models.lifecycle import Horizons
+from tests.conftest import load
+from training import registry
+from training.train import train
+
+BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can split
+
+
+def run_once(client, data, **options):
+    """What `lifecycle train` does: train, log and register, gate, then move the aliases."""
+    result = train(data, FeatureBuilder, Horizons(), **options)
+    example = result.model.builder.transform(data, result.windows.end).df().head(5)
+    _, version = registry.record(result, example, params={"seed": 0}, summary={"rows": 69_659})
+    decision = registry.gate(client, data, result, tolerance=0.01)
+    registry.conclude(client, version, decision)
+    return version, decision
+
+
+def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypatch):
+    client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
+    assert registry.local_tracking_uri(tmp_path).startswith("sqlite:////")
+    data = load(transactions=cdnow_master)
+
+    first, decision = run_once(client, data)
+    assert decision.promote and decision.reasons == ["first model"]
+    assert registry.alias_version(client, "champion") == first
+
+    weak, decision = run_once(client, data, classifier_params=BROKEN)
+    assert not decision.promote and any(r.startswith("churn_roc_auc") for r in decision.reasons)
+    assert decision.champion["churn_roc_auc"] > decision.challenger["churn_roc_auc"] * 1.01
+    assert registry.alias_version(client, "champion") == first
+    assert registry.alias_version(client, "challenger") == weak
+    tags = client.get_model_version(registry.MODEL_NAME, weak).tags
+    assert tags["gate_promoted"] == "False" and tags["gate_champion_version"] == first
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed mid-run")
+
+    with monkeypatch.context() as patch:  # a run that dies after registering, before the gate decides
+        patch.setattr(registry, "evaluate_twin", crash)
+        with pytest.raises(RuntimeError, match="killed mid-run"):
+            run_once(client, data)
+    assert registry.alias_version(client, "champion") == first
+
+    again, decision = run_once(client, data)  # same recipe, same data: not worse, so promoted
+    assert decision.promote and decision.champion == pytest.approx(decision.challenger, rel=1e-9)
+    assert registry.alias_version(client, "champion") == again
+    assert registry.alias_version(client, "previous") == first
+
+    assert registry.rollback(client) == first
+    assert (registry.alias_version(client, "champion"), registry.alias_version(client, "previous")) == (first, again)
+    champion = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
+    scores = champion.predict(champion.input_example)
+    assert len(scores) == 5 and scores.churn_probability.between(0, 1).all()
+
+
+def test_rollback_without_a_previous_champion_is_a_clear_error(tmp_path):
+    client = registry.connect(registry.local_tracking_uri(tmp_path))
+    with pytest.raises(LifecycleError, match="no previous champion"):
+        registry.rollback(client)

@@ -1,0 +1,138 @@
+"""MLflow tracking, the model registry (aliases champion / challenger / previous) and the gate.
+
+Every training run is logged (parameters, data summary, metrics, baselines, the pyfunc model and
+its evaluation twin) and registered as a new version of ``customer-lifecycle``. The gate scores
+the challenger and the current champion on the challenger's (latest) out-of-time window: the
+champion through its evaluation twin, which saw nothing of that window. The challenger is
+promoted only if no gated metric is worse than the champion's by more than the tolerance; the
+first model is promoted. Aliases move only at the very end, so a failed run moves nothing.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from features.errors import LifecycleError
+from features.sources import Dataset
+from models import pyfunc
+from training.train import EvaluationTwin, TrainingResult, evaluate_twin
+
+MODEL_NAME = "customer-lifecycle"
+EXPERIMENT = "customer-lifecycle"
+GATED = {"churn_roc_auc": "higher", "clv_gini": "higher", "holdout_purchases_mae": "lower"}
+TWIN_ARTIFACT = "evaluation/twin.pkl"
+
+
+def local_tracking_uri(state_dir: Path) -> str:
+    """The default store: SQLite at an absolute path in the state folder."""
+    return f"sqlite:///{(Path(state_dir) / 'mlflow.db').resolve()}"
+
+
+def connect(tracking_uri: str, artifact_root: Path | None = None) -> MlflowClient:
+    """Point MLflow (tracking and registry) at ``tracking_uri``; local artifacts under ``artifact_root``."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient()
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        location = Path(artifact_root).resolve().as_uri() if artifact_root else None
+        client.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    return client
+
+
+@dataclass
+class Decision:
+    """What the gate decided, and the numbers it decided on."""
+
+    promote: bool
+    challenger: dict[str, float]
+    champion: dict[str, float] = field(default_factory=dict)
+    champion_version: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+
+def record(result: TrainingResult, example: pd.DataFrame, params: dict[str, object],
+           summary: dict[str, object]) -> tuple[str, str]:
+    """Log a training run and register its model; returns (run id, version)."""
+    with mlflow.start_run() as run:
+        mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
+        mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
+        mlflow.log_metrics(result.metrics)
+        mlflow.log_metrics({f"baseline_{k}": v for k, v in result.baselines.items()})
+        mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in result.next_stage_auc_by_stage.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            twin = Path(tmp) / Path(TWIN_ARTIFACT).name
+            twin.write_bytes(pickle.dumps(result.twin))
+            mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
+        info = pyfunc.log(result.model, example, registered_name=MODEL_NAME)
+    return run.info.run_id, str(info.registered_model_version)
+
+
+def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
+    """Compare the challenger with the champion on the challenger's window (relative ``tolerance``)."""
+    ours = {name: challenger.metrics[name] for name in GATED}
+    champion = alias_version(client, "champion")
+    if champion is None:
+        return Decision(True, ours, reasons=["first model"])
+    twin = _load_twin(client, champion)
+    theirs, _, _ = evaluate_twin(data, twin, challenger.windows, challenger.model.horizons)
+    theirs = {name: theirs[name] for name in GATED}
+    reasons = []
+    for name, better in GATED.items():
+        slack = tolerance * abs(theirs[name])
+        worse = ours[name] < theirs[name] - slack if better == "higher" else ours[name] > theirs[name] + slack
+        if worse:
+            reasons.append(f"{name} {ours[name]:.4f} is worse than the champion's {theirs[name]:.4f}")
+    return Decision(not reasons, ours, theirs, champion, reasons)
+
+
+def conclude(client: MlflowClient, version: str, decision: Decision) -> None:
+    """Write the decision on the version and move the aliases accordingly."""
+    for key, value in {"gate_promoted": decision.promote, "gate_reasons": "; ".join(decision.reasons),
+                       "gate_champion_version": decision.champion_version or "",
+                       **{f"gate_challenger_{k}": v for k, v in decision.challenger.items()},
+                       **{f"gate_champion_{k}": v for k, v in decision.champion.items()}}.items():
+        client.set_model_version_tag(MODEL_NAME, version, key, str(value))
+    if decision.promote:
+        promote(client, version)
+    else:
+        client.set_registered_model_alias(MODEL_NAME, "challenger", version)
+
+
+def promote(client: MlflowClient, version: str) -> None:
+    """Make ``version`` the champion; the one it replaces becomes ``previous``."""
+    current = alias_version(client, "champion")
+    if current is not None and current != str(version):
+        client.set_registered_model_alias(MODEL_NAME, "previous", current)
+    client.set_registered_model_alias(MODEL_NAME, "champion", str(version))
+
+
+def rollback(client: MlflowClient) -> str:
+    """Swap ``champion`` and ``previous``; returns the version that is champion now."""
+    previous = alias_version(client, "previous")
+    if previous is None:
+        raise LifecycleError("there is no previous champion to roll back to")
+    promote(client, previous)
+    return previous
+
+
+def alias_version(client: MlflowClient, alias: str) -> str | None:
+    """The version an alias points at, or None."""
+    try:
+        return str(client.get_model_version_by_alias(MODEL_NAME, alias).version)
+    except MlflowException:
+        return None
+
+
+def _load_twin(client: MlflowClient, version: str) -> EvaluationTwin:
+    run_id = client.get_model_version(MODEL_NAME, version).run_id
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TWIN_ARTIFACT)
+    return pickle.loads(Path(path).read_bytes())
