@@ -117,13 +117,81 @@ def features(
     Example: [bold]lifecycle features --transactions data/cdnow/transactions.csv --out out/features.parquet[/bold]
     """
     settings = _settings(ctx, as_of=as_of.date() if as_of else None)
-    for name, path in (("transactions", transactions), ("events", events), ("customers", customers)):
-        if path is not None:
-            source: TableSource = getattr(settings.inputs, name)
-            setattr(settings.inputs, name, source.model_copy(update={"path": path}))
+    _use_inputs(settings, transactions, events, customers)
     with console.status("validating inputs and building features..."):
         run = build_features(settings, out)
     _print_run(run)
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    transactions: Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")] = None,
+    events: Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")] = None,
+    customers: Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")] = None,
+) -> None:
+    """Train out of time, log to MLflow, register a version and promote it if it passes the gate.
+
+    Example: [bold]lifecycle train --transactions data/cdnow/transactions.csv[/bold]
+    """
+    from lifecycle.training import run_training
+
+    settings = _settings(ctx)
+    _use_inputs(settings, transactions, events, customers)
+    with console.status("training (features, BG/NBD, Gamma-Gamma, LightGBM) and gating..."):
+        run = run_training(settings)
+    _print_training(run)
+
+
+@app.command()
+def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Registered version to promote.")]) -> None:
+    """Make a registered version the champion by hand (the current one becomes `previous`).
+
+    Example: [bold]lifecycle promote 3[/bold]
+    """
+    from lifecycle.training import open_registry, registry
+
+    client, _ = open_registry(_settings(ctx))
+    try:
+        client.get_model_version(registry.MODEL_NAME, version)
+    except registry.MlflowException:
+        raise LifecycleError(f"{registry.MODEL_NAME} has no version {version!r}") from None
+    registry.promote(client, version)
+    console.print(f"version {version} is the champion")
+
+
+@app.command()
+def rollback(ctx: typer.Context) -> None:
+    """Make the previous champion the champion again.
+
+    Example: [bold]lifecycle rollback[/bold]
+    """
+    from lifecycle.training import open_registry, registry
+
+    client, _ = open_registry(_settings(ctx))
+    console.print(f"version {registry.rollback(client)} is the champion again")
+
+
+@app.command()
+def models(ctx: typer.Context) -> None:
+    """List the registered versions with their aliases, gate decision and key metrics.
+
+    Example: [bold]lifecycle models[/bold]
+    """
+    from lifecycle.training import open_registry, registry
+
+    client, uri = open_registry(_settings(ctx))
+    table = Table("version", "aliases", "gate", "churn AUC", "CLV Gini", "purchases MAE", "created",
+                  title=f"{registry.MODEL_NAME} in {uri}")
+    found = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
+    for number in sorted((int(v.version) for v in found), reverse=True):
+        version = client.get_model_version(registry.MODEL_NAME, str(number))  # search leaves aliases out
+        metrics = client.get_run(version.run_id).data.metrics
+        gate = {"True": "promoted", "False": "held back"}.get(version.tags.get("gate_promoted", ""), "-")
+        table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
+                      *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
+                      datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
 
 
 @app.command()
@@ -148,6 +216,41 @@ def demo(ctx: typer.Context) -> None:
         f"BTYD summary (days): mean frequency {btyd[0]:.3f}, recency {btyd[1]:.1f}, T {btyd[2]:.1f}, "
         f"monetary {btyd[3]:.2f}; {btyd[4]:,} repeat buyers"
     )
+
+
+def _use_inputs(settings: Settings, transactions: str | None, events: str | None, customers: str | None) -> None:
+    """Command-line paths override the configured ones (keeping their column maps)."""
+    for name, path in (("transactions", transactions), ("events", events), ("customers", customers)):
+        if path is not None:
+            source: TableSource = getattr(settings.inputs, name)
+            setattr(settings.inputs, name, source.model_copy(update={"path": path}))
+
+
+def _print_training(run) -> None:
+    result, decision = run.result, run.decision
+    w = result.windows
+    console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
+    console.print(f"windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; "
+                  f"BG/NBD and Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next "
+                  f"{w.btyd_holdout_days} days")
+    table = Table("metric", "model", "baseline", "baseline value", title="out-of-time evaluation")
+    pairs = [("churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
+             ("churn_roc_auc", "1 - P(alive)", "churn_roc_auc_p_alive"),
+             ("churn_pr_auc", "", ""), ("churn_brier", "", ""), ("churn_ece", "", ""), ("next_stage_roc_auc", "", ""),
+             ("holdout_purchases_mae", "past purchase rate", "holdout_purchases_mae_past_rate"),
+             ("holdout_purchases_aggregate_error", "past purchase rate",
+              "holdout_purchases_aggregate_error_past_rate"),
+             ("clv_spearman", "past spend rate", "clv_spearman_spend_rate"),
+             ("clv_gini", "past spend rate", "clv_gini_spend_rate"),
+             ("clv_top_decile_capture", "past spend rate", "clv_top_decile_capture_spend_rate"),
+             ("clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate")]
+    for metric, baseline, key in pairs:
+        table.add_row(metric, f"{result.metrics[metric]:.4f}", baseline,
+                      f"{result.baselines[key]:.4f}" if key else "")
+    console.print(table)
+    verdict = "promoted to champion" if decision.promote else "held back as challenger"
+    why = "; ".join(decision.reasons) or "no gated metric worse"
+    console.print(f"version {run.version}: [bold]{verdict}[/bold] ({why})")
 
 
 def _print_run(run: FeatureRun) -> None:

@@ -44,6 +44,13 @@ class DuckDBSettings(BaseModel):
     threads: int | None = Field(None, ge=1)
 
 
+class MlflowSettings(BaseModel):
+    """Where runs and the registry live, and how strict the promotion gate is."""
+
+    tracking_uri: str | None = Field(None, description="default: SQLite in the state folder")
+    gate_tolerance: float = Field(0.01, ge=0, lt=1, description="relative slack before a gated metric is worse")
+
+
 class Settings(BaseSettings):
     """The effective configuration of one command."""
 
@@ -59,6 +66,8 @@ class Settings(BaseSettings):
     features: FeatureParams = Field(default_factory=FeatureParams)
     stages: StageRules = Field(default_factory=StageRules)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    seed: int = Field(0, description="seed of every random step of training")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction
 

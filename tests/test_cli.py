@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"]]
+COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
+            ["promote"], ["rollback"], ["models"]]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -104,3 +105,19 @@ def test_paths_with_quotes_work(tmp_path):
     result = run("features", "--transactions", "data/transactions.csv", "--out", "o'ut/features.parquet", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert len(pd.read_parquet(folder / "o'ut/features.parquet")) == 23_570
+
+
+def test_train_registers_and_gates_and_the_registry_commands(tmp_path):
+    assert run("data", "cdnow", "--out", "data", cwd=tmp_path).returncode == 0
+    trained = run("train", "--transactions", "data/transactions.csv", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    out = " ".join(trained.stdout.split())
+    assert "version 1: promoted to champion (first model)" in out
+    assert "judged on 1998-04-01..1998-06-30" in out and "recency alone" in out
+    assert (tmp_path / ".lifecycle" / "mlflow.db").is_file()
+    listed = run("models", cwd=tmp_path)
+    assert listed.returncode == 0 and "champion" in listed.stdout
+    assert run("rollback", cwd=tmp_path).returncode == 2  # nothing to roll back to yet
+    missing = run("promote", "9", cwd=tmp_path)
+    assert missing.returncode == 2 and "no version '9'" in missing.stderr
+    assert "Traceback" not in missing.stderr
