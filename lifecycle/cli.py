@@ -15,9 +15,9 @@ from rich.table import Table
 from features import cdnow
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from features.sources import TableSource, sql_literal
+from features.sources import TableSource
 from lifecycle.config import Settings, load_settings
-from lifecycle.pipeline import FeatureRun, build_features
+from lifecycle.pipeline import FeatureRun, build_features, open_dataset
 
 console = Console()
 app = typer.Typer(
@@ -196,26 +196,66 @@ def models(ctx: typer.Context) -> None:
 
 @app.command()
 def demo(ctx: typer.Context) -> None:
-    """The main job on the real CDNOW data: export it, build features as of 1998-06-30, summarise.
+    """The main job on the real CDNOW data: train, register the champion, score every customer.
 
     Example: [bold]lifecycle demo[/bold]
     """
+    from lifecycle.training import run_training, score_with_champion
+
     settings = _settings(ctx)
     with console.status("writing the CDNOW master log..."):
         path = cdnow.write_master(settings.state_dir / "data" / "cdnow")
     settings.inputs.transactions = TableSource(path=str(path))
-    settings.as_of = cdnow.OBSERVATION_END.date()
-    with console.status("validating inputs and building features..."):
-        run = build_features(settings, settings.state_dir / "output" / "cdnow_features.parquet")
-    _print_run(run)
-    btyd = run.data.con.execute(
-        f"SELECT avg(frequency), avg(recency), avg(T), avg(monetary_value), count(*) FILTER (WHERE frequency > 0) "
-        f"FROM {sql_literal(str(run.out))} WHERE orders > 0"
-    ).fetchall()[0]
-    console.print(
-        f"BTYD summary (days): mean frequency {btyd[0]:.3f}, recency {btyd[1]:.1f}, T {btyd[2]:.1f}, "
-        f"monetary {btyd[3]:.2f}; {btyd[4]:,} repeat buyers"
-    )
+    data = open_dataset(settings)
+    _print_inputs(data)
+    with console.status("training (features, BG/NBD, Gamma-Gamma, LightGBM) and gating..."):
+        run = run_training(settings, data)
+    _print_training(run)
+    out = settings.state_dir / "output" / "cdnow_scores.parquet"
+    with console.status("scoring every customer with the champion..."):
+        scores = score_with_champion(settings, data, run.result.windows.end, out)
+    _print_scores(scores, out)
+    _print_published_bgnbd()
+
+
+def _print_scores(scores, out: Path) -> None:
+    stages = scores.groupby("stage", sort=False).size().rename("customers").reset_index()
+    table = Table("stage", "customers", title=f"lifecycle stages as scored by version {scores.model_version.iloc[0]}")
+    for stage, n in stages.itertuples(index=False):
+        table.add_row(stage, f"{n:,}")
+    segments = Table("RFM segment", "customers", "mean CLV", "mean churn probability", title="RFM segments")
+    by_segment = scores.groupby("rfm_segment").agg(n=("clv", "size"), clv=("clv", "mean"),
+                                                   churn=("churn_probability", "mean"))
+    for name, row in by_segment.sort_values("n", ascending=False).iterrows():
+        segments.add_row(name, f"{int(row.n):,}", f"{row.clv:,.2f}", f"{row.churn:.2f}")
+    console.print(table, segments)
+    clv = scores.clv.fillna(0).sort_values(ascending=False)
+    top = clv.iloc[: max(1, len(clv) // 10)].sum()
+    console.print(f"expected CLV over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of customers "
+                  f"hold {top:,.0f} ({top / clv.sum():.0%})")
+    best = Table("customer", "segment", "stage", "CLV", "P(alive)", "churn probability", title="ten most valuable")
+    for row in scores.nlargest(10, "clv").itertuples():
+        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.clv:,.2f}", f"{row.p_alive:.2f}",
+                     f"{row.churn_probability:.2f}")
+    console.print(best)
+    console.print(f"every customer's record: [bold]{out}[/bold]")
+
+
+def _print_published_bgnbd() -> None:
+    """Our BG/NBD on the published estimation sample (CDNOW 1/10, weeks 1-39) beside the paper."""
+    import pandas as pd
+
+    from models.btyd import PurchaseModel
+
+    sample = pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))
+    model = PurchaseModel().fit(sample.x, sample.t_x, sample["T"])
+    published = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    table = Table("BG/NBD", "ours", "Fader, Hardie & Lee (2005)",
+                  title="BG/NBD on the published CDNOW sample (2,357 customers, weeks 1-39)")
+    for name, value in published.items():
+        table.add_row(name, f"{model.params_[name]:.4f}", f"{value:.3f}")
+    table.add_row("log-likelihood", f"{model.log_likelihood_:.2f}", "-9582.4")
+    console.print(table)
 
 
 def _use_inputs(settings: Settings, transactions: str | None, events: str | None, customers: str | None) -> None:
@@ -253,12 +293,16 @@ def _print_training(run) -> None:
     console.print(f"version {run.version}: [bold]{verdict}[/bold] ({why})")
 
 
-def _print_run(run: FeatureRun) -> None:
+def _print_inputs(data) -> None:
     inputs = Table("input", "rows", "valid", "rejected", "reasons", title="inputs")
-    for name, report in run.data.report.items():
+    for name, report in data.report.items():
         reasons = ", ".join(f"{reason}: {n:,}" for reason, n in report.rejected.items()) or "-"
         inputs.add_row(name, f"{report.rows:,}", f"{report.valid:,}", f"{report.rejected_total:,}", reasons)
     console.print(inputs)
+
+
+def _print_run(run: FeatureRun) -> None:
+    _print_inputs(run.data)
     if run.rows_after_as_of:
         console.print(f"{run.rows_after_as_of:,} valid orders fall after the as-of date and were not read")
     stages = Table("stage", "customers", title="lifecycle stages")

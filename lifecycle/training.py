@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
 
+import mlflow
+import pandas as pd
+
+from features.sources import Dataset
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset
-from models.lifecycle import Horizons
+from models import pyfunc
+from models.lifecycle import Horizons, LifecycleModel
 from training import registry
 from training.train import TrainingResult, train
 
@@ -34,9 +41,9 @@ def open_registry(settings: Settings):
     return registry.connect(uri, settings.state_dir / "mlartifacts"), uri
 
 
-def run_training(settings: Settings) -> TrainRun:
+def run_training(settings: Settings, data: Dataset | None = None) -> TrainRun:
     """Validate, train out of time, log and register, gate, then move the aliases (only at the end)."""
-    data = open_dataset(settings)
+    data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed)
     example = result.model.builder.transform(data, result.windows.end).df().head(5)
@@ -59,3 +66,19 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
         else:
             flat[f"{prefix}{key}"] = str(value)
     return flat
+
+
+def score_with_champion(settings: Settings, data: Dataset, as_of: date, out: Path) -> pd.DataFrame:
+    """Score every customer at ``as_of`` with the registered champion and write the records to ``out``."""
+    open_registry(settings)
+    champion = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
+    model: LifecycleModel = champion.unwrap_python_model().model
+    scores = pyfunc.as_records(model.predict(model.builder.transform(data, as_of).df()))
+    version = registry.alias_version(mlflow.MlflowClient(), "champion")
+    scores["model_version"] = version
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        scores.to_parquet(out)
+    else:
+        scores.to_csv(out, index=False)
+    return scores

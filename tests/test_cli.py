@@ -94,8 +94,12 @@ def test_simulate_writes_tables_and_ground_truth(tmp_path):
 def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     result = run("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "features as of 1998-06-30 for 23,570 customers" in result.stdout and "Champions" in result.stdout
-    assert (tmp_path / ".lifecycle/output/cdnow_features.parquet").is_file()
+    out = " ".join(result.stdout.split())
+    assert "version 1: promoted to champion (first model)" in out
+    assert "ten most valuable" in out and "Champions" in out and "Fader, Hardie & Lee (2005)" in out
+    assert "│ r │ 0.2426 │ 0.243 │" in out and "-9582.43" in out
+    scores = pd.read_parquet(tmp_path / ".lifecycle/output/cdnow_scores.parquet")
+    assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
 
 
 def test_paths_with_quotes_work(tmp_path):
