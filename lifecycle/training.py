@@ -70,11 +70,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 def score_with_champion(settings: Settings, data: Dataset, as_of: date, out: Path) -> pd.DataFrame:
     """Score every customer at ``as_of`` with the registered champion and write the records to ``out``."""
-    open_registry(settings)
+    client, _ = open_registry(settings)
     champion = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
     model: LifecycleModel = champion.unwrap_python_model().model
     scores = pyfunc.as_records(model.predict(model.builder.transform(data, as_of).df()))
-    version = registry.alias_version(mlflow.MlflowClient(), "champion")
+    version = registry.alias_version(client, "champion")
     scores["model_version"] = version
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":

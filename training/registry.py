@@ -109,6 +109,10 @@ def conclude(client: MlflowClient, version: str, decision: Decision) -> None:
 
 def promote(client: MlflowClient, version: str) -> None:
     """Make ``version`` the champion; the one it replaces becomes ``previous``."""
+    try:
+        client.get_model_version(MODEL_NAME, str(version))
+    except MlflowException:
+        raise LifecycleError(f"{MODEL_NAME} has no version {str(version)!r}") from None
     current = alias_version(client, "champion")
     if current is not None and current != str(version):
         client.set_registered_model_alias(MODEL_NAME, "previous", current)
