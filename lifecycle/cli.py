@@ -269,7 +269,7 @@ def _use_inputs(settings: Settings, transactions: str | None, events: str | None
 
 def _print_training(run) -> None:
     result, decision = run.result, run.decision
-    w = result.windows
+    evaluation, w = result.evaluation, result.windows
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
     console.print(f"windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; "
                   f"BG/NBD and Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next "
@@ -286,8 +286,8 @@ def _print_training(run) -> None:
              ("clv_top_decile_capture", "past spend rate", "clv_top_decile_capture_spend_rate"),
              ("clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate")]
     for metric, baseline, key in pairs:
-        table.add_row(metric, f"{result.metrics[metric]:.4f}", baseline,
-                      f"{result.baselines[key]:.4f}" if key else "")
+        table.add_row(metric, f"{evaluation.metrics[metric]:.4f}", baseline,
+                      f"{evaluation.baselines[key]:.4f}" if key else "")
     console.print(table)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"

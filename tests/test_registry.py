@@ -12,6 +12,8 @@ from tests.conftest import load
 from training import registry
 from training.train import train
 
+PLOTS = ["expected_purchases_matrix", "p_alive_matrix", "calibration_vs_holdout_purchases", "churn_reliability",
+         "churn_roc", "churn_pr", "churn_cumulative_gain", "clv_deciles", "feature_importance"]
 BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can split
 
 
@@ -33,6 +35,12 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
     first, decision = run_once(client, data)
     assert decision.promote and decision.reasons == ["first model"]
     assert registry.alias_version(client, "champion") == first
+    run_id = client.get_model_version(registry.MODEL_NAME, first).run_id
+    plots = {a.path: a for a in client.list_artifacts(run_id, registry.PLOTS)}
+    assert set(plots) == {f"{registry.PLOTS}/{name}.png" for name in PLOTS}
+    for path in plots:
+        png = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
+        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
     weak, decision = run_once(client, data, classifier_params=BROKEN)
     assert not decision.promote and any(r.startswith("churn_roc_auc") for r in decision.reasons)

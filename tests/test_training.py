@@ -32,7 +32,7 @@ def test_cdnow_windows_follow_the_published_protocol(cdnow_run):
 
 def test_cdnow_models_beat_their_baselines(cdnow_run):
     _, run = cdnow_run
-    m, b = run.metrics, run.baselines
+    m, b = run.evaluation.metrics, run.evaluation.baselines
     assert m["churn_roc_auc"] > max(b["churn_roc_auc_recency"], b["churn_roc_auc_p_alive"])
     assert m["churn_ece"] < 0.05
     assert m["next_stage_roc_auc"] > 0.6
@@ -46,8 +46,8 @@ def test_a_run_is_reproducible(cdnow_run):
     """Same data and seed, same numbers (to the last bits of DuckDB's parallel floating-point sums)."""
     data, run = cdnow_run
     again = train(data, FeatureBuilder, Horizons())
-    assert again.metrics == pytest.approx(run.metrics, rel=1e-12)
-    assert again.baselines == pytest.approx(run.baselines, rel=1e-12)
+    assert again.evaluation.metrics == pytest.approx(run.evaluation.metrics, rel=1e-12)
+    assert again.evaluation.baselines == pytest.approx(run.evaluation.baselines, rel=1e-12)
 
 
 def test_cdnow_scores_every_customer_with_the_full_record(cdnow_run):
@@ -69,11 +69,11 @@ def test_simulated_shop_with_engagement():
     sim = simulate(SimulationParams(customers=8000, seed=31))
     data = load(transactions=sim.transactions, events=sim.events, customers=sim.customers)
     run = train(data, FeatureBuilder, Horizons())
-    m, b = run.metrics, run.baselines
+    m, b = run.evaluation.metrics, run.evaluation.baselines
     assert m["churn_roc_auc"] > max(b["churn_roc_auc_recency"], b["churn_roc_auc_p_alive"]) + 0.01
     # (the simulator's prospects never buy, so only buyers' stages have both outcomes)
-    assert {"conversion", "retention"} <= set(run.next_stage_auc_by_stage)
-    assert min(run.next_stage_auc_by_stage.values()) > 0.55
+    assert {"conversion", "retention"} <= set(run.evaluation.next_stage_auc_by_stage)
+    assert min(run.evaluation.next_stage_auc_by_stage.values()) > 0.55
     scores = run.model.predict(run.model.builder.transform(data, run.windows.end).df())
     prospects = scores.frequency.isna()
     assert prospects.any() and scores.loc[prospects, "p_alive"].isna().all()

@@ -1,7 +1,7 @@
 """MLflow tracking, the model registry (aliases champion / challenger / previous) and the gate.
 
-Every training run is logged (parameters, data summary, metrics, baselines, the pyfunc model and
-its evaluation twin) and registered as a new version of ``customer-lifecycle``. The gate scores
+Every training run is logged (parameters, data summary, metrics, baselines, plots, the pyfunc
+model and its evaluation twin) and registered as a new version of ``customer-lifecycle``. The gate scores
 the challenger and the current champion on the challenger's (latest) out-of-time window: the
 champion through its evaluation twin, which saw nothing of that window. The challenger is
 promoted only if no gated metric is worse than the champion's by more than the tolerance; the
@@ -23,12 +23,14 @@ from mlflow.exceptions import MlflowException
 from features.errors import LifecycleError
 from features.sources import Dataset
 from models import pyfunc
+from training.plots import figures
 from training.train import EvaluationTwin, TrainingResult, evaluate_twin
 
 MODEL_NAME = "customer-lifecycle"
 EXPERIMENT = "customer-lifecycle"
 GATED = {"churn_roc_auc": "higher", "clv_gini": "higher", "holdout_purchases_mae": "lower"}
 TWIN_ARTIFACT = "evaluation/twin.pkl"
+PLOTS = "plots"
 
 
 def local_tracking_uri(state_dir: Path) -> str:
@@ -65,25 +67,28 @@ def record(result: TrainingResult, example: pd.DataFrame, params: dict[str, obje
     with mlflow.start_run() as run:
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
         mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
-        mlflow.log_metrics(result.metrics)
-        mlflow.log_metrics({f"baseline_{k}": v for k, v in result.baselines.items()})
-        mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in result.next_stage_auc_by_stage.items()})
+        evaluation = result.evaluation
+        mlflow.log_metrics(evaluation.metrics)
+        mlflow.log_metrics({f"baseline_{k}": v for k, v in evaluation.baselines.items()})
+        mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in evaluation.next_stage_auc_by_stage.items()})
         with tempfile.TemporaryDirectory() as tmp:
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
             twin.write_bytes(pickle.dumps(result.twin))
             mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
+        for name, figure in figures(result).items():
+            mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
         info = pyfunc.log(result.model, example, registered_name=MODEL_NAME)
     return run.info.run_id, str(info.registered_model_version)
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
     """Compare the challenger with the champion on the challenger's window (relative ``tolerance``)."""
-    ours = {name: challenger.metrics[name] for name in GATED}
+    ours = {name: challenger.evaluation.metrics[name] for name in GATED}
     champion = alias_version(client, "champion")
     if champion is None:
         return Decision(True, ours, reasons=["first model"])
     twin = _load_twin(client, champion)
-    theirs, _, _ = evaluate_twin(data, twin, challenger.windows, challenger.model.horizons)
+    theirs = evaluate_twin(data, twin, challenger.windows, challenger.model.horizons).metrics
     theirs = {name: theirs[name] for name in GATED}
     reasons = []
     for name, better in GATED.items():

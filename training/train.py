@@ -80,15 +80,31 @@ class EvaluationTwin:
 
 
 @dataclass
+class Evaluation:
+    """What a run was judged on, customer by customer, and the numbers computed from it.
+
+    ``churn``: at t1, each customer's outcome, the model's probability and the baselines' scores.
+    ``next_stage``: the customers who can climb, their stage, outcome and probability.
+    ``holdout``: buyers at the BTYD calibration end, their calibration frequency, holdout purchases
+    and spend, and what the holdout models and the baselines predicted for them.
+    """
+
+    churn: pd.DataFrame
+    next_stage: pd.DataFrame
+    holdout: pd.DataFrame
+    metrics: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)
+    next_stage_auc_by_stage: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class TrainingResult:
-    """The fitted model, its evaluation twin and everything measured on the way."""
+    """The fitted model, its evaluation twin and how the twin did out of time."""
 
     model: LifecycleModel
     twin: EvaluationTwin
     windows: Windows
-    metrics: dict[str, float] = field(default_factory=dict)
-    baselines: dict[str, float] = field(default_factory=dict)
-    next_stage_auc_by_stage: dict[str, float] = field(default_factory=dict)
+    evaluation: Evaluation
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
@@ -100,7 +116,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     first, last = data.date_range()
     win = windows(first.date(), last.date(), horizons)
     twin = fit_twin(data, new_builder, win, horizons, seed, classifier_params)
-    metrics, baselines, by_stage = evaluate_twin(data, twin, win, horizons)
+    evaluation = evaluate_twin(data, twin, win, horizons)
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
     churn, next_stage = _fit_classifiers(final, *_fit_btyd(final), horizons, seed, classifier_params)
@@ -108,7 +124,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons)
-    return TrainingResult(model, twin, win, metrics, baselines, by_stage)
+    return TrainingResult(model, twin, win, evaluation)
 
 
 def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Windows, horizons: Horizons,
@@ -122,23 +138,36 @@ def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Wind
     return EvaluationTwin(builder, purchases, spend, churn, next_stage, *_fit_btyd(calibration))
 
 
-def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows,
-                  horizons: Horizons) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """Metrics, baselines and next-stage AUC per stage of ``twin`` on the windows ``win``."""
-    metrics, baselines = _evaluate_btyd(data, twin, win, horizons)
+def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> Evaluation:
+    """Score ``twin`` on the windows ``win`` beside the baselines."""
+    holdout = _btyd_holdout(data, twin, win, horizons)
     test = _labelled(data, twin.builder, win.t1, horizons)
     btyd = btyd_columns(twin.purchases, twin.spend, test, horizons)
     inputs = classifier_inputs(test.drop(columns=_LABELS), btyd)
-    churned = test["churned"].to_numpy()
-    metrics |= {f"churn_{k}": v for k, v in evaluate.classification(churned, twin.churn.predict_proba(inputs)).items()}
-    # A prospect has no recency: rank them as the longest-gone; BTYD's P(alive) does not apply to them.
-    baselines["churn_roc_auc_recency"] = evaluate.ranking(churned, test["recency_days"].fillna(1e9))
-    baselines["churn_roc_auc_p_alive"] = evaluate.ranking(churned, 1 - btyd["p_alive"].fillna(0))
+    churn = pd.DataFrame({
+        "churned": test["churned"].astype(int),
+        "probability": twin.churn.predict_proba(inputs),
+        # A prospect has no recency: rank them as the longest-gone; BTYD's P(alive) does not apply to them.
+        "recency": test["recency_days"].fillna(1e9),
+        "not_alive": 1 - btyd["p_alive"].fillna(0),
+    })
     climbing = test["next_stage"].notna().to_numpy()
-    reached = test.loc[climbing, "reached_next_stage"].astype(int).to_numpy()
-    probability = twin.next_stage.predict_proba(inputs[climbing])
-    metrics["next_stage_roc_auc"] = evaluate.ranking(reached, probability)
-    return metrics, baselines, evaluate.auc_by_group(reached, probability, test.loc[climbing, "stage"])
+    next_stage = pd.DataFrame({
+        "stage": test.loc[climbing, "stage"].astype(str),
+        "reached": test.loc[climbing, "reached_next_stage"].astype(int),
+        "probability": twin.next_stage.predict_proba(inputs[climbing]),
+    })
+    metrics = {f"churn_{k}": v for k, v in evaluate.classification(churn.churned, churn.probability).items()}
+    metrics["next_stage_roc_auc"] = evaluate.ranking(next_stage.reached, next_stage.probability)
+    metrics |= {f"holdout_purchases_{k}": v for k, v in evaluate.counts(holdout.purchases, holdout.predicted).items()}
+    metrics |= {f"clv_{k}": v for k, v in evaluate.value(holdout.spend, holdout.clv).items()}
+    baselines = {"churn_roc_auc_recency": evaluate.ranking(churn.churned, churn.recency),
+                 "churn_roc_auc_p_alive": evaluate.ranking(churn.churned, churn.not_alive)}
+    baselines |= {f"holdout_purchases_{k}_past_rate": v
+                  for k, v in evaluate.counts(holdout.purchases, holdout.past_rate).items()}
+    baselines |= {f"clv_{k}_spend_rate": v for k, v in evaluate.value(holdout.spend, holdout.spend_rate).items()}
+    by_stage = evaluate.auc_by_group(next_stage.reached, next_stage.probability, next_stage.stage)
+    return Evaluation(churn, next_stage, holdout, metrics, baselines, by_stage)
 
 
 def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Horizons, fit: bool = False):
@@ -170,22 +199,24 @@ def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: Spend
     return churn, next_stage
 
 
-def _evaluate_btyd(data: Dataset, twin: EvaluationTwin, win: Windows,
-                   horizons: Horizons) -> tuple[dict[str, float], dict[str, float]]:
-    """The twin's holdout BTYD models against what customers did after the calibration end."""
+def _btyd_holdout(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> pd.DataFrame:
+    """The twin's holdout BTYD predictions beside what buyers did after the calibration end.
+
+    Baselines: each customer's past repeat-purchase rate and past spend rate, carried forward.
+    """
     calibration = twin.builder.transform(data, win.btyd_calibration_end).df()
     holdout = twin.builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
     table = calibration.merge(holdout[["customer_id", "purchases", "spend"]], on="customer_id")
     table = table[table["orders"] > 0].sort_values("customer_id", ignore_index=True)
     f, r, t = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
-    predicted = twin.holdout_purchases.expected_purchases(win.btyd_holdout_days, f, r, t)
-    past_rate = f / np.maximum(t, 1) * win.btyd_holdout_days  # repeat purchases per day so far
-    value_horizons = Horizons(horizons.churn_days, win.btyd_holdout_days, horizons.annual_discount_rate)
-    clv = btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"].to_numpy()
-    spend_rate = table["total_spend"].to_numpy() / (t + 1) * win.btyd_holdout_days  # spend per day so far
-    metrics = {f"holdout_purchases_{k}": v for k, v in evaluate.counts(table["purchases"], predicted).items()}
-    metrics |= {f"clv_{k}": v for k, v in evaluate.value(table["spend"], clv).items()}
-    baselines = {f"holdout_purchases_{k}_past_rate": v
-                 for k, v in evaluate.counts(table["purchases"], past_rate).items()}
-    baselines |= {f"clv_{k}_spend_rate": v for k, v in evaluate.value(table["spend"], spend_rate).items()}
-    return metrics, baselines
+    days = win.btyd_holdout_days
+    value_horizons = Horizons(horizons.churn_days, days, horizons.annual_discount_rate)
+    return pd.DataFrame({
+        "frequency": f,
+        "purchases": table["purchases"].to_numpy(dtype=float),
+        "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),
+        "past_rate": f / np.maximum(t, 1) * days,
+        "spend": table["spend"].to_numpy(dtype=float),
+        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"].to_numpy(),
+        "spend_rate": table["total_spend"].to_numpy() / (t + 1) * days,
+    })

@@ -1,0 +1,155 @@
+"""The plots logged with every training run (PNG), drawn from its out-of-time evaluation.
+
+Figures are built with matplotlib's object API (no pyplot state), so plotting is safe in any
+thread and needs no display.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from models.btyd import PurchaseModel
+from training.train import TrainingResult
+
+CHURN_SCORES = {"LightGBM churn model": "probability", "recency alone": "recency", "1 - P(alive)": "not_alive"}
+MAX_FREQUENCY_SHOWN = 0.995  # quantile of calibration frequency the matrices reach (the rest is a sparse tail)
+
+
+def figures(result: TrainingResult) -> dict[str, Figure]:
+    """Every plot of a run, by file name (without .png)."""
+    evaluation, w = result.evaluation, result.windows
+    age = (w.btyd_calibration_end - w.first).days
+    top = max(1, int(np.quantile(evaluation.holdout.frequency, MAX_FREQUENCY_SHOWN)))
+    where = f"BG/NBD fitted to {w.btyd_calibration_end}"
+    purchases = result.twin.holdout_purchases
+    return {
+        "expected_purchases_matrix": frequency_recency_matrix(
+            purchases, top, age, w.btyd_holdout_days,
+            f"{where}: expected purchases in the next {w.btyd_holdout_days} days"),
+        "p_alive_matrix": frequency_recency_matrix(purchases, top, age, None, f"{where}: P(alive)"),
+        "calibration_vs_holdout_purchases": calibration_vs_holdout(evaluation.holdout, w.btyd_holdout_days),
+        "churn_reliability": reliability(evaluation.churn),
+        "churn_roc": churn_curves(evaluation.churn, "roc"),
+        "churn_pr": churn_curves(evaluation.churn, "pr"),
+        "churn_cumulative_gain": cumulative_gain(evaluation.churn),
+        "clv_deciles": clv_deciles(evaluation.holdout),
+        "feature_importance": feature_importance({"churn": result.model.churn.importance(),
+                                                  "next stage": result.model.next_stage.importance()}),
+    }
+
+
+def frequency_recency_matrix(model: PurchaseModel, max_frequency: int, age: float, horizon: float | None,
+                             title: str) -> Figure:
+    """Expected purchases over ``horizon`` (or P(alive) if None) for a customer of age ``age`` by (x, t_x)."""
+    frequency = np.arange(max_frequency + 1, dtype=float)
+    recency = np.linspace(0, age, 101)
+    x, t_x = (a.ravel() for a in np.meshgrid(frequency, recency, indexing="ij"))
+    T = np.full_like(x, age)
+    values = model.p_alive(x, t_x, T) if horizon is None else model.expected_purchases(horizon, x, t_x, T)
+    figure = Figure(figsize=(7, 5.5))
+    ax = figure.subplots()
+    image = ax.imshow(values.reshape(len(frequency), len(recency)), origin="lower", aspect="auto", cmap="viridis",
+                      extent=(0, age, -0.5, max_frequency + 0.5))
+    figure.colorbar(image, ax=ax)
+    ax.set(xlabel=f"recency: age at last purchase (days, of {age:.0f})", ylabel="frequency: repeat purchases",
+           title=title)
+    ax.title.set_fontsize(10)
+    return figure
+
+
+def calibration_vs_holdout(holdout: pd.DataFrame, days: int, groups: int = 8) -> Figure:
+    """Mean holdout purchases, actual and predicted, by purchases in the calibration period."""
+    bucket = holdout.frequency.clip(upper=groups - 1).astype(int)
+    means = holdout.groupby(bucket)[["purchases", "predicted", "past_rate"]].mean()
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    ax.plot(means.index, means.purchases, "o-", label="actual")
+    ax.plot(means.index, means.predicted, "s--", label="BG/NBD")
+    ax.plot(means.index, means.past_rate, "^:", label="past purchase rate")
+    ax.set_xticks(means.index, [*map(str, means.index[:-1]), f"{means.index[-1]}+"])
+    ax.set(xlabel="repeat purchases in the calibration period", ylabel=f"mean purchases in the next {days} days",
+           title="calibration period vs holdout purchases")
+    ax.legend()
+    return figure
+
+
+def reliability(churn: pd.DataFrame, bins: int = 10) -> Figure:
+    """Observed churn rate against the predicted probability (ten equal-width bins)."""
+    observed, predicted = calibration_curve(churn.churned, churn.probability, n_bins=bins)
+    figure = Figure(figsize=(5.5, 5))
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    ax.plot(predicted, observed, "o-", label="LightGBM churn model")
+    ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="churn reliability curve",
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend()
+    return figure
+
+
+def churn_curves(churn: pd.DataFrame, kind: str) -> Figure:
+    """ROC (``kind="roc"``) or precision-recall (``"pr"``) curves of the model and the two baselines."""
+    figure = Figure(figsize=(5.5, 5))
+    ax = figure.subplots()
+    for label, column in CHURN_SCORES.items():
+        if kind == "roc":
+            fpr, tpr, _ = roc_curve(churn.churned, churn[column])
+            ax.plot(fpr, tpr, label=label)
+        else:
+            precision, recall, _ = precision_recall_curve(churn.churned, churn[column])
+            ax.plot(recall, precision, label=label)
+    if kind == "roc":
+        ax.plot([0, 1], [0, 1], ":", color="grey")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="churn ROC curve")
+    else:
+        ax.axhline(churn.churned.mean(), linestyle=":", color="grey")
+        ax.set(xlabel="recall", ylabel="precision", title="churn precision-recall curve")
+    ax.legend()
+    return figure
+
+
+def cumulative_gain(churn: pd.DataFrame) -> Figure:
+    """Share of all churners found when contacting the customers ranked most likely to churn first."""
+    figure = Figure(figsize=(5.5, 5))
+    ax = figure.subplots()
+    share = np.arange(1, len(churn) + 1) / len(churn)
+    for label, column in CHURN_SCORES.items():
+        ranked = churn.churned.to_numpy()[np.argsort(-churn[column].to_numpy(), kind="stable")]
+        ax.plot(share, np.cumsum(ranked) / ranked.sum(), label=label)
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="random")
+    ax.set(xlabel="share of customers contacted", ylabel="share of churners found", title="churn cumulative gain")
+    ax.legend()
+    return figure
+
+
+def clv_deciles(holdout: pd.DataFrame, groups: int = 10) -> Figure:
+    """Mean predicted CLV against mean actual holdout spend per decile of predicted CLV."""
+    ranked = holdout.iloc[np.argsort(-holdout.clv.to_numpy(), kind="stable")]
+    decile = np.repeat(np.arange(1, groups + 1), [len(part) for part in np.array_split(np.arange(len(ranked)),
+                                                                                          groups)])
+    means = ranked.groupby(decile)[["clv", "spend"]].mean()
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    width = 0.4
+    ax.bar(means.index - width / 2, means.clv, width, label="predicted CLV")
+    ax.bar(means.index + width / 2, means.spend, width, label="actual holdout spend")
+    ax.set_xticks(means.index)
+    ax.set(xlabel="decile of predicted CLV (1 = most valuable)", ylabel="mean per customer",
+           title="CLV deciles: predicted vs actual")
+    ax.legend()
+    return figure
+
+
+def feature_importance(importances: dict[str, pd.Series], top: int = 15) -> Figure:
+    """The ``top`` features of each classifier by total LightGBM gain."""
+    figure = Figure(figsize=(6 * len(importances), 5.5))
+    for ax, (name, gain) in zip(figure.subplots(1, len(importances), squeeze=False)[0], importances.items(),
+                                strict=True):
+        shown = gain.head(top)[::-1]
+        ax.barh(shown.index, shown.to_numpy() / gain.sum())
+        ax.set(xlabel="share of total gain", title=f"{name} model: feature importance")
+    figure.tight_layout()
+    return figure
