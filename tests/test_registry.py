@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -40,7 +42,7 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
     assert set(plots) == {f"{registry.PLOTS}/{name}.png" for name in PLOTS}
     for path in plots:
         png = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)
-        assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     weak, decision = run_once(client, data, classifier_params=BROKEN)
     assert not decision.promote and any(r.startswith("churn_roc_auc") for r in decision.reasons)
