@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import date, datetime
 from pathlib import Path
@@ -193,6 +194,67 @@ def models(ctx: typer.Context) -> None:
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
                       datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
+
+
+@app.command()
+def ui(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the configured store: runs, metrics, plots, versions and gate decisions.
+
+    With a remote tracking server configured, prints its address instead.
+
+    Example: [bold]lifecycle ui --port 5000[/bold]
+    """
+    settings = _settings(ctx)
+    uri = settings.mlflow.tracking_uri
+    if uri and uri.startswith(("http://", "https://")):
+        console.print(f"the tracking server is remote: open [bold]{uri}[/bold]")
+        return
+    from lifecycle.training import open_registry
+
+    _, uri = open_registry(settings)
+    console.print(f"MLflow UI for {uri} on [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+               "--workers", "1"]
+    os.execv(sys.executable, command)  # the UI takes this process over: its PID is ours
+
+
+@app.command()
+def schedule(
+    ctx: typer.Context,
+    cron: Annotated[str, typer.Option(help='When to train, in crontab form: "0 3 * * 1" is Mondays at 03:00.')],
+    timezone: Annotated[str | None, typer.Option(help="Time zone of the cron times (default: this machine's).")]
+    = None,
+    transactions: TransactionsOption = None,
+    events: EventsOption = None,
+    customers: CustomersOption = None,
+) -> None:
+    """Run `lifecycle train` on a schedule, in the foreground; a run still going makes the next one skip.
+
+    Example: [bold]lifecycle schedule --cron "0 3 * * 1" --transactions data/orders/*.parquet[/bold]
+    """
+    from lifecycle.schedule import CrontabTrigger, scheduler
+
+    settings = _settings(ctx)
+    _use_inputs(settings, transactions, events, customers)
+    trigger = CrontabTrigger(cron, timezone)
+
+    def train_once() -> None:
+        from lifecycle.training import run_training
+
+        console.print(f"[bold]{datetime.now():%Y-%m-%d %H:%M:%S}[/bold] training...")
+        _print_training(run_training(settings))
+
+    jobs = scheduler(trigger, train_once, lambda line: console.print(line, highlight=False))
+    first = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
+    console.print(f"training on {cron!r}; the first run is at {first:%Y-%m-%d %H:%M %Z} (Ctrl-C stops)")
+    try:
+        jobs.start()
+    except KeyboardInterrupt:
+        console.print("stopped")
 
 
 @app.command()

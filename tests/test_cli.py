@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import pandas as pd
 import pytest
 
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
-            ["promote"], ["rollback"], ["models"]]
+            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"]]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -59,6 +64,7 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
     (["features", "--transactions", "orders.csv", "--out", "f.csv", "--as-of", "soon"], "Invalid value"),
     (["--config", "nowhere.toml", "config", "show"], "config file 'nowhere.toml' not found"),
     (["data", "simulate", "--out", "x", "--format", "xlsx"], "--format must be parquet or csv"),
+    (["schedule", "--cron", "0 3 * *"], "needs five fields"),
 ])
 def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
@@ -111,11 +117,18 @@ def test_paths_with_quotes_work(tmp_path):
     assert len(pd.read_parquet(folder / "o'ut/features.parquet")) == 23_570
 
 
-def test_train_registers_and_gates_and_the_registry_commands(tmp_path):
-    assert run("data", "cdnow", "--out", "data", cwd=tmp_path).returncode == 0
-    trained = run("train", "--transactions", "data/transactions.csv", cwd=tmp_path)
-    assert trained.returncode == 0, trained.stderr
-    out = " ".join(trained.stdout.split())
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, str]:
+    """A folder where `lifecycle train` ran once on CDNOW, and what it printed."""
+    folder = tmp_path_factory.mktemp("trained")
+    assert run("data", "cdnow", "--out", "data", cwd=folder).returncode == 0
+    result = run("train", "--transactions", "data/transactions.csv", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder, " ".join(result.stdout.split())
+
+
+def test_train_registers_and_gates_and_the_registry_commands(trained):
+    tmp_path, out = trained
     assert "version 1: promoted to champion (first model)" in out
     assert "judged on 1998-04-01..1998-06-30" in out and "recency alone" in out
     assert (tmp_path / ".lifecycle" / "mlflow.db").is_file()
@@ -125,3 +138,32 @@ def test_train_registers_and_gates_and_the_registry_commands(tmp_path):
     missing = run("promote", "9", cwd=tmp_path)
     assert missing.returncode == 2 and "no version '9'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_ui_serves_the_local_store(trained):
+    """`lifecycle ui` is a real MLflow server on the run's store: the champion and the run's plots are there."""
+    folder, _ = trained
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "lifecycle", "ui", "--port", str(port)], cwd=folder,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                model = json.load(urlopen(f"{base}/registered-models/get?name=customer-lifecycle", timeout=5))
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the UI did not come up"
+                time.sleep(1)
+        aliases = {a["alias"]: a["version"] for a in model["registered_model"]["aliases"]}
+        assert aliases == {"champion": "1"}
+        version = json.load(urlopen(f"{base}/model-versions/get?name=customer-lifecycle&version=1", timeout=5))
+        run_id = version["model_version"]["run_id"]
+        listed = json.load(urlopen(f"{base}/artifacts/list?run_id={run_id}&path=plots", timeout=5))
+        assert len([f for f in listed["files"] if f["path"].endswith(".png")]) == 9
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
