@@ -99,7 +99,9 @@ def connect(memory_limit: str | None = None, temp_directory: str | Path | None =
     """An in-memory DuckDB connection set up for bounded-memory, UTC work."""
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
+    # (In Jupyter the bar is already off, and DuckDB refuses to touch it without ipywidgets.)
+    if con.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0]:
+        con.execute("SET enable_progress_bar = false")
     con.execute("SET preserve_insertion_order = false")  # lets DuckDB write and spill in parallel
     if memory_limit:
         con.execute(f"SET memory_limit = {sql_literal(memory_limit)}")
