@@ -13,23 +13,23 @@ customer with x repeat purchases of mean m shrinks m towards the population mean
 whose repeat orders were all free (m = 0, which Gamma-Gamma cannot fit), get that formula's
 value: the population mean, or the mean shrunk towards 0.
 
-The maximum-likelihood fits go through ``lifetimes`` (archived upstream: tests/test_btyd.py
-guards its numerics against the published CDNOW estimates) on the unique rows, with their counts
-as weights: the same estimates, far fewer likelihood terms. Predictions are computed once per
-unique row too.
+The maximum-likelihood fits use ``lifetimes``' own likelihoods and its optimizer settings
+(archived upstream: tests/test_btyd.py guards its numerics against the published CDNOW
+estimates) on the unique rows, with their counts as weights: the same estimates, far fewer
+likelihood terms, and no Hessian for standard errors the service does not use. Predictions are
+computed once per unique row too.
 """
 
 from __future__ import annotations
 
-import io
 import warnings
-from contextlib import contextmanager, redirect_stdout
 from typing import Self
 
 import numpy as np
 import pandas as pd
+from autograd import value_and_grad
 from lifetimes import BetaGeoFitter, GammaGammaFitter
-from lifetimes.utils import ConvergenceError
+from scipy.optimize import minimize
 from scipy.special import gammaln
 
 from features.errors import LifecycleError
@@ -55,13 +55,10 @@ class PurchaseModel:
         if repeaters < MIN_REPEAT_BUYERS:
             raise LifecycleError(f"only {repeaters} repeat buyers; BG/NBD needs at least {MIN_REPEAT_BUYERS}")
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
-        fitter = BetaGeoFitter(penalizer_coef=self.penalizer)
-        try:
-            with _quiet():
-                fitter.fit(ux, ut_x, uage, weights=counts)
-        except ConvergenceError as exc:
-            raise LifecycleError(f"BG/NBD did not converge: {str(exc).strip().splitlines()[0]}") from None
-        self.params_ = {name: float(fitter.params_[name]) for name in ("r", "alpha", "a", "b")}
+        scale = 1 / uage.max()  # lifetimes fits in time scaled to a maximum age of 1, then rescales alpha
+        r, alpha, a, b = _maximize_likelihood("BG/NBD", BetaGeoFitter,
+                                              (ux.astype(int), ut_x * scale, uage * scale, counts, self.penalizer), 4)
+        self.params_ = {"r": r, "alpha": float(alpha / scale), "a": a, "b": b}
         _warn_at_boundary("BG/NBD", self.params_)
         self.log_likelihood_ = float((counts * self.log_likelihood(ux, ut_x, uage)).sum())
         self.customers_ = len(x)
@@ -123,13 +120,8 @@ class SpendModel:
                 f"frequency and mean spend correlate at {self.spend_correlation_:.2f} (> {MAX_SPEND_CORRELATION}): "
                 "Gamma-Gamma assumes they are independent, so its order values are biased", stacklevel=2)
         (ux, um), counts, _ = _unique_rows(x, m)
-        fitter = GammaGammaFitter(penalizer_coef=self.penalizer)
-        try:
-            with _quiet():
-                fitter.fit(ux, um, weights=counts)
-        except ConvergenceError as exc:
-            raise LifecycleError(f"Gamma-Gamma did not converge: {str(exc).strip().splitlines()[0]}") from None
-        params = {"p": float(fitter.params_["p"]), "q": float(fitter.params_["q"]), "gamma": float(fitter.params_["v"])}
+        p, q, gamma = _maximize_likelihood("Gamma-Gamma", GammaGammaFitter, (ux, um, counts, self.penalizer), 3)
+        params = {"p": p, "q": q, "gamma": gamma}
         if params["q"] <= 1:
             raise LifecycleError(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
                                  "check the amounts for outliers or use a penalizer")
@@ -176,6 +168,18 @@ def clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, mone
     return spend.expected_order_value(frequency, monetary_value) * (per_month @ discount)
 
 
+def _maximize_likelihood(model: str, fitter: type, args: tuple, size: int) -> list[float]:
+    """lifetimes' own fit (its negative log-likelihood and gradient by autograd, its start, optimizer and
+    tolerance), without the Hessian it computes afterwards for standard errors: on large data that
+    costs as much as the whole search, and the service does not use them."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # the search probes extreme values
+        result = minimize(value_and_grad(fitter._negative_log_likelihood), jac=True, x0=np.full(size, 0.1), tol=1e-7,
+                          args=args)
+    if not result.success:
+        raise LifecycleError(f"{model} did not converge: {result.message}")
+    return [float(v) for v in np.exp(result.x)]
+
+
 def _as_arrays(*columns) -> list[np.ndarray]:
     arrays = [np.asarray(c, dtype=float) for c in columns]
     if any(a.shape != arrays[0].shape for a in arrays) or any(np.isnan(a).any() for a in arrays):
@@ -213,14 +217,6 @@ def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
     if squeeze and values.ndim == 2:
         values = values[:, 0]
     return values[inverse]
-
-
-@contextmanager
-def _quiet():
-    """Silence lifetimes' optimizer: its overflow warnings, and the result it prints when it fails."""
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
 
 
 def _warn_at_boundary(model: str, params: dict[str, float]) -> None:
