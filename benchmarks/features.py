@@ -7,15 +7,13 @@ Each measurement runs in a fresh process so its peak resident memory is its own.
   Parquet, check every row), features (BTYD in days and weeks, RFM edges and scores, order
   behaviour, stages) and write (the table to Parquet); DuckDB is capped at ``--memory-limit``.
 
-Usage: python benchmarks/features.py [--sizes 1000000 10000000 50000000] [--memory-limit 2GB]
+Usage: python -m benchmarks.features [--sizes 1000000 10000000 50000000] [--memory-limit 2GB]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, and this file would shadow the
-# project's `features` package.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+from benchmarks.report import machine, print_table
 
 ORDERS_PER_CUSTOMER = 2.59  # of the default simulated shop: customers needed = rows / this
 CHUNK_CUSTOMERS = 2_000_000
@@ -80,8 +76,8 @@ def run_ours(path: str, memory_limit: str) -> dict:
 
 def measure(engine: str, path: Path, memory_limit: str) -> dict:
     """Run one measurement in a child process; returns seconds, customers and peak RSS (GB)."""
-    out = subprocess.run([sys.executable, __file__, "--child", engine, str(path), "--memory-limit", memory_limit],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.features", "--child", engine, str(path),
+                          "--memory-limit", memory_limit], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -99,7 +95,6 @@ def main() -> None:
         return
 
     from rich.console import Console
-    from rich.table import Table
 
     from features import cdnow
 
@@ -123,29 +118,16 @@ def main() -> None:
             rows.append((name, count, ours["customers"], theirs, ours))
             console.print(f"{name}: lifetimes {theirs['seconds']:.1f} s, ours {ours['seconds']:.1f} s")
 
-    title = (f"Feature build vs lifetimes summary ({platform.machine()}, {_cpus()} CPUs, "
-             f"{_memory_gb():.0f} GB RAM, DuckDB memory limit {args.memory_limit})")
+    title = f"Feature build vs lifetimes summary ({machine()}, DuckDB memory limit {args.memory_limit})"
     headers = ["data", "orders", "customers", "lifetimes s", "lifetimes peak GB", "ours s",
                "(validate / features / write)", "ours peak GB", "speed-up"]
-    table = Table(*headers, title=title)
-    markdown = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+    table = []
     for name, count, customers, theirs, ours in rows:
         phases = " / ".join(f"{ours['phases'][p]:.1f}" for p in ("validate", "features", "write"))
         speedup = theirs["seconds"] / ours["seconds"]
-        cells = [name, f"{count:,}", f"{customers:,}", f"{theirs['seconds']:.1f}", f"{theirs['peak_gb']:.2f}",
-                 f"{ours['seconds']:.1f}", phases, f"{ours['peak_gb']:.2f}", f"{speedup:.1f}x"]
-        table.add_row(*cells)
-        markdown.append("| " + " | ".join(cells) + " |")
-    console.print(table)
-    print("\n" + title + "\n\n" + "\n".join(markdown))
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0))
-
-
-def _memory_gb() -> float:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+        table.append([name, f"{count:,}", f"{customers:,}", f"{theirs['seconds']:.1f}", f"{theirs['peak_gb']:.2f}",
+                      f"{ours['seconds']:.1f}", phases, f"{ours['peak_gb']:.2f}", f"{speedup:.1f}x"])
+    print_table(title, headers, table, console)
 
 
 if __name__ == "__main__":

@@ -261,25 +261,35 @@ class FeatureBuilder:
             30.0 * (d.spend_recent / {window} - (d.total_spend - d.spend_recent) / {earlier_days}) AS spend_trend"""
 
     def _events_cte(self, as_of: date) -> str:
-        """``engagement``: per event type, windowed counts and recency; the counts behind the rates."""
+        """``engagement``: per event type, windowed counts and recency; the counts behind the rates.
+
+        Events are counted per customer and type in one pass, then spread into columns over those
+        few rows per customer (``max`` picks the one row of a type; a missing type stays NULL).
+        """
         p, day = self.params, f"DATE '{as_of}'"
-        counts = ", ".join(
-            f"count(*) FILTER (WHERE event_type = '{t}' AND day > {day} - {w}) AS {t}_{w}d"
-            for t in p.event_types for w in p.windows_days
-        )
-        since = ", ".join(f"CAST({day} - max(day) FILTER (WHERE event_type = '{t}') AS DOUBLE) AS days_since_{t}"
+        windows = ", ".join(f"count(*) FILTER (WHERE day > {day} - {w}) AS in_{w}d" for w in p.windows_days)
+        counts = ", ".join(f"max(in_{w}d) FILTER (WHERE event_type = '{t}') AS {t}_{w}d"
+                           for t in p.event_types for w in p.windows_days)
+        since = ", ".join(f"CAST({day} - max(last_day) FILTER (WHERE event_type = '{t}') AS DOUBLE) AS days_since_{t}"
                           for t in p.event_types)
-        totals = ", ".join(f"count(*) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in _RATE_EVENTS)
+        totals = ", ".join(f"max(n) FILTER (WHERE event_type = '{t}') AS n_{t}" for t in _RATE_EVENTS)
         return f"""
-        engagement AS (
-            SELECT customer_id, {counts}, {since}, {totals},
-                count(*) FILTER (WHERE event_type = 'session') AS sessions,
-                count(*) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})) AS high_intent_events,
-                count(*) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})) AS advocacy_events,
+        typed AS (
+            SELECT customer_id, event_type, count(*) AS n, max(day) AS last_day, {windows},
                 arg_max(value, timestamp) FILTER (WHERE event_type = 'nps' AND value IS NOT NULL) AS latest_nps
             FROM (SELECT *, CAST(timestamp AS DATE) AS day FROM events
                   WHERE timestamp < TIMESTAMP '{as_of + timedelta(days=1)}')
-            GROUP BY customer_id
+            GROUP BY customer_id, event_type
+        ),
+        engagement AS (
+            SELECT customer_id, {counts}, {since}, {totals},
+                coalesce(max(n) FILTER (WHERE event_type = 'session'), 0) AS sessions,
+                CAST(coalesce(sum(n) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})), 0)
+                     AS BIGINT) AS high_intent_events,
+                CAST(coalesce(sum(n) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})), 0)
+                     AS BIGINT) AS advocacy_events,
+                max(latest_nps) AS latest_nps
+            FROM typed GROUP BY customer_id
         )"""
 
     def _event_columns(self) -> str:

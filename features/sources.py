@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 import duckdb
 import pandas as pd
@@ -78,6 +79,21 @@ class Dataset:
 
     con: duckdb.DuckDBPyConnection
     report: dict[str, TableReport]
+    materialized: bool = False
+
+    def materialize(self) -> Self:
+        """Keep the valid rows of every given table in DuckDB for jobs that read them many times.
+
+        The views re-parse and re-validate their source on every read, which one pass (``lifecycle
+        features``) wants; training reads each table about ten times. DuckDB's tables are
+        compressed and spill to its temporary directory beyond the memory limit. Idempotent.
+        """
+        if not self.materialized:
+            for table in self.report:
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_valid AS SELECT * FROM {table}")
+                self.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {table}_valid")
+            self.materialized = True
+        return self
 
     def date_range(self) -> tuple[datetime | None, datetime | None]:
         """First and last valid transaction timestamp."""

@@ -148,8 +148,10 @@ def feature_importance(importances: dict[str, pd.Series], top: int = 15) -> Figu
     figure = Figure(figsize=(6 * len(importances), 5.5))
     for ax, (name, gain) in zip(figure.subplots(1, len(importances), squeeze=False)[0], importances.items(),
                                 strict=True):
+        total = gain.sum()
         shown = gain.head(top)[::-1]
-        ax.barh(shown.index, shown.to_numpy() / gain.sum())
-        ax.set(xlabel="share of total gain", title=f"{name} model: feature importance")
+        ax.barh(shown.index, shown.to_numpy() / total if total > 0 else 0.0)
+        ax.set(xlabel="share of total gain",
+               title=f"{name} model: feature importance" + ("" if total > 0 else " (no tree split)"))
     figure.tight_layout()
     return figure

@@ -113,6 +113,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
 
     ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS).
     """
+    data.materialize()  # the protocol reads every table about ten times
     first, last = data.date_range()
     win = windows(first.date(), last.date(), horizons)
     twin = fit_twin(data, new_builder, win, horizons, seed, classifier_params)

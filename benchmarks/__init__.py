@@ -1,0 +1,2 @@
+"""Speed and memory measurements; each module prints a table. Run from the project root:
+``python -m benchmarks.features``, ``python -m benchmarks.training``."""
