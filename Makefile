@@ -21,7 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/features.py
+	$(BIN)/python -m benchmarks.features
+	$(BIN)/python -m benchmarks.training
 
 clean:
 	rm -rf $(VENV) .lifecycle

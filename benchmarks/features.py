@@ -1,6 +1,6 @@
 """Feature build vs lifetimes' summary_data_from_transaction_data: seconds and peak memory.
 
-Each measurement runs in a fresh process so its peak resident memory is its own.
+Each measurement runs in a fresh process, its peak resident memory sampled from outside.
 - lifetimes: the orders are read from Parquet into pandas first (not timed, but in the peak
   memory), then ``summary_data_from_transaction_data`` is timed: the BTYD summary only.
 - ours: the whole ``lifecycle features`` job, timed end to end and by phase: validate (read
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.report import machine, print_table
+from benchmarks.report import machine, print_table, run_measured
 
 ORDERS_PER_CUSTOMER = 2.59  # of the default simulated shop: customers needed = rows / this
 CHUNK_CUSTOMERS = 2_000_000
@@ -76,9 +74,9 @@ def run_ours(path: str, memory_limit: str) -> dict:
 
 def measure(engine: str, path: Path, memory_limit: str) -> dict:
     """Run one measurement in a child process; returns seconds, customers and peak RSS (GB)."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.features", "--child", engine, str(path),
-                          "--memory-limit", memory_limit], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    _, peak, out = run_measured([sys.executable, "-m", "benchmarks.features", "--child", engine, str(path),
+                                 "--memory-limit", memory_limit])
+    return json.loads(out.strip().splitlines()[-1]) | {"peak_gb": peak}
 
 
 def main() -> None:
@@ -89,9 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         engine, path = args.child
-        result = run_lifetimes(path) if engine == "lifetimes" else run_ours(path, args.memory_limit)
-        result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        print(json.dumps(result))
+        print(json.dumps(run_lifetimes(path) if engine == "lifetimes" else run_ours(path, args.memory_limit)))
         return
 
     from rich.console import Console

@@ -24,3 +24,35 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], console: 
     markdown = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
     markdown += ["| " + " | ".join(row) + " |" for row in rows]
     print("\n" + title + "\n\n" + "\n".join(markdown))
+
+
+def run_measured(command: list[str], env: dict | None = None, interval: float = 0.02) -> tuple[float, float, str]:
+    """Run ``command``; its wall seconds, peak resident memory in GB (the process and its children,
+    sampled every ``interval`` s) and stdout. Raises SystemExit with its stderr if it fails.
+
+    Sampled from outside because a child's own ``ru_maxrss`` also counts the parent's memory that
+    it inherited before ``exec``.
+    """
+    import subprocess
+    import tempfile
+    import time
+
+    import psutil
+
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                tree = [watched, *watched.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:  # a child ended between listing and reading it
+                pass
+            time.sleep(interval)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command[:4])} failed:\n{err.read().decode()}")
+        return seconds, peak / 1024**3, out.read().decode()

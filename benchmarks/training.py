@@ -6,8 +6,8 @@
 - CLV of the same N customers over 12 months: ours (models.btyd.clv, vectorised) vs lifetimes'
   ``customer_lifetime_value`` with the same parameters; largest relative difference.
 - `lifecycle train` end to end (a fresh process: imports, validation, features, fits, evaluation,
-  MLflow logging and registry, gate) on CDNOW and on a simulated shop of N customers with
-  engagement events; wall time and peak memory of the process.
+  plots, MLflow logging and registry, gate) on CDNOW, on a simulated shop of N customers (orders
+  only) and on one of N / 10 customers with engagement events; wall time and peak memory.
 
 Usage: python -m benchmarks.training [--customers 1000000]
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmarks.report import machine, print_table
+from benchmarks.report import machine, print_table, run_measured
 
 MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS = 12, 0.01, 30
 
@@ -92,14 +91,8 @@ def train_run(transactions: Path, events: Path | None, state: Path) -> tuple[flo
     command = [sys.executable, "-m", "lifecycle", "train", "--transactions", str(transactions)]
     if events is not None:
         command += ["--events", str(events)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"lifecycle train failed: {process.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024**2
+    seconds, peak, _ = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)})
+    return seconds, peak
 
 
 def main() -> None:
@@ -126,13 +119,16 @@ def main() -> None:
         path = cdnow.write_master(folder / "cdnow")
         with console.status("lifecycle train on CDNOW..."):
             runs.append(["CDNOW (real)", "69,659", "-", "23,570", *train_run(path, None, folder / "state-cdnow")])
-        with console.status(f"simulating {args.customers:,} customers with events..."):
-            sim = simulate(SimulationParams(customers=args.customers, seed=0))
-            paths = sim.write(folder / "sim")
-        with console.status(f"lifecycle train on {args.customers:,} simulated customers..."):
-            runs.append([f"simulated {args.customers / 1e6:g}M", f"{len(sim.transactions):,}", f"{len(sim.events):,}",
-                         f"{args.customers:,}", *train_run(paths["transactions"], paths["events"],
-                                                           folder / "state-sim")])
+        # orders only at full size; engagement events (about 83 per customer) on a tenth of it
+        for customers, events in ((args.customers, False), (args.customers // 10, True)):
+            with console.status(f"simulating {customers:,} customers..."):
+                sim = simulate(SimulationParams(customers=customers, seed=0, events=events))
+                paths = sim.write(folder / f"sim-{customers}")
+            with console.status(f"lifecycle train on {customers:,} simulated customers..."):
+                measured = train_run(paths["transactions"], paths["events"] if events else None,
+                                     folder / f"state-{customers}")
+            runs.append([f"simulated {customers / 1e6:g}M", f"{len(sim.transactions):,}",
+                         f"{len(sim.events):,}" if events else "-", f"{customers:,}", *measured])
     print_table(f"lifecycle train, end to end ({machine()})",
                 ["data", "orders", "events", "customers", "seconds", "peak GB"],
                 [[*row[:4], f"{row[4]:.1f}", f"{row[5]:.2f}"] for row in runs], console)
