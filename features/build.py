@@ -55,9 +55,14 @@ class FeatureBuilder:
             FROM (SELECT {aggregates} FROM ({_orders_sql(as_of)}) GROUP BY customer_id))""")
         return self
 
-    def transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
-        """The feature table at ``as_of`` (a lazy DuckDB relation)."""
-        return data.con.sql(self.sql(as_of))
+    def transform(self, data: Dataset, as_of: date, population: str | None = None) -> duckdb.DuckDBPyRelation:
+        """The feature table at ``as_of`` (a lazy DuckDB relation).
+
+        ``population`` names a DuckDB table or view with a ``customer_id`` column: the table then
+        has exactly those customers, and one without any history gets the row of a customer we
+        know nothing about (no orders, no events: stage awareness).
+        """
+        return data.con.sql(self.sql(as_of, population))
 
     def fit_transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
         """``fit`` and ``transform`` at the same date, reading the orders once.
@@ -86,9 +91,9 @@ class FeatureBuilder:
         edges = zip(rfm.MEASURES, rows[1:], strict=True)
         self.rfm_edges_ = {score: [float(v) for v in values] for score, values in edges}
 
-    def sql(self, as_of: date) -> str:
-        """The full feature query at ``as_of``."""
-        return self._scored_sql(f"({self._base_sql(as_of)})")
+    def sql(self, as_of: date, population: str | None = None) -> str:
+        """The full feature query at ``as_of`` (for everyone known, or for ``population``)."""
+        return self._scored_sql(f"({self._base_sql(as_of, population)})")
 
     def _scored_sql(self, base: str) -> str:
         """The fitted parts (RFM scores and segment, stage) on top of the unfitted features in ``base``."""
@@ -167,18 +172,18 @@ class FeatureBuilder:
             FROM now LEFT JOIN later USING (customer_id) LEFT JOIN window_tx AS w USING (customer_id)
         """)
 
-    def _base_sql(self, as_of: date) -> str:
-        """Every feature that needs no fitted edges, one row per known customer at ``as_of``."""
+    def _base_sql(self, as_of: date, population: str | None = None) -> str:
+        """Every feature that needs no fitted edges, one row per known customer (or per ``population``)."""
         day = f"DATE '{as_of}'"
         ctes = [f"tx AS ({_orders_sql(as_of)})", self._orders_cte(as_of)]
         columns = [self._order_columns(as_of)]
         joins = []
-        population = ["SELECT customer_id FROM per_customer"]
+        everyone = ["SELECT customer_id FROM per_customer"]
         if self.has_events_:
             ctes.append(self._events_cte(as_of))
             columns.append(self._event_columns())
             joins.append("LEFT JOIN engagement AS en USING (customer_id)")
-            population.append("SELECT customer_id FROM engagement")
+            everyone.append("SELECT customer_id FROM engagement")
             helpers = ("coalesce(en.sessions, 0)", "coalesce(en.high_intent_events, 0)",
                        "coalesce(en.advocacy_events, 0)", "en.latest_nps")
         else:
@@ -191,11 +196,13 @@ class FeatureBuilder:
             columns.append(f"CAST({day} - CAST(k.signup_date AS DATE) AS DOUBLE) AS days_since_signup, "
                            "k.acquisition_channel, k.acquisition_cost")
             joins.append("LEFT JOIN known AS k USING (customer_id)")
-            population.append("SELECT customer_id FROM known")
+            everyone.append("SELECT customer_id FROM known")
         columns.append(", ".join(f"{sql} AS {name}" for sql, name in zip(
             helpers, ("_sessions", "_high_intent_events", "_advocacy_events", "_latest_nps"), strict=True)))
-        if joins:  # customers known from events or the customer table too
-            ctes.append(f"population AS ({' UNION '.join(population)})")
+        if population is not None:
+            everyone = [f"SELECT DISTINCT customer_id FROM {population}"]
+        if joins or population is not None:  # customers known from events, the customer table or a list
+            ctes.append(f"population AS ({' UNION '.join(everyone)})")
             source = "population LEFT JOIN per_customer AS d USING (customer_id) " + " ".join(joins)
         else:
             source = "per_customer AS d"

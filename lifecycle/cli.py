@@ -258,12 +258,66 @@ def schedule(
 
 
 @app.command()
+def score(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv; rejected input rows go next to it.")],
+    transactions: TransactionsOption = None,
+    events: EventsOption = None,
+    customer_table: Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")] = None,
+    customers: Annotated[Path | None, typer.Option(
+        help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
+             "are scored as prospects we know nothing about.")] = None,
+    as_of: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
+    ] = None,
+    model_uri: Annotated[str | None, typer.Option(
+        help="MLflow model URI (default: models:/customer-lifecycle@champion).")] = None,
+) -> None:
+    """Score every customer (or a list) with the champion into a file, in chunks of bounded memory.
+
+    Example: [bold]lifecycle score --transactions "exports/orders-*.parquet" --out out/scores.parquet[/bold]
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from lifecycle.training import load_model
+    from serving.batch import load_customer_list, score_batch
+
+    settings = _settings(ctx, as_of=as_of.date() if as_of else None)
+    _use_inputs(settings, transactions, events, customer_table)
+    with console.status("loading the model..."):
+        model = load_model(settings, model_uri)
+    with console.status("validating inputs..."):
+        data = open_dataset(settings)
+        listed = load_customer_list(data, customers) if customers else None
+    day = settings.as_of or data.date_range()[1].date()
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("building features...", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, description="scoring", completed=done, total=total)
+
+        run = score_batch(model, data, day, out, customer_list=listed is not None, on_chunk=advance)
+    _print_inputs(data)
+    for name, report in data.report.items():
+        console.print(f"{name}: {report.rows:,} rows in = {report.valid:,} valid + {report.rejected_total:,} "
+                      "rejected" + (f" (reasons: {run.rejects})" if report.rejected_total else ""))
+    whom = f"{listed:,} listed customers, {run.without_history:,} without history" if listed is not None else (
+        "every known customer")
+    console.print(f"scored {run.scored:,} customers ({whom}) as of {day} with model version {model.version}: "
+                  f"[bold]{run.out}[/bold]")
+
+
+@app.command()
 def demo(ctx: typer.Context) -> None:
     """The main job on the real CDNOW data: train, register the champion, score every customer.
 
     Example: [bold]lifecycle demo[/bold]
     """
-    from lifecycle.training import run_training, score_with_champion
+    import pandas as pd
+
+    from lifecycle.training import load_model, run_training
+    from serving.batch import score_batch
 
     settings = _settings(ctx)
     with console.status("writing the CDNOW master log..."):
@@ -276,7 +330,8 @@ def demo(ctx: typer.Context) -> None:
     _print_training(run)
     out = settings.state_dir / "output" / "cdnow_scores.parquet"
     with console.status("scoring every customer with the champion..."):
-        scores = score_with_champion(settings, data, run.result.windows.end, out)
+        score_batch(load_model(settings), data, run.result.windows.end, out)
+        scores = pd.read_parquet(out)
     _print_scores(scores, out)
     _print_published_bgnbd()
 

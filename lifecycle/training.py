@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
-from pathlib import Path
 
 import mlflow
-import pandas as pd
+from mlflow.exceptions import MlflowException
 
+from features.errors import LifecycleError
 from features.sources import Dataset
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset
-from models import pyfunc
 from models.lifecycle import Horizons, LifecycleModel
 from training import registry
 from training.train import TrainingResult, train
@@ -68,17 +66,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def score_with_champion(settings: Settings, data: Dataset, as_of: date, out: Path) -> pd.DataFrame:
-    """Score every customer at ``as_of`` with the registered champion and write the records to ``out``."""
+def load_model(settings: Settings, uri: str | None = None) -> LifecycleModel:
+    """The model at an MLflow ``uri`` (default: the registered champion), its ``version`` set to the
+    registered version that holds it (or its run id, for an unregistered model)."""
     client, _ = open_registry(settings)
-    champion = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
-    model: LifecycleModel = champion.unwrap_python_model().model
-    scores = pyfunc.as_records(model.predict(model.builder.transform(data, as_of).df()))
-    version = registry.alias_version(client, "champion")
-    scores["model_version"] = version
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".parquet":
-        scores.to_parquet(out)
-    else:
-        scores.to_csv(out, index=False)
-    return scores
+    uri = uri or f"models:/{registry.MODEL_NAME}@champion"
+    try:
+        loaded = mlflow.pyfunc.load_model(uri)
+    except (MlflowException, OSError) as exc:
+        raise LifecycleError(f"cannot load the model {uri!r}: {str(exc).splitlines()[0]}") from None
+    model: LifecycleModel = loaded.unwrap_python_model().model
+    run_id = loaded.metadata.run_id
+    versions = client.search_model_versions(f"run_id='{run_id}'") if run_id else []
+    model.version = str(versions[0].version) if versions else run_id or uri
+    return model

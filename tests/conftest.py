@@ -30,3 +30,14 @@ def cdnow_master() -> pd.DataFrame:
 def shop() -> Simulation:
     """A small shop with every event type, used by behaviour and point-in-time tests."""
     return simulate(SimulationParams(customers=3000, seed=11))
+
+
+@pytest.fixture(scope="session")
+def cdnow_run(cdnow_master):
+    """The CDNOW master log, validated, and one run of the training protocol on it."""
+    from features.build import FeatureBuilder
+    from models.lifecycle import Horizons
+    from training.train import train
+
+    data = load(transactions=cdnow_master)
+    return data, train(data, FeatureBuilder, Horizons())

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
-            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"]]
+            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"]]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -138,6 +138,26 @@ def test_train_registers_and_gates_and_the_registry_commands(trained):
     missing = run("promote", "9", cwd=tmp_path)
     assert missing.returncode == 2 and "no version '9'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_score_writes_every_customer_or_the_listed_ones(trained):
+    folder, _ = trained
+    everyone = run("score", "--transactions", "data/transactions.csv", "--out", "out/scores.parquet", cwd=folder)
+    assert everyone.returncode == 0, everyone.stderr
+    out = " ".join(everyone.stdout.split())
+    assert "69,659 rows in = 69,659 valid + 0 rejected" in out and "scored 23,570 customers" in out
+    scores = pd.read_parquet(folder / "out/scores.parquet")
+    assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
+    pd.DataFrame({"customer_id": ["00005", "99999"]}).to_csv(folder / "list.csv", index=False)
+    listed = run("score", "--transactions", "data/transactions.csv", "--customers", "list.csv",
+                 "--as-of", "1998-01-01", "--out", "out/listed.csv", cwd=folder)
+    assert listed.returncode == 0, listed.stderr
+    assert "2 listed customers, 1 without history" in " ".join(listed.stdout.split())
+    rows = pd.read_csv(folder / "out/listed.csv", dtype={"customer_id": str})
+    assert sorted(rows.customer_id) == ["00005", "99999"] and set(rows.as_of) == {"1998-01-01"}
+    missing = run("score", "--transactions", "data/transactions.csv", "--out", "x.csv", "--model-uri",
+                  "models:/customer-lifecycle/9", cwd=folder)
+    assert missing.returncode == 2 and "cannot load the model" in missing.stderr
 
 
 def test_ui_serves_the_local_store(trained):

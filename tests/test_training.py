@@ -16,12 +16,6 @@ from tests.conftest import load
 from training.train import train, windows
 
 
-@pytest.fixture(scope="module")
-def cdnow_run(cdnow_master):
-    data = load(transactions=cdnow_master)
-    return data, train(data, FeatureBuilder, Horizons())
-
-
 def test_cdnow_windows_follow_the_published_protocol(cdnow_run):
     _, run = cdnow_run
     w = run.windows
