@@ -223,6 +223,36 @@ def ui(
 
 
 @app.command()
+def serve(
+    ctx: typer.Context,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+) -> None:
+    """Serve the scoring API (BentoML): POST /score and /model; follows the champion without restarts.
+
+    Bearer-token auth when LIFECYCLE_SERVING__API_TOKEN is set. OpenAPI at /docs.json.
+
+    Example: [bold]lifecycle serve --port 3000[/bold]
+    """
+    from lifecycle.training import open_registry, registry
+
+    settings = _settings(ctx)
+    client, uri = open_registry(settings)
+    alias = settings.serving.model_uri.partition("@")[2]
+    if alias and registry.alias_version(client, alias) is None:
+        raise LifecycleError(f"{settings.serving.model_uri} does not exist yet: run `lifecycle train` first")
+    serving = settings.serving
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(settings.state_dir / "bentoml"),
+           "LIFECYCLE_SERVING__TRACKING_URI": uri, "LIFECYCLE_SERVING__MODEL_URI": serving.model_uri,
+           "LIFECYCLE_SERVING__POLL_SECONDS": str(serving.poll_seconds),
+           "LIFECYCLE_SERVING__MAX_CUSTOMERS": str(serving.max_customers)}
+    console.print(f"serving {serving.model_uri} from {uri} on [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LifecycleService", "--host", host,
+               "--port", str(port)]
+    os.execve(sys.executable, command, env)  # the server takes this process over: its PID is ours
+
+
+@app.command()
 def schedule(
     ctx: typer.Context,
     cron: Annotated[str, typer.Option(help='When to train, in crontab form: "0 3 * * 1" is Mondays at 03:00.')],

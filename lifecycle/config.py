@@ -25,6 +25,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import FeatureParams, StageRules
 from features.sources import TableSource
+from serving.settings import ServingSettings
 
 DEFAULT_CONFIG = Path("lifecycle.toml")
 
@@ -67,6 +68,7 @@ class Settings(BaseSettings):
     stages: StageRules = Field(default_factory=StageRules)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
     seed: int = Field(0, description="seed of every random step of training")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction

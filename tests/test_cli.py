@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
-            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"]]
+            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["serve"]]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,18 @@
+"""The scoring API's settings (kept apart from the service so the CLI can read them without BentoML)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """How the API finds its model and what it accepts."""
+
+    model_config = SettingsConfigDict(env_prefix="LIFECYCLE_SERVING__", extra="ignore")
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI")
+    model_uri: str = Field("models:/customer-lifecycle@champion", description="what to serve and follow")
+    poll_seconds: float = Field(10.0, gt=0, description="how often to look for a new champion")
+    max_customers: int = Field(1000, ge=1, description="most customers per request (more: 413)")
+    api_token: SecretStr | None = Field(None, description="bearer token the requests must carry")

@@ -1,0 +1,206 @@
+"""The scoring API as apps see it: a real `lifecycle serve` (BentoML) on 127.0.0.1, spoken to over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+TOKEN = "s3cret"
+POLL_SECONDS = 1.0
+
+
+def lifecycle(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lifecycle", *args], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=600, check=True)
+
+
+class Server:
+    """`lifecycle serve` in its own process group, stopped by its PID."""
+
+    def __init__(self, folder: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = open(folder / "serve.log", "w")  # noqa: SIM115 (closed in stop)
+        env = {**os.environ, "LIFECYCLE_SERVING__API_TOKEN": TOKEN,
+               "LIFECYCLE_SERVING__POLL_SECONDS": str(POLL_SECONDS)}
+        self.process = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--port", str(self.port)],
+                                        cwd=folder, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 180
+        while self.request("GET", "/readyz", auth=False)[0] != 200:
+            assert self.process.poll() is None, (folder / "serve.log").read_text()
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.5)
+
+    def request(self, method: str, path: str, body=None, auth: bool = True) -> tuple[int, object]:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"}
+        if auth:
+            headers["authorization"] = f"Bearer {TOKEN}"
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, headers=headers,
+                                         method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            raw, status = error.read(), error.code
+        except OSError:
+            return 0, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode()
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A trained CDNOW store, its feature table at the end, and the API serving its champion."""
+    folder = tmp_path_factory.mktemp("served")
+    lifecycle("data", "cdnow", "--out", "data", cwd=folder)
+    lifecycle("train", "--transactions", "data/transactions.csv", cwd=folder)
+    lifecycle("features", "--transactions", "data/transactions.csv", "--out", "features.parquet", cwd=folder)
+    lifecycle("score", "--transactions", "data/transactions.csv", "--out", "scores.parquet", cwd=folder)
+    features = pd.read_parquet(folder / "features.parquet").sort_values("customer_id", ignore_index=True)
+    server = Server(folder)
+    yield folder, server, features
+    server.stop()
+
+
+def records(features: pd.DataFrame) -> list[dict]:
+    return json.loads(features.to_json(orient="records", date_format="iso"))
+
+
+def test_scores_equal_batch_scoring_of_the_same_model(served):
+    folder, server, features = served
+    sample = features.iloc[::500]
+    status, answer = server.request("POST", "/score", {"customers": records(sample)})
+    assert status == 200 and len(answer) == len(sample)
+    batch = pd.read_parquet(folder / "scores.parquet").set_index("customer_id")
+    for record in answer:
+        expected = batch.loc[record["customer_id"]]
+        assert record["model_version"] == "1" and record["stage"] == expected.stage
+        for name in ("p_alive", "expected_purchases", "clv", "churn_probability", "next_stage_probability"):
+            if pd.isna(expected[name]):
+                assert record[name] is None, name
+            else:
+                assert record[name] == pytest.approx(expected[name], rel=1e-9), name
+        ours, theirs = json.loads(record["churn_drivers"]), json.loads(expected.churn_drivers)
+        assert [d["feature"] for d in ours] == [d["feature"] for d in theirs]
+        assert [d["contribution"] for d in ours] == pytest.approx([d["contribution"] for d in theirs], rel=1e-9)
+
+
+def test_model_endpoint_and_bentoml_endpoints(served):
+    _, server, features = served
+    status, about = server.request("POST", "/model", {})
+    assert status == 200 and about["version"] == "1" and about["alias"] == "champion"
+    assert about["gate"]["promoted"] == "True" and about["features"] == list(features.columns)
+    for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+        assert server.request("GET", path, auth=False)[0] == 200, path
+
+
+def one(features: pd.DataFrame, **changes) -> dict:
+    record = records(features.head(1))[0]
+    for name, value in changes.items():
+        if value is KeyError:
+            del record[name]
+        else:
+            record[name] = value
+    return {"customers": [record]}
+
+
+@pytest.mark.parametrize(("body", "status", "reason"), [
+    (b'{"customers": [', 400, "Invalid JSON"),
+    (b"not json", 400, "Invalid JSON"),
+    ({"customers": "everyone"}, 400, "valid array"),
+    ({"people": []}, 400, "Field required"),
+    ("wrong type", 400, "orders must be a number"),
+    ("missing field", 422, "lacks the fields ['orders']"),
+    ("negative amount", 400, "total_spend must not be negative"),
+    ("NaN amount", 400, "total_spend must be a finite number"),
+    ("future date", 400, "is in the future"),
+    ("too many", 413, "at most 1000"),
+])
+def test_bad_requests_get_the_right_4xx_with_the_reason(served, body, status, reason):
+    _, server, features = served
+    cases = {
+        "wrong type": one(features, orders="many"),
+        "missing field": one(features, orders=KeyError),
+        "negative amount": one(features, total_spend=-3.0),
+        "future date": one(features, as_of="2999-01-01"),
+        "too many": {"customers": records(features.head(1)) * 1001},
+    }
+    if body == "NaN amount":
+        body = json.dumps(one(features, total_spend=float("nan"))).encode()  # Python writes NaN, as some clients do
+    got, answer = server.request("POST", "/score", cases[body] if isinstance(body, str) else body)
+    assert got == status and reason in json.dumps(answer).replace('\\"', '"'), answer
+
+
+def test_a_wrong_or_missing_token_is_401(served):
+    _, server, features = served
+    assert server.request("POST", "/score", one(features), auth=False)[0] == 401
+    assert server.request("POST", "/model", {}, auth=False)[0] == 401
+
+
+def test_a_promoted_version_is_served_without_a_restart_or_a_failed_request(served):
+    folder, server, features = served
+    body = {"customers": records(features.head(5))}
+    statuses, versions, stop = [], [], threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            status, answer = server.request("POST", "/score", body)
+            statuses.append(status)
+            if status == 200:
+                versions.append((time.monotonic(), answer[0]["model_version"]))
+            time.sleep(0.05)  # an app's steady trickle, not a load test
+
+    client = threading.Thread(target=keep_asking)
+    client.start()
+    try:
+        lifecycle("train", "--transactions", "data/transactions.csv", cwd=folder)  # promoted: not worse
+        trained = time.monotonic()  # the alias moved a little before the command returned
+        deadline = trained + POLL_SECONDS + 30  # the poll, then loading the new version
+        while not (versions and versions[-1][1] == "2"):
+            assert time.monotonic() < deadline, "version 2 was not served in time"
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        client.join()
+    assert set(statuses) == {200} and len(statuses) > 10
+    switched = next(t for t, v in versions if v == "2")
+    assert all(v == "2" for t, v in versions if t > switched)  # never back
+
+
+def test_bentoml_build_makes_a_bento_with_the_project_pins(tmp_path):
+    import tomllib
+
+    import yaml
+
+    root = Path(__file__).parents[1]
+    pinned = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+    packages = yaml.safe_load((root / "bentofile.yaml").read_text())["python"]["packages"]
+    assert set(packages) <= pinned
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    subprocess.run([sys.executable, "-m", "bentoml", "build", str(root)], env=env, check=True, capture_output=True,
+                   timeout=300)
+    built = list((tmp_path / "bentos" / "customer-lifecycle").glob("*/bento.yaml"))
+    assert len(built) == 1 and "serving.service:LifecycleService" in built[0].read_text()
