@@ -1,7 +1,9 @@
 """The scoring API: a BentoML 1.4 service around the registered ``LifecycleModel`` champion.
 
 ``POST /score`` takes feature records (the feature table's columns, one object per customer) and
-returns the design's output records; ``POST /model`` says which model answers. The service
+returns the design's output records; ``POST /score_history`` takes raw orders (and events) and
+computes the features with the same code as batch scoring; ``POST /model`` says which model
+answers. The service
 follows the ``champion`` alias: a background thread polls the registry every
 ``poll_seconds`` and swaps in a newly promoted version; a request uses the model it started
 with, so a swap never fails one in flight. Bad input is a 4xx with the reason, never a 500.
@@ -21,14 +23,45 @@ from http import HTTPStatus
 from typing import Any
 
 import bentoml
+import duckdb
 import pandas as pd
+from pydantic import BaseModel
 
+from features.errors import LifecycleError
+from features.sources import SCHEMAS, connect, load
 from models.lifecycle import LifecycleModel
 from models.pyfunc import as_records
 from serving.settings import ServingSettings
 
 # Features that may be negative: the trends compare the recent rate with the earlier one.
 SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
+
+
+class Order(BaseModel):
+    """One order, as in the order log."""
+
+    customer_id: str | int
+    timestamp: datetime
+    amount: float
+    order_id: str | int | None = None
+
+
+class Event(BaseModel):
+    """One engagement event (docs/data.md lists the types)."""
+
+    customer_id: str | int
+    timestamp: datetime
+    event_type: str
+    value: float | None = None
+
+
+class Customer(BaseModel):
+    """One row of the customer table."""
+
+    customer_id: str | int
+    signup_date: datetime | None = None
+    acquisition_channel: str | None = None
+    acquisition_cost: float | None = None
 
 
 class RequestError(bentoml.exceptions.BentoMLException):
@@ -82,10 +115,44 @@ class LifecycleService:
                                error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         if not customers:
             return []
-        frame = _validated(customers, served.columns)
-        records = as_records(served.model.predict(frame))
-        records["as_of"] = records["as_of"].astype(str).str[:10]
-        return [{k: _json_value(v) for k, v in row.items()} for row in records.to_dict(orient="records")]
+        return _answer(served.model.predict(_validated(customers, served.columns)))
+
+    @bentoml.api(route="/score_history")
+    def score_history(self, orders: list[Order], as_of: date, ctx: bentoml.Context, events: list[Event] | None = None,
+                      customers: list[Customer] | None = None) -> list[dict[str, Any]]:
+        """Output records from raw history: the orders (and events, customer rows) of some customers, as of a day.
+
+        The rows are validated and turned into features by the same code as batch scoring; a
+        rejected row is a 400 naming its reason.
+        """
+        self._authorize(ctx)
+        served = self.served
+        if as_of > datetime.now(UTC).date():
+            raise RequestError(f"as_of {as_of} is in the future")
+        tables = {"transactions": orders, "events": events, "customers": customers}
+        frames = {name: pd.DataFrame([row.model_dump() for row in rows], columns=list(SCHEMAS[name]))
+                  for name, rows in tables.items() if rows}
+        for frame in frames.values():  # ids as text: one type whatever mix of numbers and strings arrived
+            for key in ("customer_id", "order_id"):
+                if key in frame:
+                    frame[key] = frame[key].map(lambda v: None if v is None else str(v))
+        people = pd.concat([frame["customer_id"].astype(str) for frame in frames.values()]).nunique() if frames else 0
+        if people > self.settings.max_customers:
+            raise RequestError(f"{people} customers in one request; at most {self.settings.max_customers}",
+                               error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        if not orders:
+            raise RequestError("orders must list at least one order", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        try:
+            data = load(connect(threads=1), frames, now=datetime.now(UTC).replace(tzinfo=None))
+        except (LifecycleError, duckdb.Error) as exc:
+            raise RequestError(str(exc).splitlines()[0]) from None
+        rejected = data.con.execute("SELECT input_table, source_row, reason FROM rejects ORDER BY ALL LIMIT 5"
+                                    ).fetchall()
+        if rejected:
+            reasons = "; ".join(f"{table}[{row - 1}]: {reason}" for table, row, reason in rejected)
+            raise RequestError(f"rejected rows: {reasons}")
+        features = served.model.builder.transform(data, as_of).df()
+        return _answer(served.model.predict(features))
 
     @bentoml.api(route="/model")
     def model(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -157,6 +224,13 @@ def _validated(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.D
     frame["as_of"] = pd.to_datetime(frame["as_of"].astype(str).str[:10])
     frame["customer_id"] = frame["customer_id"].astype(str)
     return frame
+
+
+def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
+    """Output records as JSON objects: drivers as JSON text (as in every other output), dates as days."""
+    records = as_records(scores)
+    records["as_of"] = records["as_of"].astype(str).str[:10]
+    return [{k: _json_value(v) for k, v in row.items()} for row in records.to_dict(orient="records")]
 
 
 def _json_value(value: Any) -> Any:

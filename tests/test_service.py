@@ -204,3 +204,56 @@ def test_bentoml_build_makes_a_bento_with_the_project_pins(tmp_path):
                    timeout=300)
     built = list((tmp_path / "bentos" / "customer-lifecycle").glob("*/bento.yaml"))
     assert len(built) == 1 and "serving.service:LifecycleService" in built[0].read_text()
+
+
+def history(folder: Path, ids) -> list[dict]:
+    orders = pd.read_csv(folder / "data/transactions.csv", dtype={"customer_id": str})
+    return json.loads(orders[orders.customer_id.isin(ids)].to_json(orient="records"))
+
+
+def test_score_history_returns_exactly_what_batch_scoring_returns(served):
+    """Training/serving parity: raw orders in, the same features code, the same records out."""
+    folder, server, features = served
+    ids = list(features.customer_id.iloc[::1500])
+    status, answer = server.request("POST", "/score_history", {"orders": history(folder, ids), "as_of": "1998-06-30"})
+    assert status == 200, answer
+    assert sorted(record["customer_id"] for record in answer) == sorted(ids)
+    batch = pd.read_parquet(folder / "scores.parquet").set_index("customer_id")
+    for record in answer:
+        expected = batch.loc[record["customer_id"]]
+        for name, value in record.items():
+            want = expected.get(name)
+            if name in ("customer_id", "as_of"):
+                continue
+            if want is None or (not isinstance(want, str) and pd.isna(want)):
+                assert value is None, name
+            elif isinstance(want, str):
+                assert value == want, name
+            else:
+                assert value == pytest.approx(want, rel=1e-12), name
+
+
+@pytest.mark.parametrize(("change", "status", "reason"), [
+    ({"amount": -5.0}, 400, "transactions[0]: negative amount"),
+    ({"amount": float("nan")}, 400, "transactions[0]: missing amount"),  # NaN is how pandas says missing
+    ({"timestamp": "2999-01-01T00:00:00"}, 400, "transactions[0]: timestamp in the future"),
+    ({"timestamp": "yesterday"}, 400, "orders"),
+    ({"customer_id": None}, 400, "customer_id"),
+])
+def test_bad_history_is_a_400_naming_the_row_and_reason(served, change, status, reason):
+    folder, server, _ = served
+    orders = history(folder, ["00005"])
+    orders[0] |= change
+    got, answer = server.request("POST", "/score_history",
+                                 json.dumps({"orders": orders, "as_of": "1998-06-30"}).encode())
+    assert got == status and reason in json.dumps(answer), answer
+
+
+def test_history_limits_and_dates(served):
+    folder, server, _ = served
+    orders = history(folder, ["00005"])
+    future = server.request("POST", "/score_history", {"orders": orders, "as_of": "2999-01-01"})
+    assert future[0] == 400 and "in the future" in json.dumps(future[1])
+    many = [dict(orders[0], customer_id=str(i)) for i in range(1001)]
+    assert server.request("POST", "/score_history", {"orders": many, "as_of": "1998-06-30"})[0] == 413
+    assert server.request("POST", "/score_history", {"orders": [], "as_of": "1998-06-30"})[0] == 422
