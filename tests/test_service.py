@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 TOKEN = "s3cret"
 POLL_SECONDS = 1.0
@@ -257,3 +259,29 @@ def test_history_limits_and_dates(served):
     many = [dict(orders[0], customer_id=str(i)) for i in range(1001)]
     assert server.request("POST", "/score_history", {"orders": many, "as_of": "1998-06-30"})[0] == 413
     assert server.request("POST", "/score_history", {"orders": [], "as_of": "1998-06-30"})[0] == 422
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(body=JSON, replaced=st.dictionaries(st.sampled_from(["customer_id", "as_of", "orders", "total_spend",
+                                                            "frequency", "recency", "T", "monetary_value", "stage",
+                                                            "lapsed", "rfm_segment", "next_stage", "r_score"]),
+                                           JSON, max_size=3),
+       order=st.dictionaries(st.sampled_from(["customer_id", "timestamp", "amount", "order_id"]), JSON, max_size=2),
+       as_of=JSON)
+def test_fuzzed_requests_never_get_a_5xx(served, body, replaced, order, as_of):
+    """Arbitrary JSON, and valid requests with arbitrary values in some fields: a 2xx or a 4xx, never a 5xx."""
+    folder, server, features = served
+    record = records(features.head(1))[0] | replaced
+    orders = [history(folder, ["00005"])[0] | order]
+    for path, payload in (("/score", body), ("/score", {"customers": [record]}), ("/score_history", body),
+                          ("/score_history", {"orders": orders, "as_of": as_of}),
+                          ("/score_history", {"orders": orders, "as_of": "1998-06-30"})):
+        status, answer = server.request("POST", path, json.dumps(payload).encode())
+        assert 200 <= status < 500, (path, payload, status, answer)
