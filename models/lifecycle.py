@@ -78,14 +78,13 @@ class LifecycleModel:
         btyd = btyd_columns(self.purchases, self.spend, features, self.horizons)
         inputs = classifier_inputs(features, btyd)
         out = pd.concat([features, btyd], axis=1)
-        out["churn_probability"] = self.churn.predict_proba(inputs)
-        out["churn_drivers"] = self.churn.drivers(inputs, drivers)
+        out["churn_probability"], out["churn_drivers"] = self.churn.predict_with_drivers(inputs, drivers)
         climbing = (features["next_stage"].notna()).to_numpy()
         out["next_stage_probability"] = np.nan
         out["next_stage_drivers"] = [[] for _ in range(len(out))]
         if climbing.any():
-            out.loc[climbing, "next_stage_probability"] = self.next_stage.predict_proba(inputs[climbing])
-            out.loc[climbing, "next_stage_drivers"] = pd.Series(
-                self.next_stage.drivers(inputs[climbing], drivers), index=out.index[climbing])
+            probability, reasons = self.next_stage.predict_with_drivers(inputs[climbing], drivers)
+            out.loc[climbing, "next_stage_probability"] = probability
+            out.loc[climbing, "next_stage_drivers"] = pd.Series(reasons, index=out.index[climbing])
         out["model_version"] = self.version
         return out[list(OUTPUT_COLUMNS)]

@@ -268,7 +268,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(body=JSON, replaced=st.dictionaries(st.sampled_from(["customer_id", "as_of", "orders", "total_spend",
                                                             "frequency", "recency", "T", "monetary_value", "stage",
                                                             "lapsed", "rfm_segment", "next_stage", "r_score"]),

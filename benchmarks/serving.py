@@ -1,0 +1,139 @@
+"""Scoring API latency and batch scoring throughput, in one run.
+
+- Trains the champion on CDNOW (`lifecycle train`) and starts `lifecycle serve` on 127.0.0.1.
+- Single-customer requests to ``POST /score`` at concurrency 1, 8 and 32 (client threads in this
+  process, on the same machine as the server): latency p50 / p95 / p99 and throughput, beside the
+  in-process model call for the same records (the floor: no HTTP, no validation).
+- `lifecycle score` (features included) on simulated order logs of the given sizes, with the same
+  model: wall seconds, customers per second and peak memory of the process.
+
+Usage: python -m benchmarks.serving [--requests 400] [--batch-customers 1000000 10000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.report import machine, print_table, run_measured
+
+
+def lifecycle(*args: str, cwd: Path) -> None:
+    subprocess.run([sys.executable, "-m", "lifecycle", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(port: int, body: bytes) -> float:
+    """Seconds one request took (raises on a non-2xx answer)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=body,
+                                     headers={"content-type": "application/json"}, method="POST")
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        response.read()
+    return time.perf_counter() - started
+
+
+def latency_rows(port: int, bodies: list[bytes], concurrency: int) -> list[str]:
+    post(port, bodies[0])  # warm up
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        seconds = np.array(list(pool.map(lambda body: post(port, body), bodies)))
+    wall = time.perf_counter() - started
+    p50, p95, p99 = np.percentile(seconds * 1000, [50, 95, 99])
+    return [f"HTTP /score, concurrency {concurrency}", f"{len(bodies):,}", f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}",
+            f"{len(bodies) / wall:.0f}"]
+
+
+def in_process_row(folder: Path, features: pd.DataFrame, count: int) -> list[str]:
+    from lifecycle.config import load_settings
+    from lifecycle.training import load_model
+
+    model = load_model(load_settings(state_dir=folder / ".lifecycle"))
+    seconds = []
+    for i in range(count):
+        started = time.perf_counter()
+        model.predict(features.iloc[[i % len(features)]])
+        seconds.append(time.perf_counter() - started)
+    p50, p95, p99 = np.percentile(np.array(seconds) * 1000, [50, 95, 99])
+    return ["in process (the floor)", f"{count:,}", f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}",
+            f"{count / sum(seconds):.0f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="single-customer requests per concurrency")
+    parser.add_argument("--batch-customers", type=int, nargs="*", default=[1_000_000, 10_000_000])
+    args = parser.parse_args()
+
+    from rich.console import Console
+
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        with console.status("training the champion on CDNOW..."):
+            lifecycle("data", "cdnow", "--out", "data", cwd=folder)
+            lifecycle("train", "--transactions", "data/transactions.csv", cwd=folder)
+            lifecycle("features", "--transactions", "data/transactions.csv", "--out", "features.parquet", cwd=folder)
+        features = pd.read_parquet(folder / "features.parquet").sample(frac=1.0, random_state=0, ignore_index=True)
+        bodies = [json.dumps({"customers": json.loads(features.iloc[[i % len(features)]].to_json(
+            orient="records", date_format="iso"))}).encode() for i in range(args.requests)]
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--port", str(port)], cwd=folder,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            with console.status("waiting for the server..."):
+                deadline = time.monotonic() + 180
+                while True:
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline or server.poll() is not None:
+                            raise SystemExit("the server did not start") from None
+                        time.sleep(0.5)
+            rows = [in_process_row(folder, features, args.requests)]
+            for concurrency in (1, 8, 32):
+                with console.status(f"{args.requests} requests at concurrency {concurrency}..."):
+                    rows.append(latency_rows(port, bodies, concurrency))
+        finally:
+            os.killpg(server.pid, 15)
+            server.wait(timeout=60)
+        print_table(f"Scoring one customer, CDNOW champion ({machine()})",
+                    ["call", "requests", "p50 ms", "p95 ms", "p99 ms", "per second"], rows, console)
+
+        batch = []
+        for customers in args.batch_customers:
+            with console.status(f"simulating {customers:,} customers..."):
+                lifecycle("data", "simulate", "--customers", str(customers), "--no-events", "--out",
+                          f"sim{customers}", cwd=folder)
+            with console.status(f"lifecycle score on {customers:,} customers..."):
+                seconds, peak, _ = run_measured(
+                    [sys.executable, "-m", "lifecycle", "score", "--transactions",
+                     str(folder / f"sim{customers}" / "transactions.parquet"), "--out", str(folder / "scores.parquet")],
+                    env={**os.environ, "LIFECYCLE_STATE_DIR": str(folder / ".lifecycle")})
+            scored = pd.read_parquet(folder / "scores.parquet", columns=["customer_id"]).shape[0]
+            batch.append([f"{customers:,}", f"{scored:,}", f"{seconds:.1f}", f"{scored / seconds:,.0f}", f"{peak:.2f}"])
+        print_table(f"lifecycle score, features included ({machine()})",
+                    ["simulated customers", "scored (buyers)", "seconds", "customers per second", "peak GB"], batch,
+                    console)
+
+
+if __name__ == "__main__":
+    main()
