@@ -42,6 +42,7 @@ ConfigOption = Annotated[
 TransactionsOption = Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")]
 EventsOption = Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")]
 CustomersOption = Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")]
+HostOption = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
 
 
 @app.callback()
@@ -200,7 +201,7 @@ def models(ctx: typer.Context) -> None:
 def ui(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the configured store: runs, metrics, plots, versions and gate decisions.
 
@@ -226,7 +227,7 @@ def ui(
 def serve(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
-    host: Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
 ) -> None:
     """Serve the scoring API (BentoML): POST /score and /model; follows the champion without restarts.
 
@@ -293,7 +294,7 @@ def score(
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv; rejected input rows go next to it.")],
     transactions: TransactionsOption = None,
     events: EventsOption = None,
-    customer_table: Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")] = None,
+    customer_table: CustomersOption = None,
     customers: Annotated[Path | None, typer.Option(
         help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
              "are scored as prospects we know nothing about.")] = None,
