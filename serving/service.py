@@ -35,6 +35,8 @@ from serving.settings import ServingSettings
 
 # Features that may be negative: the trends compare the recent rate with the earlier one.
 SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
+# What BG/NBD and Gamma-Gamma read: known for every customer with an order.
+BTYD_INPUTS = ("frequency", "recency", "T", "monetary_value")
 
 
 class Order(BaseModel):
@@ -115,7 +117,7 @@ class LifecycleService:
                                error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         if not customers:
             return []
-        return _answer(served.model.predict(_validated(customers, served.columns)))
+        return _answer(_predict(served.model, _validated(customers, served.columns)))
 
     @bentoml.api(route="/score_history")
     def score_history(self, orders: list[Order], as_of: date, ctx: bentoml.Context, events: list[Event] | None = None,
@@ -151,8 +153,7 @@ class LifecycleService:
         if rejected:
             reasons = "; ".join(f"{table}[{row - 1}]: {reason}" for table, row, reason in rejected)
             raise RequestError(f"rejected rows: {reasons}")
-        features = served.model.builder.transform(data, as_of).df()
-        return _answer(served.model.predict(features))
+        return _answer(_predict(served.model, served.model.builder.transform(data, as_of).df()))
 
     @bentoml.api(route="/model")
     def model(self, ctx: bentoml.Context) -> dict[str, Any]:
@@ -217,6 +218,10 @@ def _validated(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.D
                     raise RequestError(f"{where} {day} is in the future")
             elif kind == "string" and not isinstance(value, str | int):
                 raise RequestError(f"{where} must be text, not {value!r}")
+        if isinstance(record.get("orders"), int | float) and record["orders"] > 0:
+            unknown = [name for name in BTYD_INPUTS if name in columns and record[name] is None]
+            if unknown:
+                raise RequestError(f"customers[{i}] has orders, so {unknown} cannot be null")
     frame = pd.DataFrame(customers, columns=list(columns))
     for name, kind in columns.items():
         if kind in ("double", "float", "long", "integer"):
@@ -224,6 +229,14 @@ def _validated(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.D
     frame["as_of"] = pd.to_datetime(frame["as_of"].astype(str).str[:10])
     frame["customer_id"] = frame["customer_id"].astype(str)
     return frame
+
+
+def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
+    """The model's records; an input the model refuses (a LifecycleError says why) is the client's 400."""
+    try:
+        return model.predict(features)
+    except LifecycleError as exc:
+        raise RequestError(str(exc)) from None
 
 
 def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:

@@ -139,6 +139,7 @@ def one(features: pd.DataFrame, **changes) -> dict:
     ("negative amount", 400, "total_spend must not be negative"),
     ("NaN amount", 400, "total_spend must be a finite number"),
     ("future date", 400, "is in the future"),
+    ("buyer without BTYD summary", 400, "has orders, so ['frequency'] cannot be null"),
     ("too many", 413, "at most 1000"),
 ])
 def test_bad_requests_get_the_right_4xx_with_the_reason(served, body, status, reason):
@@ -148,6 +149,7 @@ def test_bad_requests_get_the_right_4xx_with_the_reason(served, body, status, re
         "missing field": one(features, orders=KeyError),
         "negative amount": one(features, total_spend=-3.0),
         "future date": one(features, as_of="2999-01-01"),
+        "buyer without BTYD summary": one(features, frequency=None),
         "too many": {"customers": records(features.head(1)) * 1001},
     }
     if body == "NaN amount":
@@ -225,7 +227,7 @@ def test_score_history_returns_exactly_what_batch_scoring_returns(served):
         expected = batch.loc[record["customer_id"]]
         for name, value in record.items():
             want = expected.get(name)
-            if name in ("customer_id", "as_of"):
+            if name in ("customer_id", "as_of", "model_version"):  # (a test may have promoted a same-recipe version)
                 continue
             if want is None or (not isinstance(want, str) and pd.isna(want)):
                 assert value is None, name
@@ -268,7 +270,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50, deadline=None, derandomize=True)  # the same examples in every CI run
 @given(body=JSON, replaced=st.dictionaries(st.sampled_from(["customer_id", "as_of", "orders", "total_spend",
                                                             "frequency", "recency", "T", "monetary_value", "stage",
                                                             "lapsed", "rfm_segment", "next_stage", "r_score"]),
