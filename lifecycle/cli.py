@@ -42,6 +42,9 @@ ConfigOption = Annotated[
 TransactionsOption = Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")]
 EventsOption = Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")]
 CustomersOption = Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")]
+AsOfOption = Annotated[
+    datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
+]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
 
 
@@ -113,9 +116,7 @@ def features(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
-    as_of: Annotated[
-        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
-    ] = None,
+    as_of: AsOfOption = None,
 ) -> None:
     """Build one row of point-in-time features per customer and write it to a file.
 
@@ -298,9 +299,7 @@ def score(
     customers: Annotated[Path | None, typer.Option(
         help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
              "are scored as prospects we know nothing about.")] = None,
-    as_of: Annotated[
-        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
-    ] = None,
+    as_of: AsOfOption = None,
     model_uri: Annotated[str | None, typer.Option(
         help="MLflow model URI (default: models:/customer-lifecycle@champion).")] = None,
 ) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import mlflow
 from mlflow.exceptions import MlflowException
 
 from features.errors import LifecycleError
 from features.sources import Dataset
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset
+from models import pyfunc
 from models.lifecycle import Horizons, LifecycleModel
 from training import registry
 from training.train import TrainingResult, train
@@ -69,14 +69,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 def load_model(settings: Settings, uri: str | None = None) -> LifecycleModel:
     """The model at an MLflow ``uri`` (default: the registered champion), its ``version`` set to the
     registered version that holds it (or its run id, for an unregistered model)."""
-    client, _ = open_registry(settings)
+    open_registry(settings)
     uri = uri or f"models:/{registry.MODEL_NAME}@champion"
     try:
-        loaded = mlflow.pyfunc.load_model(uri)
+        return pyfunc.load(uri).model
     except (MlflowException, OSError) as exc:
         raise LifecycleError(f"cannot load the model {uri!r}: {str(exc).splitlines()[0]}") from None
-    model: LifecycleModel = loaded.unwrap_python_model().model
-    run_id = loaded.metadata.run_id
-    versions = client.search_model_versions(f"run_id='{run_id}'") if run_id else []
-    model.version = str(versions[0].version) if versions else run_id or uri
-    return model

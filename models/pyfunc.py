@@ -12,11 +12,13 @@ import json
 import pickle
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 
 import features
@@ -73,3 +75,26 @@ def log(model: LifecycleModel, example: pd.DataFrame, registered_name: str | Non
     """Log ``model`` to the active MLflow run (and register it under ``registered_name``)."""
     with _pyfunc_arguments(model, example) as arguments:
         return mlflow.pyfunc.log_model(name="model", registered_model_name=registered_name, **arguments)
+
+
+@dataclass
+class Registered:
+    """A ``LifecycleModel`` loaded from MLflow, with its input schema and what the registry knows of it."""
+
+    model: LifecycleModel
+    columns: dict[str, str]  # input column -> MLflow type name, in the signature's order
+    run_id: str | None
+    version: ModelVersion | None  # the registered version holding the run, if any
+
+
+def load(uri: str) -> Registered:
+    """Load the pyfunc at ``uri`` (from the current MLflow registry); the model's ``version`` is set to the
+    registered version holding its run, else the run id, else the URI."""
+    loaded = mlflow.pyfunc.load_model(uri)
+    model: LifecycleModel = loaded.unwrap_python_model().model
+    run_id = loaded.metadata.run_id
+    found = mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'") if run_id else []
+    version = found[0] if found else None
+    model.version = str(version.version) if version else run_id or uri
+    columns = {spec.name: spec.type.name for spec in loaded.metadata.get_input_schema().inputs}
+    return Registered(model, columns, run_id, version)

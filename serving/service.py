@@ -29,6 +29,7 @@ from pydantic import BaseModel
 
 from features.errors import LifecycleError
 from features.sources import SCHEMAS, connect, load
+from models import pyfunc
 from models.lifecycle import LifecycleModel
 from models.pyfunc import as_records
 from serving.settings import ServingSettings
@@ -76,21 +77,13 @@ class ServedModel:
     """A loaded model with what the API says about it."""
 
     def __init__(self, uri: str):
-        import mlflow
-
-        loaded = mlflow.pyfunc.load_model(uri)
-        self.model: LifecycleModel = loaded.unwrap_python_model().model
-        schema = loaded.metadata.get_input_schema()
-        self.columns = {spec.name: spec.type.name for spec in schema.inputs}
-        self.run_id = loaded.metadata.run_id
-        client = mlflow.MlflowClient()
-        found = client.search_model_versions(f"run_id='{self.run_id}'") if self.run_id else []
-        self.version = str(found[0].version) if found else self.run_id
-        self.model.version = self.version
-        self.trained_at = (datetime.fromtimestamp(found[0].creation_timestamp / 1000, UTC).isoformat()
-                           if found else None)
-        self.gate = {k.removeprefix("gate_"): v for k, v in (found[0].tags.items() if found else [])
-                     if k.startswith("gate_")}
+        registered = pyfunc.load(uri)
+        self.model, self.columns, self.run_id = registered.model, registered.columns, registered.run_id
+        self.version = self.model.version
+        found = registered.version
+        self.trained_at = datetime.fromtimestamp(found.creation_timestamp / 1000, UTC).isoformat() if found else None
+        tags = found.tags if found else {}
+        self.gate = {k.removeprefix("gate_"): v for k, v in tags.items() if k.startswith("gate_")}
 
 
 @bentoml.service(name="customer-lifecycle", traffic={"timeout": 60})
