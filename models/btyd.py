@@ -204,6 +204,9 @@ def _maximize_likelihood(model: str, fitter: type, columns: tuple[np.ndarray, ..
     return [float(v) for v in np.exp(result.x)]
 
 
+FEW_ROWS = 1000
+
+
 def _as_arrays(*columns) -> list[np.ndarray]:
     arrays = [np.asarray(c, dtype=float) for c in columns]
     if any(a.shape != arrays[0].shape for a in arrays) or any(np.isnan(a).any() for a in arrays):
@@ -235,8 +238,13 @@ def _unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np
 
 
 def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
-    """Evaluate ``function`` once per distinct (frequency, recency, T) row and spread the result back."""
-    unique, _, inverse = _unique_rows(*_as_arrays(*columns))
+    """Evaluate ``function`` once per distinct (frequency, recency, T) row and spread the result back
+    (a few rows go straight through: finding the distinct ones would cost more than it saves)."""
+    arrays = _as_arrays(*columns)
+    if len(arrays[0]) <= FEW_ROWS:
+        values = np.asarray(function(*arrays))
+        return values[:, 0] if squeeze and values.ndim == 2 else values
+    unique, _, inverse = _unique_rows(*arrays)
     values = np.asarray(function(*unique))
     if squeeze and values.ndim == 2:
         values = values[:, 0]

@@ -8,10 +8,13 @@ classifiers, trained on everyone known at the time, score them from their engage
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
 from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
@@ -40,19 +43,18 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: pd.DataF
                  horizons: Horizons) -> pd.DataFrame:
     """P(alive), expected purchases, expected order value and CLV per row; missing for non-buyers."""
     buyers = (features["orders"] > 0).to_numpy()
-    out = pd.DataFrame(np.nan, index=features.index,
-                       columns=["p_alive", "expected_purchases", "expected_order_value", "clv"])
+    out = {name: np.full(len(features), np.nan) for name in ("p_alive", "expected_purchases", "expected_order_value",
+                                                            "clv")}
     if buyers.any():
-        f, r, t, m = (features.loc[buyers, c].to_numpy(dtype=float)
-                      for c in ("frequency", "recency", "T", "monetary_value"))
-        out.loc[buyers, "p_alive"] = purchases.p_alive(f, r, t)
-        out.loc[buyers, "expected_purchases"] = purchases.expected_purchases(horizons.churn_days, f, r, t)
-        out.loc[buyers, "expected_order_value"] = spend.expected_order_value(f, m)
+        f, r, t, m = features[["frequency", "recency", "T", "monetary_value"]].to_numpy(dtype=float)[buyers].T
         months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
-        out.loc[buyers, "clv"] = clv(purchases, spend, f, r, t, m, months=months,
-                                     monthly_discount=monthly_rate(horizons.annual_discount_rate),
-                                     month_length=horizons.clv_days / months)
-    return out
+        out["p_alive"][buyers] = purchases.p_alive(f, r, t)
+        out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
+        out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
+        out["clv"][buyers] = clv(purchases, spend, f, r, t, m, months=months,
+                                 monthly_discount=monthly_rate(horizons.annual_discount_rate),
+                                 month_length=horizons.clv_days / months)
+    return pd.DataFrame(out, index=features.index)
 
 
 def classifier_inputs(features: pd.DataFrame, btyd: pd.DataFrame) -> pd.DataFrame:
@@ -73,18 +75,35 @@ class LifecycleModel:
     version: str | None = None
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
-        """Output records (one per feature row) in the order of ``OUTPUT_COLUMNS``."""
+        """Output records (one per feature row) in the order of ``OUTPUT_COLUMNS``; each row's ``drivers``
+        largest contributions per classifier as JSON text (a type every MLflow flavour and Spark carries)."""
         features = features.reset_index(drop=True)
         btyd = btyd_columns(self.purchases, self.spend, features, self.horizons)
         inputs = classifier_inputs(features, btyd)
-        out = pd.concat([features, btyd], axis=1)
-        out["churn_probability"], out["churn_drivers"] = self.churn.predict_with_drivers(inputs, drivers)
-        climbing = (features["next_stage"].notna()).to_numpy()
-        out["next_stage_probability"] = np.nan
-        out["next_stage_drivers"] = [[] for _ in range(len(out))]
+        churn, order, credit = self.churn.predict_with_drivers(inputs, drivers)
+        climbing = features["next_stage"].notna().to_numpy()
+        probability, reasons = np.full(len(features), np.nan), np.full(len(features), "[]", dtype=object)
         if climbing.any():
-            probability, reasons = self.next_stage.predict_with_drivers(inputs[climbing], drivers)
-            out.loc[climbing, "next_stage_probability"] = probability
-            out.loc[climbing, "next_stage_drivers"] = pd.Series(reasons, index=out.index[climbing])
-        out["model_version"] = self.version
-        return out[list(OUTPUT_COLUMNS)]
+            rows = inputs if climbing.all() else inputs[climbing]
+            probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(rows, drivers)
+            reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
+        predicted = pd.DataFrame({
+            "churn_probability": churn, "next_stage_probability": probability,
+            "churn_drivers": drivers_json(self.churn.features_, order, credit), "next_stage_drivers": reasons,
+            "model_version": self.version})
+        return pd.concat([features, btyd, predicted], axis=1)[list(OUTPUT_COLUMNS)]
+
+def drivers_json(names: list[str], order: np.ndarray, credit: np.ndarray) -> np.ndarray:
+    """Per row, ``[{"feature": names[order[i, k]], "contribution": credit[i, k]}, ...]`` as JSON text,
+    built column-wise by Arrow (a Python loop would dominate scoring millions of rows)."""
+    rows, top = order.shape
+    if top == 0:
+        return np.full(rows, "[]", dtype=object)
+    quoted = pa.array([json.dumps(name) for name in names])
+    pieces: list = ["["]
+    for k in range(top):
+        pieces += ["{" if k == 0 else ", {", '"feature": ', quoted.take(pa.array(order[:, k])),
+                   ', "contribution": ', pc.cast(pa.array(credit[:, k]), pa.string()), "}"]
+    pieces.append("]")
+    text = pc.binary_join_element_wise(*(pa.scalar(p) if isinstance(p, str) else p for p in pieces), "")
+    return text.to_numpy(zero_copy_only=False)

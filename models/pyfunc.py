@@ -8,7 +8,6 @@ columns); output: the design's records, with the drivers as JSON text.
 
 from __future__ import annotations
 
-import json
 import pickle
 import tempfile
 from contextlib import contextmanager
@@ -27,7 +26,6 @@ from models.lifecycle import LifecycleModel
 
 REQUIREMENTS = ("lifetimes", "setuptools", "numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "duckdb",
                 "pyarrow", "pydantic", "autograd")
-DRIVER_COLUMNS = ("churn_drivers", "next_stage_drivers")
 
 
 class LifecyclePyfunc(mlflow.pyfunc.PythonModel):
@@ -38,15 +36,7 @@ class LifecyclePyfunc(mlflow.pyfunc.PythonModel):
             self.model: LifecycleModel = pickle.load(file)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return as_records(self.model.predict(model_input))
-
-
-def as_records(scores: pd.DataFrame) -> pd.DataFrame:
-    """Scores with the driver lists as JSON text (a type every MLflow flavour and Spark can carry)."""
-    out = scores.copy()
-    for column in DRIVER_COLUMNS:
-        out[column] = out[column].map(json.dumps)
-    return out
+        return self.model.predict(model_input)
 
 
 @contextmanager
@@ -60,7 +50,7 @@ def _pyfunc_arguments(model: LifecycleModel, example: pd.DataFrame):
             "artifacts": {"lifecycle_model": str(artifact)},
             "code_paths": [str(Path(features.__file__).parent), str(Path(models.__file__).parent)],
             "pip_requirements": [f"{name}=={version(name)}" for name in REQUIREMENTS],
-            "signature": infer_signature(example, as_records(model.predict(example))),
+            "signature": infer_signature(example, model.predict(example)),
             "input_example": example,
         }
 

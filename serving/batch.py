@@ -2,13 +2,18 @@
 
 The features of every customer (or of a given list) are written to a temporary Parquet file by
 DuckDB, which spills beyond its memory limit; the model then scores it a chunk of rows at a time
-and each chunk's records are appended to the output. Nothing holds all customers in memory.
+and each chunk's records are appended to the output, in order. Chunks are scored on one thread per
+core (LightGBM, numpy, scipy and Arrow release the GIL), at most two per thread in flight, so
+memory stays bounded by a few chunks whatever the number of customers.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -20,7 +25,6 @@ import pyarrow.parquet as pq
 from features.errors import LifecycleError
 from features.sources import Dataset, sql_literal, write_relation
 from models.lifecycle import LifecycleModel
-from models.pyfunc import as_records
 
 LIST_TABLE = "scoring_list"
 
@@ -82,14 +86,26 @@ def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Pa
         total, done, without_history = features.metadata.num_rows, 0, 0
         if total == 0:
             raise LifecycleError("nothing to score: no customer is known" + (" from the list" if customer_list else ""))
-        with _Writer(out) as writer:
+        threads = os.cpu_count() or 1
+        with _Writer(out) as writer, ThreadPoolExecutor(threads) as pool:
+            pending = deque()
+
+            def write_oldest() -> None:
+                nonlocal done
+                records = pending.popleft().result()
+                writer.write(records)
+                done += len(records)
+                if on_chunk:
+                    on_chunk(done, total)
+
             for batch in features.iter_batches(batch_size=chunk_rows):
                 frame = batch.to_pandas()
                 without_history += int((frame["orders"] == 0).sum()) if customer_list else 0
-                writer.write(as_records(model.predict(frame)))
-                done += len(frame)
-                if on_chunk:
-                    on_chunk(done, total)
+                pending.append(pool.submit(model.predict, frame))
+                if len(pending) > 2 * threads:
+                    write_oldest()
+            while pending:
+                write_oldest()
     return BatchRun(as_of, out, rejects if rejected else None, done, without_history)
 
 

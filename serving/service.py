@@ -31,7 +31,6 @@ from features.errors import LifecycleError
 from features.sources import SCHEMAS, connect, load
 from models import pyfunc
 from models.lifecycle import LifecycleModel
-from models.pyfunc import as_records
 from serving.settings import ServingSettings
 
 # Features that may be negative: the trends compare the recent rate with the earlier one.
@@ -234,9 +233,8 @@ def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
 
 def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
     """Output records as JSON objects: drivers as JSON text (as in every other output), dates as days."""
-    records = as_records(scores)
-    records["as_of"] = records["as_of"].astype(str).str[:10]
-    return [{k: _json_value(v) for k, v in row.items()} for row in records.to_dict(orient="records")]
+    scores = scores.assign(as_of=scores["as_of"].astype(str).str[:10])
+    return [{k: _json_value(v) for k, v in row.items()} for row in scores.to_dict(orient="records")]
 
 
 def _json_value(value: Any) -> Any:

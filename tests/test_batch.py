@@ -8,13 +8,12 @@ import pandas as pd
 import pytest
 
 from features.errors import LifecycleError
-from models.pyfunc import as_records
 from serving.batch import load_customer_list, score_batch
 from tests.conftest import load
 
 
 def expected_records(model, data, as_of, population=None) -> pd.DataFrame:
-    records = as_records(model.predict(model.builder.transform(data, as_of, population).df()))
+    records = model.predict(model.builder.transform(data, as_of, population).df())
     return records.sort_values("customer_id", ignore_index=True)
 
 

@@ -73,12 +73,26 @@ def test_contributions_add_up_to_the_raw_score_and_name_the_drivers(split):
     model = Classifier(seed=1).fit(features(train), train.churned)
     rows = features(test).head(50)
     contributions = model.contributions(rows)
-    raw = model.booster_.predict(model._encode(rows), raw_score=True)
+    raw = model.booster_.predict(model._matrix(rows), raw_score=True)
     np.testing.assert_allclose(contributions.sum(axis=1), raw, rtol=1e-9, atol=1e-9)
-    drivers = model.drivers(rows, top=3)
-    first = contributions.drop(columns="bias").iloc[0]
-    assert [d["feature"] for d in drivers[0]] == first.abs().sort_values(ascending=False).index[:3].tolist()
-    assert drivers[0][0]["contribution"] == pytest.approx(first[drivers[0][0]["feature"]])
+    probability, order, credit = model.predict_with_drivers(rows, top=3)
+    np.testing.assert_array_equal(probability, model.predict_proba(rows))
+    for i in (0, 17, 49):
+        row = contributions.drop(columns="bias").iloc[i]
+        largest = row.abs().sort_values(ascending=False, kind="stable").index[:3]
+        assert [model.features_[j] for j in order[i]] == largest.tolist()
+        np.testing.assert_allclose(credit[i], row[largest].to_numpy())
+
+
+def test_on_stumps_path_credits_are_exactly_treeshap(split):
+    """With one split per tree, crediting the split's move to its feature is the Shapley value: the
+    contributions must equal LightGBM's own TreeSHAP (``pred_contrib``) for every row and feature."""
+    train, test = split
+    model = Classifier(params={"num_leaves": 2, "max_depth": 1}, seed=1).fit(features(train), train.churned)
+    rows = features(test).head(300)
+    treeshap = model.booster_.predict(model._matrix(rows), pred_contrib=True)
+    assert model.booster_.num_trees() > 10
+    np.testing.assert_allclose(model.contributions(rows).to_numpy(), treeshap, rtol=1e-9, atol=1e-12)
 
 
 def test_unseen_categories_and_missing_columns(split):
