@@ -1,7 +1,9 @@
 """The scoring API: a BentoML 1.4 service around the registered ``LifecycleModel`` champion.
 
 ``POST /score`` takes feature records (the feature table's columns, one object per customer) and
-returns the design's output records; ``POST /score_history`` takes raw orders (and events) and
+returns the design's output records, with adaptive batching: records are checked one request at
+a time as they arrive (a bad one is that request's 4xx), then BentoML gathers the records of
+concurrent requests into one model call; ``POST /score_history`` takes raw orders (and events) and
 computes the features with the same code as batch scoring; ``POST /model`` says which model
 answers. The service
 follows the ``champion`` alias: a background thread polls the registry every
@@ -15,17 +17,18 @@ Configured by environment (``lifecycle serve`` sets it from the project's config
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from datetime import UTC, date, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import bentoml
 import duckdb
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, RootModel
 
 from features.errors import LifecycleError
 from features.sources import SCHEMAS, connect, load
@@ -37,6 +40,7 @@ from serving.settings import ServingSettings
 SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
 # What BG/NBD and Gamma-Gamma read: known for every customer with an order.
 BTYD_INPUTS = ("frequency", "recency", "T", "monetary_value")
+SETTINGS = ServingSettings()  # read from the environment once, when a worker imports the service
 
 
 class Order(BaseModel):
@@ -72,6 +76,45 @@ class RequestError(bentoml.exceptions.BentoMLException):
     error_code = HTTPStatus.BAD_REQUEST
 
 
+class Rules:
+    """What ``/score`` checks each request's records against before they join a batch: the served model's
+    input columns and the request limit (set by the service when it loads a model)."""
+
+    columns: ClassVar[dict[str, str]] = {}
+    max_customers: ClassVar[int] = SETTINGS.max_customers
+
+
+def _checked(customers: Any) -> Any:
+    """A request's records, or a RequestError naming the first bad one (see ``_check``)."""
+    if isinstance(customers, list):
+        if len(customers) > Rules.max_customers:
+            raise RequestError(f"{len(customers)} customers in one request; at most {Rules.max_customers}",
+                               error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        _check(customers, Rules.columns)
+    return customers  # anything else: pydantic says it is not a list of objects
+
+
+class FeatureRecord(RootModel[dict[str, Any]]):
+    """One customer's features: the feature table's columns, as ``lifecycle features`` writes them."""
+
+
+class BearerToken:
+    """ASGI middleware: the API's routes need ``Authorization: Bearer <token>`` (health and metrics do not)."""
+
+    def __init__(self, app, token: str, routes: tuple[str, ...]):
+        self.app, self.expected, self.routes = app, f"Bearer {token}".encode(), routes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] in self.routes and \
+                dict(scope["headers"]).get(b"authorization") != self.expected:
+            await send({"type": "http.response.start", "status": HTTPStatus.UNAUTHORIZED,
+                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": json.dumps({"error": "missing or wrong bearer token"
+                                                                         }).encode()})
+            return
+        await self.app(scope, receive, send)
+
+
 class ServedModel:
     """A loaded model with what the API says about it."""
 
@@ -92,34 +135,30 @@ class LifecycleService:
     def __init__(self) -> None:
         import mlflow
 
-        self.settings = ServingSettings()
+        self.settings = SETTINGS
         if self.settings.tracking_uri:
             mlflow.set_tracking_uri(self.settings.tracking_uri)
             mlflow.set_registry_uri(self.settings.tracking_uri)
         self.served = ServedModel(self.settings.model_uri)
+        Rules.columns = self.served.columns
         threading.Thread(target=self._follow_alias, daemon=True).start()
 
-    @bentoml.api(route="/score")
-    def score(self, customers: list[dict[str, Any]], ctx: bentoml.Context) -> list[dict[str, Any]]:
+    @bentoml.api(route="/score", batchable=True, max_batch_size=2 * Rules.max_customers)
+    def score(self, customers: Annotated[list[FeatureRecord], BeforeValidator(_checked)]) -> list[dict[str, Any]]:
         """Output records for feature records (the feature table's columns, one object per customer)."""
-        self._authorize(ctx)
-        served = self.served  # this request's model, whatever a reload does meanwhile
-        if len(customers) > self.settings.max_customers:
-            raise RequestError(f"{len(customers)} customers in one request; at most {self.settings.max_customers}",
-                               error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        served = self.served  # this batch's model, whatever a reload does meanwhile
         if not customers:
             return []
-        return _answer(_predict(served.model, _validated(customers, served.columns)))
+        return _answer(_predict(served.model, _frame([c.root for c in customers], served.columns)))
 
     @bentoml.api(route="/score_history")
-    def score_history(self, orders: list[Order], as_of: date, ctx: bentoml.Context, events: list[Event] | None = None,
+    def score_history(self, orders: list[Order], as_of: date, events: list[Event] | None = None,
                       customers: list[Customer] | None = None) -> list[dict[str, Any]]:
         """Output records from raw history: the orders (and events, customer rows) of some customers, as of a day.
 
         The rows are validated and turned into features by the same code as batch scoring; a
         rejected row is a 400 naming its reason.
         """
-        self._authorize(ctx)
         served = self.served
         if as_of > datetime.now(UTC).date():
             raise RequestError(f"as_of {as_of} is in the future")
@@ -131,8 +170,8 @@ class LifecycleService:
                 if key in frame:
                     frame[key] = frame[key].map(lambda v: None if v is None else str(v))
         people = pd.concat([frame["customer_id"].astype(str) for frame in frames.values()]).nunique() if frames else 0
-        if people > self.settings.max_customers:
-            raise RequestError(f"{people} customers in one request; at most {self.settings.max_customers}",
+        if people > Rules.max_customers:
+            raise RequestError(f"{people} customers in one request; at most {Rules.max_customers}",
                                error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         if not orders:
             raise RequestError("orders must list at least one order", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
@@ -148,18 +187,12 @@ class LifecycleService:
         return _answer(_predict(served.model, served.model.builder.transform(data, as_of).df()))
 
     @bentoml.api(route="/model")
-    def model(self, ctx: bentoml.Context) -> dict[str, Any]:
+    def model(self) -> dict[str, Any]:
         """Which model answers: name, version, alias, when it was trained, its gate metrics, its features."""
-        self._authorize(ctx)
         served = self.served
         return {"name": "customer-lifecycle", "version": served.version, "uri": self.settings.model_uri,
                 "alias": self.settings.model_uri.partition("@")[2] or None, "run_id": served.run_id,
                 "trained_at": served.trained_at, "gate": served.gate, "features": list(served.columns)}
-
-    def _authorize(self, ctx: bentoml.Context) -> None:
-        token = self.settings.api_token
-        if token is not None and ctx.request.headers.get("authorization") != f"Bearer {token.get_secret_value()}":
-            raise RequestError("missing or wrong bearer token", error_code=HTTPStatus.UNAUTHORIZED)
 
     def _follow_alias(self) -> None:
         """Swap in the version the alias points at whenever it moves (a cheap registry lookup per poll)."""
@@ -175,15 +208,24 @@ class LifecycleService:
                 version = str(client.get_model_version_by_alias(name, alias).version)
                 if version != self.served.version:
                     self.served = ServedModel(f"models:/{name}/{version}")
+                    Rules.columns = self.served.columns
                     print(f"lifecycle: now serving version {version}", flush=True)
             except Exception as exc:  # the registry is unreachable for a moment: keep serving, try again
                 print(f"lifecycle: could not follow {self.settings.model_uri}: {exc}", flush=True)
 
 
-def _validated(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
-    """The records as a feature frame, or a RequestError naming the first bad field."""
+if SETTINGS.api_token is not None:
+    LifecycleService.add_asgi_middleware(BearerToken, token=SETTINGS.api_token.get_secret_value(),
+                                         routes=("/score", "/score_history", "/model"))
+
+
+def _check(customers: list[Any], columns: dict[str, str]) -> None:
+    """Raise a RequestError naming the first bad record and field: missing fields (422), a value of the
+    wrong type, NaN, a negative amount or count, a future date, a buyer without the BTYD inputs (400)."""
     today = datetime.now(UTC).date()
     for i, record in enumerate(customers):
+        if not isinstance(record, dict):
+            raise RequestError(f"customers[{i}] must be an object of features, not {record!r}")
         missing = [c for c in columns if c not in record]
         if missing:
             raise RequestError(f"customers[{i}] lacks the fields {missing}", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
@@ -214,6 +256,10 @@ def _validated(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.D
             unknown = [name for name in BTYD_INPUTS if name in columns and record[name] is None]
             if unknown:
                 raise RequestError(f"customers[{i}] has orders, so {unknown} cannot be null")
+
+
+def _frame(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
+    """Checked records as the feature frame the model reads."""
     frame = pd.DataFrame(customers, columns=list(columns))
     for name, kind in columns.items():
         if kind in ("double", "float", "long", "integer"):
