@@ -27,6 +27,7 @@ from typing import Annotated, Any, ClassVar
 
 import bentoml
 import duckdb
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, BeforeValidator, RootModel
 
@@ -40,6 +41,7 @@ from serving.settings import ServingSettings
 SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
 # What BG/NBD and Gamma-Gamma read: known for every customer with an order.
 BTYD_INPUTS = ("frequency", "recency", "T", "monetary_value")
+NUMBER_KINDS = ("double", "float", "long", "integer")  # MLflow's names for the signature's numeric columns
 SETTINGS = ServingSettings()  # read from the environment once, when a worker imports the service
 
 
@@ -234,7 +236,7 @@ def _check(customers: list[Any], columns: dict[str, str]) -> None:
             if value is None:
                 continue
             where = f"customers[{i}].{name}"
-            if kind in ("double", "float", "long", "integer"):
+            if kind in NUMBER_KINDS:
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     raise RequestError(f"{where} must be a number, not {value!r}")
                 if not math.isfinite(value):
@@ -259,14 +261,20 @@ def _check(customers: list[Any], columns: dict[str, str]) -> None:
 
 
 def _frame(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
-    """Checked records as the feature frame the model reads."""
-    frame = pd.DataFrame(customers, columns=list(columns))
+    """Checked records as the feature frame the model reads (built column by column from plain lists:
+    pandas' per-column conversions would cost more than the model for a small request)."""
+    data = {}
     for name, kind in columns.items():
-        if kind in ("double", "float", "long", "integer"):
-            frame[name] = pd.to_numeric(frame[name]).astype(float)
-    frame["as_of"] = pd.to_datetime(frame["as_of"].astype(str).str[:10])
-    frame["customer_id"] = frame["customer_id"].astype(str)
-    return frame
+        values = [record[name] for record in customers]
+        if kind in NUMBER_KINDS:
+            data[name] = np.array(values, dtype=float)  # null: NaN
+        elif kind == "datetime":
+            data[name] = pd.to_datetime([None if v is None else str(v)[:10] for v in values])
+        elif name == "customer_id":
+            data[name] = [str(v) for v in values]
+        else:
+            data[name] = values
+    return pd.DataFrame(data)
 
 
 def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
@@ -278,13 +286,9 @@ def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
 
 
 def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
-    """Output records as JSON objects: drivers as JSON text (as in every other output), dates as days."""
-    scores = scores.assign(as_of=scores["as_of"].astype(str).str[:10])
-    return [{k: _json_value(v) for k, v in row.items()} for row in scores.to_dict(orient="records")]
-
-
-def _json_value(value: Any) -> Any:
-    """NaN (pandas' missing) as null; numpy scalars as Python numbers."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value.item() if hasattr(value, "item") else value
+    """Output records as JSON objects: missing as null, drivers as JSON text (as in every other output),
+    dates as days."""
+    records = json.loads(scores.to_json(orient="records", date_format="iso"))
+    for record in records:
+        record["as_of"] = record["as_of"][:10]
+    return records
