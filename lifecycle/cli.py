@@ -244,10 +244,11 @@ def serve(
     if alias and registry.alias_version(client, alias) is None:
         raise LifecycleError(f"{settings.serving.model_uri} does not exist yet: run `lifecycle train` first")
     serving = settings.serving
+    exported = serving.model_dump(exclude_none=True) | {"tracking_uri": uri}  # the service reads them back
+    if serving.api_token is not None:
+        exported["api_token"] = serving.api_token.get_secret_value()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(settings.state_dir / "bentoml"),
-           "LIFECYCLE_SERVING__TRACKING_URI": uri, "LIFECYCLE_SERVING__MODEL_URI": serving.model_uri,
-           "LIFECYCLE_SERVING__POLL_SECONDS": str(serving.poll_seconds),
-           "LIFECYCLE_SERVING__MAX_CUSTOMERS": str(serving.max_customers)}
+           **{f"LIFECYCLE_SERVING__{name.upper()}": str(value) for name, value in exported.items()}}
     console.print(f"serving {serving.model_uri} from {uri} on [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LifecycleService", "--host", host,
                "--port", str(port)]

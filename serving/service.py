@@ -130,7 +130,7 @@ class ServedModel:
         self.gate = {k.removeprefix("gate_"): v for k, v in tags.items() if k.startswith("gate_")}
 
 
-@bentoml.service(name="customer-lifecycle", traffic={"timeout": 60})
+@bentoml.service(name="customer-lifecycle", traffic={"timeout": 60}, workers=SETTINGS.workers)
 class LifecycleService:
     """Churn, next stage and CLV per customer, from the registered champion."""
 
@@ -286,9 +286,8 @@ def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
 
 
 def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
-    """Output records as JSON objects: missing as null, drivers as JSON text (as in every other output),
-    dates as days."""
-    records = json.loads(scores.to_json(orient="records", date_format="iso"))
-    for record in records:
-        record["as_of"] = record["as_of"][:10]
-    return records
+    """Output records as JSON objects: missing as null, numbers at full precision, drivers as JSON text
+    (as in every other output), dates as days."""
+    columns = {name: scores[name].to_numpy(dtype=object, na_value=None) for name in scores.columns}
+    columns["as_of"] = scores["as_of"].dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]

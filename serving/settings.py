@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -14,5 +16,7 @@ class ServingSettings(BaseSettings):
     tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI")
     model_uri: str = Field("models:/customer-lifecycle@champion", description="what to serve and follow")
     poll_seconds: float = Field(10.0, gt=0, description="how often to look for a new champion")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                         description="server processes, each with the model and its own batching")
     max_customers: int = Field(1000, ge=1, description="most customers per request (more: 413)")
     api_token: SecretStr | None = Field(None, description="bearer token the requests must carry")
