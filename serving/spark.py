@@ -1,0 +1,168 @@
+"""Batch scoring on Spark, for shops whose logs outgrow one machine (``lifecycle score --engine spark``).
+
+The input tables are read by Spark, their columns renamed to ours by the configured column map,
+and every row is sent, as text, to a partition chosen by a hash of its customer id: all of a
+customer's orders, events and customer row meet in one partition. There, the very code of the
+local engine runs on them: ``features.sources.load`` validates (rejected rows come back with their
+reasons) and the model's own fitted ``FeatureBuilder`` computes the features in DuckDB, so every
+feature still has one implementation, and anything relative to the population (RFM edges) comes
+from training, never from the partition. The features are then scored by
+``mlflow.pyfunc.spark_udf`` on the registered model. Output and rejects are Spark folders of part
+files (Parquet or CSV by the output's extension).
+
+Checks that compare rows of different customers cannot run inside a partition: an order id used by
+two customers is not rejected here (the local engine rejects the second).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from features.errors import LifecycleError
+from features.sources import SCHEMAS, TableSource, connect, load
+
+REJECT_COLUMNS = ("input_table", "reason", "record")
+TEXT_COLUMNS = list(dict.fromkeys(column for schema in SCHEMAS.values() for column in schema))
+
+
+@dataclass
+class SparkRun:
+    """What one Spark scoring run read and wrote."""
+
+    as_of: date
+    out: Path
+    rejects: Path | None
+    scored: int
+    rows: dict[str, int]  # input rows per table
+    rejected: dict[str, int]  # rejected rows per table
+
+
+def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
+                now: datetime, partitions: int | None = None, future_tolerance_days: int = 1) -> SparkRun:
+    """Score every customer in ``sources`` at ``as_of`` with the model at ``model_uri`` into ``out``.
+
+    ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is
+    how many groups of customers the features are built in.
+    """
+    import mlflow
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    from models.pyfunc import load as load_model
+
+    registered = load_model(model_uri)
+    builder, version = registered.model.builder, registered.model.version
+    pinned = f"models:/{registered.version.name}/{version}" if registered.version else model_uri
+    loaded = mlflow.pyfunc.load_model(pinned)
+    inputs = _spark_schema(loaded.metadata.get_input_schema())
+    features_schema = StructType([StructField(f.name, f.dataType, True) for f in inputs.fields]
+                                 + [StructField(c, StringType(), True) for c in REJECT_COLUMNS])
+    partitions = partitions or 2 * spark.sparkContext.defaultParallelism
+
+    tables, rows = [], {}
+    for name, source in sources.items():
+        if source is None or source.path is None:
+            continue
+        if source.timestamp_format:
+            raise LifecycleError(f"{name}: timestamp_format is not supported with the Spark engine; "
+                                 "give ISO 8601 timestamps")
+        frame = _read(spark, name, source)
+        rows[name] = frame.count()
+        tables.append(frame.select(F.lit(name).alias("_table"), *(
+            (F.col(c).cast("string") if c in frame.columns else F.lit(None).cast("string")).alias(c)
+            for c in TEXT_COLUMNS)))
+    if "transactions" not in rows:
+        raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
+    union = tables[0]
+    for table in tables[1:]:
+        union = union.unionByName(table)
+    union = union.withColumn("_bucket", F.pmod(F.xxhash64("customer_id"), F.lit(partitions)))
+
+    def features_of(group: pd.DataFrame) -> pd.DataFrame:
+        frames = {name: group.loc[group["_table"] == name, list(SCHEMAS[name])].reset_index(drop=True)
+                  for name in SCHEMAS if (group["_table"] == name).any()}
+        if "transactions" not in frames:  # events of customers without orders: a valid table, no orders
+            frames["transactions"] = pd.DataFrame(columns=list(SCHEMAS["transactions"]), dtype=object)
+        data = load(connect(threads=1), frames, now=now, future_tolerance_days=future_tolerance_days)
+        features = builder.transform(data, as_of).df()
+        rejects = data.con.sql("SELECT input_table, reason, CAST(record AS VARCHAR) AS record FROM rejects").df()
+        both = pd.concat([_plain(features, inputs), _plain(rejects)], ignore_index=True)
+        return both[features_schema.fieldNames()]
+
+    built = union.groupBy("_bucket").applyInPandas(features_of, features_schema).persist()
+    try:
+        rejects = built.where(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)
+        rejected = {row["input_table"]: row["count"] for row in rejects.groupBy("input_table").count().collect()}
+        outputs = _spark_schema(loaded.metadata.get_output_schema())
+        # spark_udf returns no timestamps, and the pickled model does not know its registered version:
+        # both are the same for every row, so Spark adds them
+        returned = StructType([f for f in outputs.fields if f.name not in ("as_of", "model_version")])
+        score = mlflow.pyfunc.spark_udf(spark, pinned, result_type=returned, env_manager="local")
+        features = built.where(F.col("reason").isNull()).select(*inputs.fieldNames())
+        scored = features.select(score(F.struct(*inputs.fieldNames())).alias("scores")).select(
+            "scores.*", F.lit(as_of).alias("as_of"), F.lit(version).alias("model_version"))
+        # spark_udf casts text with numpy's str: a missing value arrives as the text "nan" (or "None")
+        scored = scored.select(*(F.when(~F.col(f.name).isin("nan", "None"), F.col(f.name)).alias(f.name)
+                                 if f.dataType == StringType() and f.name != "customer_id" else F.col(f.name)
+                                 for f in outputs.fields))
+        out, rejects_path = Path(out), None
+        _write(scored, out)
+        if rejected:
+            rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
+            _write(rejects, rejects_path)
+        count = features.count()
+    finally:
+        built.unpersist()
+    return SparkRun(as_of, out, rejects_path, count, rows, {name: rejected.get(name, 0) for name in rows})
+
+
+def _read(spark, name: str, source: TableSource):
+    """The table at ``source.path`` (CSV as text, or Parquet) with our column names."""
+    path = source.path
+    reader = spark.read.option("header", True).csv if not _is_parquet(Path(path)) else spark.read.parquet
+    try:
+        frame = reader(path)
+    except Exception as exc:  # Spark's AnalysisException for a missing path, and its kin
+        raise LifecycleError(f"{name}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+    for ours, theirs in source.columns.items():
+        if theirs in frame.columns:
+            frame = frame.withColumnRenamed(theirs, ours)
+    return frame
+
+
+def _plain(frame: pd.DataFrame, schema=None) -> pd.DataFrame:
+    """``frame`` as Spark's Arrow bridge takes it: text as Python strings (None for missing), and the integer
+    columns of ``schema`` as integers (ids are text inside a partition)."""
+    out = frame.copy()
+    for column in out.columns:
+        if pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].astype(object).where(out[column].notna(), None)
+    for field in schema.fields if schema is not None else ():
+        if field.name in out and field.dataType.typeName() in ("long", "integer"):
+            out[field.name] = pd.to_numeric(out[field.name]).astype("Int64")
+    return out
+
+
+def _spark_schema(schema):
+    """An MLflow signature schema as a Spark schema, every column nullable; a column the signature could
+    not type (no value in the example, like the model version) is text."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    return StructType([StructField(spec.name, spec.type.to_spark() if hasattr(spec.type, "to_spark") else StringType(),
+                                   True) for spec in schema.inputs])
+
+
+def _write(frame, path: Path) -> None:
+    writer = frame.write.mode("overwrite")
+    if _is_parquet(path):
+        writer.parquet(str(path))
+    else:
+        writer.option("header", True).csv(str(path))
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
