@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,14 @@ from features.simulator import SimulationParams, simulate
 from features.sources import TableSource
 from lifecycle.config import Settings, load_settings
 from lifecycle.pipeline import FeatureRun, build_features, open_dataset
+
+
+class Engine(StrEnum):
+    """Where ``lifecycle score`` runs."""
+
+    local = "local"
+    spark = "spark"
+
 
 console = Console()
 app = typer.Typer(
@@ -303,6 +312,10 @@ def score(
     as_of: AsOfOption = None,
     model_uri: Annotated[str | None, typer.Option(
         help="MLflow model URI (default: models:/customer-lifecycle@champion).")] = None,
+    engine: Annotated[Engine, typer.Option(
+        help="local: DuckDB on this machine. spark: the same feature code in Spark partitions of customers "
+             "(pip install 'customer-lifecycle[spark]'; master from spark.master), output as a folder.")
+    ] = Engine.local,
 ) -> None:
     """Score every customer (or a list) with the champion into a file, in chunks of bounded memory.
 
@@ -315,6 +328,9 @@ def score(
 
     settings = _settings(ctx, as_of=as_of.date() if as_of else None)
     _use_inputs(settings, transactions, events, customer_table)
+    if engine is Engine.spark:
+        _score_on_spark(settings, out, customers, model_uri)
+        return
     with console.status("loading the model..."):
         model = load_model(settings, model_uri)
     with console.status("validating inputs..."):
@@ -337,6 +353,31 @@ def score(
         "every known customer")
     console.print(f"scored {run.scored:,} customers ({whom}) as of {day} with model version {model.version}: "
                   f"[bold]{run.out}[/bold]")
+
+
+def _score_on_spark(settings: Settings, out: Path, customers: Path | None, model_uri: str | None) -> None:
+    try:
+        from serving.spark import score_spark, session
+    except ImportError:
+        raise LifecycleError("the Spark engine needs pyspark: pip install 'customer-lifecycle[spark]'") from None
+    if settings.as_of is None:
+        raise LifecycleError("the Spark engine needs the scoring day: pass --as-of (or set as_of)")
+    from lifecycle.training import open_registry
+
+    open_registry(settings)
+    inputs = settings.inputs
+    with console.status(f"scoring on Spark ({settings.spark.master})..."):
+        run = score_spark(session(settings.spark.master), model_uri or settings.serving.model_uri,
+                          {"transactions": inputs.transactions, "events": inputs.events,
+                           "customers": inputs.customers}, settings.as_of, out,
+                          now=datetime.now(UTC).replace(tzinfo=None), customer_list=customers,
+                          partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days)
+    for name, rows in run.rows.items():
+        rejected = run.rejected[name]
+        console.print(f"{name}: {rows:,} rows in = {rows - rejected:,} valid + {rejected:,} rejected"
+                      + (f" (reasons: {run.rejects})" if rejected else ""))
+    whom = f"listed customers, {run.without_history:,} without history" if customers else "every known customer"
+    console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark: [bold]{run.out}[/bold]")
 
 
 @app.command()

@@ -52,6 +52,13 @@ class MlflowSettings(BaseModel):
     gate_tolerance: float = Field(0.01, ge=0, lt=1, description="relative slack before a gated metric is worse")
 
 
+class SparkSettings(BaseModel):
+    """The Spark engine of ``lifecycle score --engine spark``."""
+
+    master: str = Field("local[*]", description="Spark master URL, e.g. spark://host:7077, yarn, local[4]")
+    partitions: int | None = Field(None, ge=1, description="groups of customers (default: twice the cores)")
+
+
 class Settings(BaseSettings):
     """The effective configuration of one command."""
 
@@ -69,6 +76,7 @@ class Settings(BaseSettings):
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
     seed: int = Field(0, description="seed of every random step of training")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction

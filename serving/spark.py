@@ -16,6 +16,8 @@ two customers is not rejected here (the local engine rejects the second).
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -24,8 +26,10 @@ import pandas as pd
 
 from features.errors import LifecycleError
 from features.sources import SCHEMAS, TableSource, connect, load
+from serving.batch import LIST_TABLE
 
 REJECT_COLUMNS = ("input_table", "reason", "record")
+LIST = "_list"  # the customer list's rows travel with the tables, tagged so
 TEXT_COLUMNS = list(dict.fromkeys(column for schema in SCHEMAS.values() for column in schema))
 
 
@@ -37,13 +41,27 @@ class SparkRun:
     out: Path
     rejects: Path | None
     scored: int
+    without_history: int  # listed customers without any order
     rows: dict[str, int]  # input rows per table
     rejected: dict[str, int]  # rejected rows per table
 
 
+def session(master: str):
+    """A SparkSession on ``master`` in UTC; local executors run this very Python (and its packages)."""
+    from pyspark.sql import SparkSession
+
+    if master.startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (SparkSession.builder.master(master).appName("lifecycle score")
+            .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
+            .getOrCreate())
+
+
 def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
-                now: datetime, partitions: int | None = None, future_tolerance_days: int = 1) -> SparkRun:
-    """Score every customer in ``sources`` at ``as_of`` with the model at ``model_uri`` into ``out``.
+                now: datetime, customer_list: Path | None = None, partitions: int | None = None,
+                future_tolerance_days: int = 1) -> SparkRun:
+    """Score every customer in ``sources`` (or those in ``customer_list``) at ``as_of`` into ``out``, with
+    the model at ``model_uri``; as ``serving.batch.score_batch`` does on one machine.
 
     ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is
     how many groups of customers the features are built in.
@@ -77,18 +95,26 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
             for c in TEXT_COLUMNS)))
     if "transactions" not in rows:
         raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
+    if customer_list is not None:
+        tables.append(_listed(spark, customer_list).select(F.lit(LIST).alias("_table"), *(
+            (F.col(c) if c == "customer_id" else F.lit(None).cast("string")).alias(c) for c in TEXT_COLUMNS)))
     union = tables[0]
     for table in tables[1:]:
         union = union.unionByName(table)
-    union = union.withColumn("_bucket", F.pmod(F.xxhash64("customer_id"), F.lit(partitions)))
+    bucket = F.pmod(F.xxhash64("customer_id"), F.lit(partitions))
+    union = union.withColumn("_bucket", bucket).repartition(partitions, "_bucket")  # one shuffle, one group each
 
     def features_of(group: pd.DataFrame) -> pd.DataFrame:
         frames = {name: group.loc[group["_table"] == name, list(SCHEMAS[name])].reset_index(drop=True)
                   for name in SCHEMAS if (group["_table"] == name).any()}
-        if "transactions" not in frames:  # events of customers without orders: a valid table, no orders
-            frames["transactions"] = pd.DataFrame(columns=list(SCHEMAS["transactions"]), dtype=object)
+        if "transactions" not in frames:  # customers here have events or are listed, but no orders
+            frames["transactions"] = pd.DataFrame({c: pd.Series(dtype=object) for c in SCHEMAS["transactions"]})
         data = load(connect(threads=1), frames, now=now, future_tolerance_days=future_tolerance_days)
-        features = builder.transform(data, as_of).df()
+        if customer_list is not None:
+            listed = group.loc[group["_table"] == LIST, ["customer_id"]]
+            data.con.register("listed", listed)
+            data.con.execute(f"CREATE TEMP TABLE {LIST_TABLE} AS SELECT DISTINCT customer_id FROM listed")
+        features = builder.transform(data, as_of, LIST_TABLE if customer_list is not None else None).df()
         rejects = data.con.sql("SELECT input_table, reason, CAST(record AS VARCHAR) AS record FROM rejects").df()
         both = pd.concat([_plain(features, inputs), _plain(rejects)], ignore_index=True)
         return both[features_schema.fieldNames()]
@@ -115,9 +141,25 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
             rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
             _write(rejects, rejects_path)
         count = features.count()
+        without_history = features.where(F.col("orders") == 0).count() if customer_list is not None else 0
     finally:
         built.unpersist()
-    return SparkRun(as_of, out, rejects_path, count, rows, {name: rejected.get(name, 0) for name in rows})
+    return SparkRun(as_of, out, rejects_path, count, without_history, rows,
+                    {name: rejected.get(name, 0) for name in rows})
+
+
+def _listed(spark, path: Path):
+    """The ids of a customer list (CSV or Parquet: its ``customer_id`` column, or its only column), as text."""
+    from pyspark.sql import functions as F
+
+    if not Path(path).is_file():
+        raise LifecycleError(f"customer list {str(path)!r} not found")
+    frame = _read(spark, "customer list", TableSource(path=str(path)))
+    column = "customer_id" if "customer_id" in frame.columns else frame.columns[0] if len(frame.columns) == 1 else None
+    if column is None:
+        raise LifecycleError(f"customer list {str(path)!r} needs a customer_id column; it has {frame.columns}")
+    ids = F.trim(F.col(column).cast("string"))
+    return frame.select(ids.alias("customer_id")).where(ids.isNotNull() & (ids != "")).distinct()
 
 
 def _read(spark, name: str, source: TableSource):

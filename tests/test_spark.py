@@ -1,0 +1,57 @@
+"""The Spark engine (real Spark, local[2]) gives the records of the local engine on the same data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.test_cli import run
+
+SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A simulated shop (orders, events, customer table) with a champion trained on it, two bad orders
+    and a customer list naming two known customers and one nobody has seen."""
+    folder = tmp_path_factory.mktemp("spark")
+    assert run("data", "simulate", "--customers", "3000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
+    orders = pd.read_parquet(folder / "sim/transactions.parquet")
+    bad = pd.DataFrame({"customer_id": [orders.customer_id.iloc[0]] * 2, "timestamp": ["someday", "2025-01-02"],
+                        "amount": [10.0, -3.0]})
+    pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
+    tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
+              "--customer-table", "sim/customers.parquet"]
+    trained = run("train", *tables[:4], "--customers", "sim/customers.parquet", cwd=folder)
+    assert trained.returncode == 0, trained.stderr
+    known = orders.customer_id.drop_duplicates().iloc[[3, 40]].astype(str).tolist()
+    pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
+    return folder, tables
+
+
+def scores(path) -> pd.DataFrame:
+    table = pd.read_parquet(path)
+    return table.astype({"customer_id": str, "as_of": str}).sort_values("customer_id", ignore_index=True)
+
+
+@pytest.mark.parametrize("listed", [False, True], ids=["everyone", "a list"])
+def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, listed):
+    folder, tables = shop
+    extra = ["--as-of", "2025-12-30", *(["--customers", "list.csv"] if listed else [])]
+    local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
+    spark = run("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
+    assert local.returncode == 0 and spark.returncode == 0, spark.stderr[-3000:]
+    expected, got = scores(folder / "local.parquet"), scores(folder / "spark.parquet")
+    assert len(got) == len(expected) == 3 if listed else len(got) == len(expected) > 2000
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-12)
+    assert got.churn_drivers.str.startswith('[{"feature": ').all()
+    rejects = pd.read_parquet(folder / "spark.rejects.parquet")
+    assert sorted(rejects.reason) == sorted(pd.read_parquet(folder / "local.rejects.parquet").reason) == [
+        "negative amount", "unparseable timestamp"]
+    assert "2 rejected" in spark.stdout and ("1 without history" in spark.stdout) == listed
+
+
+def test_spark_needs_the_scoring_day(shop):
+    folder, tables = shop
+    result = run("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
+    assert result.returncode != 0 and "pass --as-of" in result.stderr and "Traceback" not in result.stderr
