@@ -86,26 +86,29 @@ class Classifier:
     def best_iteration_(self) -> int:
         return self._booster().best_iteration
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X) -> np.ndarray:
         """Calibrated probability of the positive class per row."""
-        return self.calibrator_.predict(self._booster().predict(self._matrix(X), raw_score=True))
+        matrix = self._matrix(X)
+        return self.calibrator_.predict(self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix)))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Per row and feature, the signed contribution to the raw score (log-odds); column ``bias`` last."""
         return pd.DataFrame(self._credits(self._matrix(X)), columns=[*self.features_, "bias"], index=X.index)
 
-    def predict_with_drivers(self, X: pd.DataFrame, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_with_drivers(self, X, top: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probabilities and each row's ``top`` drivers, largest first: their feature positions
         in ``features_`` and their contributions, each an array of shape (rows, top)."""
         matrix = self._matrix(X)
-        probability = self.calibrator_.predict(self._booster().predict(matrix, raw_score=True))
+        probability = self.calibrator_.predict(self._booster().predict(matrix, raw_score=True,
+                                                                       num_threads=_threads(matrix)))
         credits = self._credits(matrix)[:, :-1]
         order = np.argsort(-np.abs(credits), axis=1, kind="stable")[:, :top]
         return probability, order, np.take_along_axis(credits, order, axis=1)
 
     def _credits(self, matrix: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""
-        leaves = self._booster().predict(matrix, pred_leaf=True).reshape(len(matrix), -1) + self.leaf_offsets_
+        leaves = self._booster().predict(matrix, pred_leaf=True, num_threads=_threads(matrix))
+        leaves = leaves.reshape(len(matrix), -1) + self.leaf_offsets_
         out = np.zeros((len(matrix), self.credits_.shape[1]))
         for start in range(0, len(matrix), chunk_rows):  # a chunk's sum stays in cache while the trees add up
             part = out[start:start + chunk_rows]
@@ -118,23 +121,19 @@ class Classifier:
         gain = self._booster().feature_importance(importance_type="gain")
         return pd.Series(gain, index=self.features_).sort_values(ascending=False)
 
-    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        """The rows as LightGBM reads them: numbers as floats, text as the code of a category seen at fit
-        (missing or unseen: NaN). Building the matrix directly keeps a one-row call cheap."""
-        missing = [c for c in self.features_ if c not in X.columns]
+    def _matrix(self, X) -> np.ndarray:
+        """The rows of ``X`` (a DataFrame, or columns by name) as LightGBM reads them: numbers as floats,
+        text as the code of a category seen at fit (missing or unseen: NaN)."""
+        missing = [c for c in self.features_ if c not in X]
         if missing:
             raise LifecycleError(f"missing feature columns {missing}")
-        matrix = np.empty((len(X), len(self.features_)))
-        numbers = [j for j, column in enumerate(self.features_) if column not in self.categories_]
-        try:  # one conversion for all numeric columns: per-column pandas calls dominate a small request
-            matrix[:, numbers] = X[[self.features_[j] for j in numbers]].to_numpy(dtype=float, na_value=np.nan)
-        except (TypeError, ValueError):  # text among the numbers: unparseable values are missing
-            for j in numbers:
-                matrix[:, j] = pd.to_numeric(X[self.features_[j]], errors="coerce").to_numpy(dtype=float,
-                                                                                             na_value=np.nan)
-        for column, known in self.categories_.items():
-            codes = pd.Index(known).get_indexer(X[column])
-            matrix[:, self.features_.index(column)] = np.where(codes < 0, np.nan, codes)
+        matrix = np.empty((len(X[self.features_[0]]), len(self.features_)))
+        for j, column in enumerate(self.features_):
+            if column in self.categories_:
+                codes = pd.Index(self.categories_[column]).get_indexer(X[column])
+                matrix[:, j] = np.where(codes < 0, np.nan, codes)
+            else:
+                matrix[:, j] = _floats(X[column])
         return matrix
 
     def _booster(self) -> lgb.Booster:
@@ -179,6 +178,20 @@ def _mean_and_rows(node: dict, means: dict[int, float]) -> tuple[float, float]:
         mean = (left * left_rows + right * right_rows) / rows if rows else (left + right) / 2
     means[id(node)] = mean
     return mean, rows
+
+
+def _threads(matrix: np.ndarray) -> int:
+    """LightGBM threads for predicting ``matrix``: one for a few rows (waking a team of threads costs far
+    more than the work, and much more when other processes hold the cores), else all."""
+    return 1 if len(matrix) < 1000 else 0
+
+
+def _floats(values) -> np.ndarray:
+    """Values as floats, missing (None, NaN, NA) as NaN; text that is no number is missing too."""
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
 
 
 def _is_text(column: pd.Series) -> bool:

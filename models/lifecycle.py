@@ -9,7 +9,9 @@ classifiers, trained on everyone known at the time, score them from their engage
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +23,7 @@ from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
 from models.classifier import Classifier
 
 DAYS_PER_MONTH = 365.25 / 12
+Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
@@ -39,14 +42,15 @@ class Horizons:
     annual_discount_rate: float = 0.10
 
 
-def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: pd.DataFrame,
-                 horizons: Horizons) -> pd.DataFrame:
+def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
+                 horizons: Horizons) -> dict[str, np.ndarray]:
     """P(alive), expected purchases, expected order value and CLV per row; missing for non-buyers."""
-    buyers = (features["orders"] > 0).to_numpy()
-    out = {name: np.full(len(features), np.nan) for name in ("p_alive", "expected_purchases", "expected_order_value",
-                                                            "clv")}
+    buyers = np.asarray(features["orders"], dtype=float) > 0
+    out = {name: np.full(len(buyers), np.nan) for name in ("p_alive", "expected_purchases", "expected_order_value",
+                                                          "clv")}
     if buyers.any():
-        f, r, t, m = features[["frequency", "recency", "T", "monetary_value"]].to_numpy(dtype=float)[buyers].T
+        f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
+                                                                                  "monetary_value"))
         months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
         out["p_alive"][buyers] = purchases.p_alive(f, r, t)
         out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
@@ -54,12 +58,12 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: pd.DataF
         out["clv"][buyers] = clv(purchases, spend, f, r, t, m, months=months,
                                  monthly_discount=monthly_rate(horizons.annual_discount_rate),
                                  month_length=horizons.clv_days / months)
-    return pd.DataFrame(out, index=features.index)
+    return out
 
 
-def classifier_inputs(features: pd.DataFrame, btyd: pd.DataFrame) -> pd.DataFrame:
-    """The classifiers' input: every feature except identifiers, plus the BTYD outputs."""
-    return pd.concat([features.drop(columns=[c for c in NOT_FEATURES if c in features.columns]), btyd], axis=1)
+def classifier_inputs(features: Columns, btyd: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The classifiers' input by column: every feature except identifiers, plus the BTYD outputs."""
+    return {name: features[name] for name in features if name not in NOT_FEATURES} | dict(btyd)
 
 
 @dataclass
@@ -77,21 +81,26 @@ class LifecycleModel:
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
         """Output records (one per feature row) in the order of ``OUTPUT_COLUMNS``; each row's ``drivers``
         largest contributions per classifier as JSON text (a type every MLflow flavour and Spark carries)."""
-        features = features.reset_index(drop=True)
+        return pd.DataFrame(self.predict_columns(features.reset_index(drop=True), drivers))
+
+    def predict_columns(self, features: Columns, drivers: int = 3) -> dict[str, Any]:
+        """``predict`` by column: feature columns by name in (a DataFrame, or arrays), output columns out.
+        Without pandas in between, the fixed cost of a call (what a one-customer request pays) is small."""
+        rows = len(features["customer_id"])
         btyd = btyd_columns(self.purchases, self.spend, features, self.horizons)
         inputs = classifier_inputs(features, btyd)
         churn, order, credit = self.churn.predict_with_drivers(inputs, drivers)
-        climbing = features["next_stage"].notna().to_numpy()
-        probability, reasons = np.full(len(features), np.nan), np.full(len(features), "[]", dtype=object)
+        climbing = np.asarray(pd.notna(features["next_stage"]), dtype=bool)
+        probability, reasons = np.full(rows, np.nan), np.full(rows, "[]", dtype=object)
         if climbing.any():
-            rows = inputs if climbing.all() else inputs[climbing]
-            probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(rows, drivers)
+            some = inputs if climbing.all() else {name: np.asarray(v)[climbing] for name, v in inputs.items()}
+            probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(some, drivers)
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
-        predicted = pd.DataFrame({
+        out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
             "churn_probability": churn, "next_stage_probability": probability,
             "churn_drivers": drivers_json(self.churn.features_, order, credit), "next_stage_drivers": reasons,
-            "model_version": self.version})
-        return pd.concat([features, btyd, predicted], axis=1)[list(OUTPUT_COLUMNS)]
+            "model_version": np.full(rows, self.version, dtype=object)}
+        return {name: out[name] for name in OUTPUT_COLUMNS}
 
 def drivers_json(names: list[str], order: np.ndarray, credit: np.ndarray) -> np.ndarray:
     """Per row, ``[{"feature": names[order[i, k]], "contribution": credit[i, k]}, ...]`` as JSON text,

@@ -151,7 +151,7 @@ class LifecycleService:
         served = self.served  # this batch's model, whatever a reload does meanwhile
         if not customers:
             return []
-        return _answer(_predict(served.model, _frame([c.root for c in customers], served.columns)))
+        return _answer(_predict(served.model, _columns([c.root for c in customers], served.columns)))
 
     @bentoml.api(route="/score_history")
     def score_history(self, orders: list[Order], as_of: date, events: list[Event] | None = None,
@@ -260,34 +260,43 @@ def _check(customers: list[Any], columns: dict[str, str]) -> None:
                 raise RequestError(f"customers[{i}] has orders, so {unknown} cannot be null")
 
 
-def _frame(customers: list[dict[str, Any]], columns: dict[str, str]) -> pd.DataFrame:
-    """Checked records as the feature frame the model reads (built column by column from plain lists:
-    pandas' per-column conversions would cost more than the model for a small request)."""
+def _columns(customers: list[dict[str, Any]], columns: dict[str, str]) -> dict[str, np.ndarray]:
+    """Checked records as the model's input columns (plain arrays: pandas' per-column work would cost
+    more than the model for a small request)."""
     data = {}
     for name, kind in columns.items():
         values = [record[name] for record in customers]
         if kind in NUMBER_KINDS:
             data[name] = np.array(values, dtype=float)  # null: NaN
         elif kind == "datetime":
-            data[name] = pd.to_datetime([None if v is None else str(v)[:10] for v in values])
+            data[name] = np.array([None if v is None else str(v)[:10] for v in values], dtype="datetime64[D]")
         elif name == "customer_id":
-            data[name] = [str(v) for v in values]
+            data[name] = np.array([str(v) for v in values], dtype=object)
         else:
-            data[name] = values
-    return pd.DataFrame(data)
+            data[name] = np.array(values, dtype=object)
+    return data
 
 
-def _predict(model: LifecycleModel, features: pd.DataFrame) -> pd.DataFrame:
-    """The model's records; an input the model refuses (a LifecycleError says why) is the client's 400."""
+def _predict(model: LifecycleModel, features) -> dict[str, Any]:
+    """The model's output columns; an input the model refuses (a LifecycleError says why) is the client's 400."""
     try:
-        return model.predict(features)
+        return model.predict_columns(features)
     except LifecycleError as exc:
         raise RequestError(str(exc)) from None
 
 
-def _answer(scores: pd.DataFrame) -> list[dict[str, Any]]:
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _answer(scores: dict[str, Any]) -> list[dict[str, Any]]:
     """Output records as JSON objects: missing as null, numbers at full precision, drivers as JSON text
     (as in every other output), dates as days."""
-    columns = {name: scores[name].to_numpy(dtype=object, na_value=None) for name in scores.columns}
-    columns["as_of"] = scores["as_of"].dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
-    return [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+    lists = {}
+    for name, values in scores.items():
+        values = np.asarray(values)
+        if values.dtype.kind == "M":
+            lists[name] = np.datetime_as_string(values, unit="D").tolist()
+        else:
+            lists[name] = [None if _missing(value) else value for value in values.tolist()]
+    return [dict(zip(lists, row, strict=True)) for row in zip(*lists.values(), strict=True)]

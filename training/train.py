@@ -143,8 +143,8 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
     """Score ``twin`` on the windows ``win`` beside the baselines."""
     holdout = _btyd_holdout(data, twin, win, horizons)
     test = _labelled(data, twin.builder, win.t1, horizons)
-    btyd = btyd_columns(twin.purchases, twin.spend, test, horizons)
-    inputs = classifier_inputs(test.drop(columns=_LABELS), btyd)
+    btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
+    inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
     churn = pd.DataFrame({
         "churned": test["churned"].astype(int),
         "probability": twin.churn.predict_proba(inputs),
@@ -192,7 +192,8 @@ def _fit_btyd(features: pd.DataFrame) -> tuple[PurchaseModel, SpendModel]:
 def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
                      seed: int, params: dict | None) -> tuple[Classifier, Classifier]:
     features = table.drop(columns=_LABELS)
-    inputs = classifier_inputs(features, btyd_columns(purchases, spend, features, horizons))
+    inputs = pd.DataFrame(classifier_inputs(features, btyd_columns(purchases, spend, features, horizons)),
+                          index=features.index)
     churn = Classifier(params, seed=seed).fit(inputs, table["churned"])
     climbing = table["next_stage"].notna().to_numpy()
     next_stage = Classifier(params, seed=seed).fit(inputs[climbing],
@@ -218,6 +219,6 @@ def _btyd_holdout(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
         "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),
         "past_rate": f / np.maximum(t, 1) * days,
         "spend": table["spend"].to_numpy(dtype=float),
-        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"].to_numpy(),
+        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"],
         "spend_rate": table["total_spend"].to_numpy() / (t + 1) * days,
     })
