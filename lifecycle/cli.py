@@ -302,11 +302,12 @@ def schedule(
 @app.command()
 def score(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv; rejected input rows go next to it.")],
+    out: Annotated[str, typer.Option(help="Output file: .parquet or .csv; rejected input rows go next to it "
+                                          "(with --engine spark: a folder, local or a URL like s3a://...).")],
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customer_table: CustomersOption = None,
-    customers: Annotated[Path | None, typer.Option(
+    customers: Annotated[str | None, typer.Option(
         help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
              "are scored as prospects we know nothing about.")] = None,
     as_of: AsOfOption = None,
@@ -355,7 +356,7 @@ def score(
                   f"[bold]{run.out}[/bold]")
 
 
-def _score_on_spark(settings: Settings, out: Path, customers: Path | None, model_uri: str | None) -> None:
+def _score_on_spark(settings: Settings, out: str, customers: str | None, model_uri: str | None) -> None:
     try:
         from serving.spark import score_spark, session
     except ImportError:

@@ -38,8 +38,8 @@ class SparkRun:
     """What one Spark scoring run read and wrote."""
 
     as_of: date
-    out: Path
-    rejects: Path | None
+    out: str  # Spark paths: local folders, or s3a://, hdfs://, ...
+    rejects: str | None
     scored: int
     without_history: int  # listed customers without any order
     rows: dict[str, int]  # input rows per table
@@ -58,7 +58,7 @@ def session(master: str):
 
 
 def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
-                now: datetime, customer_list: Path | None = None, partitions: int | None = None,
+                now: datetime, customer_list: str | Path | None = None, partitions: int | None = None,
                 future_tolerance_days: int = 1) -> SparkRun:
     """Score every customer in ``sources`` (or those in ``customer_list``) at ``as_of`` into ``out``, with
     the model at ``model_uri``; as ``serving.batch.score_batch`` does on one machine.
@@ -135,10 +135,11 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
         scored = scored.select(*(F.when(~F.col(f.name).isin("nan", "None"), F.col(f.name)).alias(f.name)
                                  if f.dataType == StringType() and f.name != "customer_id" else F.col(f.name)
                                  for f in outputs.fields))
-        out, rejects_path = Path(out), None
+        out, rejects_path = str(out), None  # text, not Path: Path would fold the // of s3a://bucket/...
         _write(scored, out)
         if rejected:
-            rejects_path = out.with_name(f"{out.stem}.rejects{out.suffix}")
+            stem, dot, suffix = out.rpartition(".")
+            rejects_path = f"{stem}.rejects.{suffix}" if dot and "/" not in suffix else f"{out}.rejects"
             _write(rejects, rejects_path)
         count = features.count()
         without_history = features.where(F.col("orders") == 0).count() if customer_list is not None else 0
@@ -148,12 +149,10 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
                     {name: rejected.get(name, 0) for name in rows})
 
 
-def _listed(spark, path: Path):
+def _listed(spark, path: str | Path):
     """The ids of a customer list (CSV or Parquet: its ``customer_id`` column, or its only column), as text."""
     from pyspark.sql import functions as F
 
-    if not Path(path).is_file():
-        raise LifecycleError(f"customer list {str(path)!r} not found")
     frame = _read(spark, "customer list", TableSource(path=str(path)))
     column = "customer_id" if "customer_id" in frame.columns else frame.columns[0] if len(frame.columns) == 1 else None
     if column is None:
@@ -165,7 +164,7 @@ def _listed(spark, path: Path):
 def _read(spark, name: str, source: TableSource):
     """The table at ``source.path`` (CSV as text, or Parquet) with our column names."""
     path = source.path
-    reader = spark.read.option("header", True).csv if not _is_parquet(Path(path)) else spark.read.parquet
+    reader = spark.read.parquet if _is_parquet(path) else spark.read.option("header", True).csv
     try:
         frame = reader(path)
     except Exception as exc:  # Spark's AnalysisException for a missing path, and its kin
@@ -198,7 +197,7 @@ def _spark_schema(schema):
                                    True) for spec in schema.inputs])
 
 
-def _write(frame, path: Path) -> None:
+def _write(frame, path: str) -> None:
     writer = frame.write.mode("overwrite")
     if _is_parquet(path):
         writer.parquet(str(path))
@@ -206,5 +205,5 @@ def _write(frame, path: Path) -> None:
         writer.option("header", True).csv(str(path))
 
 
-def _is_parquet(path: Path) -> bool:
-    return path.suffix.lower() in (".parquet", ".pq")
+def _is_parquet(path: str) -> bool:
+    return path.lower().endswith((".parquet", ".pq"))
