@@ -216,6 +216,8 @@ class LifecycleService:
                 print(f"lifecycle: could not follow {self.settings.model_uri}: {exc}", flush=True)
 
 
+for _api in LifecycleService.apis.values():  # every answer is JSON: saves BentoML a JSON schema per response
+    _api.output_spec.media_type = "application/json"
 if SETTINGS.api_token is not None:
     LifecycleService.add_asgi_middleware(BearerToken, token=SETTINGS.api_token.get_secret_value(),
                                          routes=("/score", "/score_history", "/model"))
