@@ -55,6 +55,7 @@ AsOfOption = Annotated[
     datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
 ]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 
 
 @app.callback()
@@ -210,7 +211,7 @@ def models(ctx: typer.Context) -> None:
 @app.command()
 def ui(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5000,
+    port: PortOption = 5000,
     host: HostOption = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the configured store: runs, metrics, plots, versions and gate decisions.
@@ -236,7 +237,7 @@ def ui(
 @app.command()
 def serve(
     ctx: typer.Context,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
+    port: PortOption = 3000,
     host: HostOption = "127.0.0.1",
 ) -> None:
     """Serve the scoring API (BentoML): POST /score and /model; follows the champion without restarts.
@@ -347,9 +348,8 @@ def score(
 
         run = score_batch(model, data, day, out, customer_list=listed is not None, on_chunk=advance)
     _print_inputs(data)
-    for name, report in data.report.items():
-        console.print(f"{name}: {report.rows:,} rows in = {report.valid:,} valid + {report.rejected_total:,} "
-                      "rejected" + (f" (reasons: {run.rejects})" if report.rejected_total else ""))
+    _print_row_accounting({name: (r.rows, r.valid, r.rejected_total) for name, r in data.report.items()},
+                          run.rejects)
     whom = f"{listed:,} listed customers, {run.without_history:,} without history" if listed is not None else (
         "every known customer")
     console.print(f"scored {run.scored:,} customers ({whom}) as of {day} with model version {model.version}: "
@@ -373,12 +373,17 @@ def _score_on_spark(settings: Settings, out: str, customers: str | None, model_u
                            "customers": inputs.customers}, settings.as_of, out,
                           now=datetime.now(UTC).replace(tzinfo=None), customer_list=customers,
                           partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days)
-    for name, rows in run.rows.items():
-        rejected = run.rejected[name]
-        console.print(f"{name}: {rows:,} rows in = {rows - rejected:,} valid + {rejected:,} rejected"
-                      + (f" (reasons: {run.rejects})" if rejected else ""))
+    _print_row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
+                           for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customers else "every known customer"
     console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark: [bold]{run.out}[/bold]")
+
+
+def _print_row_accounting(counts: dict[str, tuple[int, int, int]], rejects) -> None:
+    """Per input table (name -> rows in, valid, rejected): rows in = valid + rejected, and where the rejects are."""
+    for name, (rows, valid, rejected) in counts.items():
+        console.print(f"{name}: {rows:,} rows in = {valid:,} valid + {rejected:,} rejected"
+                      + (f" (reasons: {rejects})" if rejected else ""))
 
 
 @app.command()

@@ -242,9 +242,9 @@ def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
     (a few rows go straight through: finding the distinct ones would cost more than it saves)."""
     arrays = _as_arrays(*columns)
     if len(arrays[0]) <= FEW_ROWS:
-        values = np.asarray(function(*arrays))
-        return values[:, 0] if squeeze and values.ndim == 2 else values
-    unique, _, inverse = _unique_rows(*arrays)
+        unique, inverse = arrays, slice(None)
+    else:
+        unique, _, inverse = _unique_rows(*arrays)
     values = np.asarray(function(*unique))
     if squeeze and values.ndim == 2:
         values = values[:, 0]

@@ -9,7 +9,7 @@ root to the row's leaf, each split moves the expected score from the parent's me
 and that move is credited to the split's feature. Per row, the contributions plus the bias (the
 trees' root means) add up exactly to the raw score (log-odds). Every leaf's credits are tabulated
 at fit, so explaining a row costs one LightGBM leaf lookup and a sum of table rows: ~40x cheaper
-than TreeSHAP (``pred_contrib``), whose top-3 features they share 94 % of the time on CDNOW.
+than TreeSHAP (``pred_contrib``), with which they largely agree (docs/models.md measures how much).
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ class Classifier:
 
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated probability of the positive class per row."""
-        matrix = self._matrix(X)
-        return self.calibrator_.predict(self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix)))
+        return self._probability(self._matrix(X))
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Per row and feature, the signed contribution to the raw score (log-odds); column ``bias`` last."""
@@ -99,11 +98,12 @@ class Classifier:
         """Calibrated probabilities and each row's ``top`` drivers, largest first: their feature positions
         in ``features_`` and their contributions, each an array of shape (rows, top)."""
         matrix = self._matrix(X)
-        probability = self.calibrator_.predict(self._booster().predict(matrix, raw_score=True,
-                                                                       num_threads=_threads(matrix)))
         credits = self._credits(matrix)[:, :-1]
         order = np.argsort(-np.abs(credits), axis=1, kind="stable")[:, :top]
-        return probability, order, np.take_along_axis(credits, order, axis=1)
+        return self._probability(matrix), order, np.take_along_axis(credits, order, axis=1)
+
+    def _probability(self, matrix: np.ndarray) -> np.ndarray:
+        return self.calibrator_.predict(self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix)))
 
     def _credits(self, matrix: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""

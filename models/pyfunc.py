@@ -75,6 +75,7 @@ class Registered:
     columns: dict[str, str]  # input column -> MLflow type name, in the signature's order
     run_id: str | None
     version: ModelVersion | None  # the registered version holding the run, if any
+    metadata: mlflow.models.Model  # MLflow's description of it: signature, flavours
 
 
 def load(uri: str) -> Registered:
@@ -87,4 +88,4 @@ def load(uri: str) -> Registered:
     version = found[0] if found else None
     model.version = str(version.version) if version else run_id or uri
     columns = {spec.name: spec.type.name for spec in loaded.metadata.get_input_schema().inputs}
-    return Registered(model, columns, run_id, version)
+    return Registered(model, columns, run_id, version, loaded.metadata)

@@ -12,7 +12,7 @@ with, so a swap never fails one in flight. Bad input is a 4xx with the reason, n
 
 Configured by environment (``lifecycle serve`` sets it from the project's configuration):
 ``LIFECYCLE_SERVING__TRACKING_URI``, ``__MODEL_URI``, ``__POLL_SECONDS``, ``__MAX_CUSTOMERS``,
-``__API_TOKEN`` (when set, requests need ``Authorization: Bearer <token>``).
+``__WORKERS``, ``__API_TOKEN`` (when set, requests need ``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
@@ -141,8 +141,7 @@ class LifecycleService:
         if self.settings.tracking_uri:
             mlflow.set_tracking_uri(self.settings.tracking_uri)
             mlflow.set_registry_uri(self.settings.tracking_uri)
-        self.served = ServedModel(self.settings.model_uri)
-        Rules.columns = self.served.columns
+        self._serve(self.settings.model_uri)
         threading.Thread(target=self._follow_alias, daemon=True).start()
 
     @bentoml.api(route="/score", batchable=True, max_batch_size=2 * Rules.max_customers)
@@ -196,6 +195,11 @@ class LifecycleService:
                 "alias": self.settings.model_uri.partition("@")[2] or None, "run_id": served.run_id,
                 "trained_at": served.trained_at, "gate": served.gate, "features": list(served.columns)}
 
+    def _serve(self, uri: str) -> None:
+        """Answer with the model at ``uri`` from now on (and check records against its input columns)."""
+        self.served = ServedModel(uri)
+        Rules.columns = self.served.columns
+
     def _follow_alias(self) -> None:
         """Swap in the version the alias points at whenever it moves (a cheap registry lookup per poll)."""
         import mlflow
@@ -209,8 +213,7 @@ class LifecycleService:
             try:
                 version = str(client.get_model_version_by_alias(name, alias).version)
                 if version != self.served.version:
-                    self.served = ServedModel(f"models:/{name}/{version}")
-                    Rules.columns = self.served.columns
+                    self._serve(f"models:/{name}/{version}")
                     print(f"lifecycle: now serving version {version}", flush=True)
             except Exception as exc:  # the registry is unreachable for a moment: keep serving, try again
                 print(f"lifecycle: could not follow {self.settings.model_uri}: {exc}", flush=True)

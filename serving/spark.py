@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 
 from features.errors import LifecycleError
 from features.sources import SCHEMAS, TableSource, connect, load
+from models.pyfunc import load as load_model
 from serving.batch import LIST_TABLE
 
 REJECT_COLUMNS = ("input_table", "reason", "record")
@@ -66,17 +68,13 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is
     how many groups of customers the features are built in.
     """
-    import mlflow
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType
-
-    from models.pyfunc import load as load_model
 
     registered = load_model(model_uri)
     builder, version = registered.model.builder, registered.model.version
     pinned = f"models:/{registered.version.name}/{version}" if registered.version else model_uri
-    loaded = mlflow.pyfunc.load_model(pinned)
-    inputs = _spark_schema(loaded.metadata.get_input_schema())
+    inputs = _spark_schema(registered.metadata.get_input_schema())
     features_schema = StructType([StructField(f.name, f.dataType, True) for f in inputs.fields]
                                  + [StructField(c, StringType(), True) for c in REJECT_COLUMNS])
     partitions = partitions or 2 * spark.sparkContext.defaultParallelism
@@ -123,7 +121,7 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     try:
         rejects = built.where(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)
         rejected = {row["input_table"]: row["count"] for row in rejects.groupBy("input_table").count().collect()}
-        outputs = _spark_schema(loaded.metadata.get_output_schema())
+        outputs = _spark_schema(registered.metadata.get_output_schema())
         # spark_udf returns no timestamps, and the pickled model does not know its registered version:
         # both are the same for every row, so Spark adds them
         returned = StructType([f for f in outputs.fields if f.name not in ("as_of", "model_version")])
