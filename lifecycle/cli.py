@@ -257,7 +257,10 @@ def serve(
     exported = serving.model_dump(exclude_none=True) | {"tracking_uri": uri}  # the service reads them back
     if serving.api_token is not None:
         exported["api_token"] = serving.api_token.get_secret_value()
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(settings.state_dir / "bentoml"),
+    # OpenTelemetry off unless asked for (OTEL_SDK_DISABLED=false): BentoML records spans for every request
+    # even when it exports none, which costs a busy server about a fifth of its time
+    env = {"OTEL_SDK_DISABLED": "true", **os.environ, "BENTOML_DO_NOT_TRACK": "true",
+           "BENTOML_HOME": str(settings.state_dir / "bentoml"),
            **{f"LIFECYCLE_SERVING__{name.upper()}": str(value) for name, value in exported.items()}}
     console.print(f"serving {serving.model_uri} from {uri} on [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LifecycleService", "--host", host,

@@ -19,6 +19,8 @@ from typing import Self
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import train_test_split
 
@@ -38,6 +40,7 @@ DEFAULT_PARAMS = {
     "deterministic": True,
     "force_row_wise": True,
 }
+FEW_ROWS = 64  # explained with one gather over all trees (more rows: tree by tree, a chunk at a time)
 
 
 class Classifier:
@@ -103,12 +106,16 @@ class Classifier:
         return self._probability(matrix), order, np.take_along_axis(credits, order, axis=1)
 
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
-        return self.calibrator_.predict(self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix)))
+        raw = self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix))
+        # the calibrator's own predict (the same interpolation) validates its input at a cost a small request feels
+        return np.interp(raw, self.calibrator_.X_thresholds_, self.calibrator_.y_thresholds_)
 
     def _credits(self, matrix: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""
         leaves = self._booster().predict(matrix, pred_leaf=True, num_threads=_threads(matrix))
         leaves = leaves.reshape(len(matrix), -1) + self.leaf_offsets_
+        if len(matrix) <= FEW_ROWS:  # one gather: cheaper than a pass per tree for a few rows, not for many
+            return self.credits_[leaves].sum(axis=1)
         out = np.zeros((len(matrix), self.credits_.shape[1]))
         for start in range(0, len(matrix), chunk_rows):  # a chunk's sum stays in cache while the trees add up
             part = out[start:start + chunk_rows]
@@ -130,8 +137,9 @@ class Classifier:
         matrix = np.empty((len(X[self.features_[0]]), len(self.features_)))
         for j, column in enumerate(self.features_):
             if column in self.categories_:
-                codes = pd.Index(self.categories_[column]).get_indexer(X[column])
-                matrix[:, j] = np.where(codes < 0, np.nan, codes)
+                text = pa.array(X[column], from_pandas=True).cast(pa.string())
+                codes = pc.index_in(text, value_set=pa.array(self.categories_[column], pa.string()))
+                matrix[:, j] = codes.to_numpy(zero_copy_only=False)  # not a category seen at fit: null, NaN
             else:
                 matrix[:, j] = _floats(X[column])
         return matrix

@@ -75,8 +75,11 @@ def test_contributions_add_up_to_the_raw_score_and_name_the_drivers(split):
     contributions = model.contributions(rows)
     raw = model.booster_.predict(model._matrix(rows), raw_score=True)
     np.testing.assert_allclose(contributions.sum(axis=1), raw, rtol=1e-9, atol=1e-9)
+    many = model.contributions(features(test).head(500))  # explained tree by tree, not in one gather
+    np.testing.assert_allclose(many.head(50).to_numpy(), contributions.to_numpy(), rtol=0, atol=1e-12)
     probability, order, credit = model.predict_with_drivers(rows, top=3)
     np.testing.assert_array_equal(probability, model.predict_proba(rows))
+    np.testing.assert_allclose(probability, model.calibrator_.predict(raw), rtol=0, atol=1e-12)
     for i in (0, 17, 49):
         row = contributions.drop(columns="bias").iloc[i]
         largest = row.abs().sort_values(ascending=False, kind="stable").index[:3]
@@ -99,7 +102,10 @@ def test_unseen_categories_and_missing_columns(split):
     train, test = split
     model = Classifier(seed=1).fit(features(train), train.churned)
     rows = features(test).head(5).copy()
-    rows["acquisition_channel"] = "carrier_pigeon"  # unseen at fit: treated as missing, not an error
+    channels = model.categories_["acquisition_channel"]
+    rows["acquisition_channel"] = [channels[1], "carrier_pigeon", None, np.nan, channels[0]]
+    codes = model._matrix(rows)[:, model.features_.index("acquisition_channel")]
+    np.testing.assert_array_equal(codes, [1, np.nan, np.nan, np.nan, 0])  # unseen at fit: missing, not an error
     assert np.isfinite(model.predict_proba(rows)).all()
     with pytest.raises(LifecycleError, match="missing feature columns"):
         model.predict_proba(rows.drop(columns=["orders"]))
