@@ -275,6 +275,8 @@ def _columns(customers: list[dict[str, Any]], columns: dict[str, str]) -> dict[s
             data[name] = np.array(values, dtype=float)  # null: NaN
         elif kind == "datetime":
             data[name] = np.array([None if v is None else str(v)[:10] for v in values], dtype="datetime64[D]")
+        elif kind == "boolean":
+            data[name] = np.array(values, dtype=object)
         else:  # text (ids, categories): a number is taken as its digits
             data[name] = np.array([None if v is None else str(v) for v in values], dtype=object)
     return data

@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -88,7 +89,7 @@ def served(tmp_path_factory):
 
 
 def records(features: pd.DataFrame) -> list[dict]:
-    return json.loads(features.to_json(orient="records", date_format="iso"))
+    return json.loads(features.to_json(orient="records", date_format="iso", double_precision=15))
 
 
 def test_scores_equal_batch_scoring_of_the_same_model(served):
@@ -108,6 +109,29 @@ def test_scores_equal_batch_scoring_of_the_same_model(served):
         ours, theirs = json.loads(record["churn_drivers"]), json.loads(expected.churn_drivers)
         assert [d["feature"] for d in ours] == [d["feature"] for d in theirs]
         assert [d["contribution"] for d in ours] == pytest.approx([d["contribution"] for d in theirs], rel=1e-9)
+
+
+def test_records_reach_the_model_as_the_feature_table_does(served):
+    """What the API makes of JSON records (``_columns``) is what the classifiers read from the feature table."""
+    from lifecycle.config import load_settings
+    from lifecycle.training import open_registry
+    from models import pyfunc
+    from models.lifecycle import btyd_columns, classifier_inputs
+    from serving.service import _columns
+
+    folder, _, features = served
+    open_registry(load_settings(state_dir=folder / ".lifecycle"))
+    registered = pyfunc.load("models:/customer-lifecycle@champion")
+    model, sample = registered.model, features.iloc[::40].reset_index(drop=True)
+
+    def churn_matrix(table):
+        btyd = btyd_columns(model.purchases, model.spend, table, model.horizons)
+        return model.churn._matrix(classifier_inputs(table, btyd))
+
+    expected = churn_matrix(sample)
+    assert not np.isnan(expected[:, model.churn.features_.index("lapsed")]).any()
+    # the same numbers (to the 15 decimals JSON carries), missing in the same places, the same category codes
+    np.testing.assert_allclose(churn_matrix(_columns(records(sample), registered.columns)), expected, rtol=1e-9)
 
 
 def test_model_endpoint_and_bentoml_endpoints(served):
