@@ -8,7 +8,7 @@
 - `lifecycle score` (features included) on simulated order logs of the given sizes, with the same
   model: wall seconds, customers per second and peak memory of the process.
 
-Usage: python -m benchmarks.serving [--requests 400] [--batch-customers 1000000 10000000]
+Usage: python -m benchmarks.serving [--requests 1000] [--batch-customers 1000000 10000000]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def in_process_row(folder: Path, features: pd.DataFrame, count: int) -> list[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=400, help="single-customer requests per concurrency")
+    parser.add_argument("--requests", type=int, default=1000, help="single-customer requests per concurrency")
     parser.add_argument("--batch-customers", type=int, nargs="*", default=[1_000_000, 10_000_000])
     args = parser.parse_args()
 
@@ -130,6 +130,7 @@ def main() -> None:
             for concurrency in (1, 8, 32):
                 with console.status(f"{args.requests} requests at concurrency {concurrency}..."):
                     rows.append(latency_rows(port, bodies, concurrency))
+            gc.unfreeze()
         finally:
             os.killpg(server.pid, 15)
             server.wait(timeout=60)
