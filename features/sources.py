@@ -164,7 +164,8 @@ def load(
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
         reject_views.append(
             f"SELECT '{table}' AS input_table, source_row, reason, record FROM {table}_rejected "
-            f"JOIN {table}_numbered USING (source_row)"
+            f"JOIN {table}_numbered USING (source_row) "
+            f"UNION ALL SELECT '{table}', NULL, reason, record FROM {table}_malformed"
         )
     con.execute("CREATE OR REPLACE TEMP VIEW rejects AS " + " UNION ALL ".join(reject_views))
     return Dataset(con, report)
@@ -190,7 +191,12 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
     if suffixes <= {".parquet", ".pq"}:
         reader = f"read_parquet({quoted}, union_by_name = true)"
-    elif suffixes <= {".csv", ".txt", ".tsv"}:
+    elif suffixes <= {".csv", ".txt", ".tsv"} and len(files) == 1:
+        # a line with too few or too many fields is set aside (DuckDB's rejects tables) to be rejected, not fatal
+        con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
+        reader = (f"read_csv({quoted}, all_varchar = true, header = true, store_rejects = true, "
+                  f"rejects_table = '{table}_csv_errors', rejects_scan = '{table}_csv_scans')")
+    elif suffixes <= {".csv", ".txt", ".tsv"}:  # several files: matched by column name (DuckDB then keeps no rejects)
         reader = f"read_csv({quoted}, all_varchar = true, header = true, union_by_name = true)"
     else:
         raise LifecycleError(f"{table}: {path!r} is neither CSV nor Parquet (by extension)")
@@ -261,6 +267,22 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
         f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_parsed "
         f"ANTI JOIN {table}_rejected USING (source_row)"
     )
+    _malformed_lines(con, table)
+
+
+def _malformed_lines(con, table: str) -> None:
+    """``{table}_malformed``: the CSV lines DuckDB could not split into the header's fields (set aside by the
+    validation pass above; every later scan adds them again, so they are kept once, now), with the line."""
+    errors = f"{table}_csv_errors"
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [errors]).fetchall()[0][0]:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_malformed (reason VARCHAR, record JSON)")
+        return
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE {table}_malformed AS
+        SELECT 'malformed CSV line' AS reason,
+            to_json({{'line': line, 'text': csv_line, 'error': error_message}}) AS record
+        FROM (SELECT DISTINCT ON (line) line, csv_line, error_message FROM {errors} ORDER BY line)
+    """)
 
 
 def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
@@ -300,8 +322,10 @@ def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
 
 def _count(con, table: str) -> TableReport:
     rejected = dict(con.execute(
-        f"SELECT reason, count(*) FROM {table}_rejected GROUP BY reason ORDER BY 2 DESC, 1").fetchall())
-    rows = con.execute(f"SELECT count(*) FROM {table}_raw").fetchall()[0][0]
+        f"SELECT reason, count(*) FROM (SELECT reason FROM {table}_rejected UNION ALL "
+        f"SELECT reason FROM {table}_malformed) GROUP BY reason ORDER BY 2 DESC, 1").fetchall())
+    rows = con.execute(f"SELECT (SELECT count(*) FROM {table}_raw) + (SELECT count(*) FROM {table}_malformed)"
+                       ).fetchall()[0][0]
     return TableReport(rows=rows, valid=rows - sum(rejected.values()), rejected=rejected)
 
 

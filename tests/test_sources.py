@@ -62,6 +62,26 @@ def test_every_bad_row_is_rejected_with_its_reason(orders_csv, tmp_path):
     assert record == {"cust": "b", "ts": "2020-02-01", "price": "x", "oid": "o2"}
 
 
+def test_csv_lines_with_too_few_or_too_many_fields_are_rejected_with_their_line(orders_csv, tmp_path):
+    lines = orders_csv.read_text().splitlines()
+    lines[3:3] = ["k,2020-01-06", "l,2020-01-07,2,o12,surplus"]  # file lines 4 and 5
+    orders_csv.write_text("\n".join(lines) + "\n")
+    data = load(transactions=_source(orders_csv))
+    report = data.report["transactions"]
+    assert report.rows == len(CASES) + 2 and report.valid == 4
+    assert report.rejected["malformed CSV line"] == 2 and report.rows == report.valid + report.rejected_total
+
+    path = tmp_path / "rejects.parquet"
+    assert data.write_rejects(path) == 11
+    malformed = pd.read_parquet(path).query("reason == 'malformed CSV line'")
+    assert malformed.source_row.isna().all()
+    records = [json.loads(r) for r in malformed.record]
+    assert [(r["line"], r["text"]) for r in records] == [(4, "k,2020-01-06"), (5, "l,2020-01-07,2,o12,surplus")]
+    # source_row counts the rows that could be read: the fourth, after the two malformed lines, is still 4
+    query = "SELECT source_row FROM rejects WHERE reason = 'unparseable timestamp'"
+    assert data.con.execute(query).fetchall() == [(4,)]
+
+
 def test_materialized_tables_hold_the_same_valid_rows_without_the_source(orders_csv):
     data = load(transactions=_source(orders_csv))
     query = "SELECT customer_id, timestamp, amount FROM transactions ORDER BY ALL"
