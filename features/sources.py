@@ -179,6 +179,8 @@ def _describe(report: TableReport) -> str:
 def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSource | pd.DataFrame) -> str:
     """Register the user's table as view ``{table}_raw`` and return its name."""
     name = f"{table}_raw"
+    # a single CSV keeps its malformed lines in these (see below); none may linger from an earlier load
+    con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
     if isinstance(source, pd.DataFrame):
         con.register(f"{name}_frame", source)
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {name}_frame")
@@ -193,7 +195,6 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
         reader = f"read_parquet({quoted}, union_by_name = true)"
     elif suffixes <= {".csv", ".txt", ".tsv"} and len(files) == 1:
         # a line with too few or too many fields is set aside (DuckDB's rejects tables) to be rejected, not fatal
-        con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
         reader = (f"read_csv({quoted}, all_varchar = true, header = true, store_rejects = true, "
                   f"rejects_table = '{table}_csv_errors', rejects_scan = '{table}_csv_scans')")
     elif suffixes <= {".csv", ".txt", ".tsv"}:  # several files: matched by column name (DuckDB then keeps no rejects)

@@ -102,6 +102,7 @@ class LifecycleModel:
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}
 
+
 def drivers_json(names: list[str], order: np.ndarray, credit: np.ndarray) -> np.ndarray:
     """Per row, ``[{"feature": names[order[i, k]], "contribution": credit[i, k]}, ...]`` as JSON text,
     built column-wise by Arrow (a Python loop would dominate scoring millions of rows)."""

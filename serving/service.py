@@ -87,12 +87,17 @@ class Rules:
     max_customers: ClassVar[int] = SETTINGS.max_customers
 
 
+def _within_limit(people: int) -> None:
+    """A 413 when one request names more customers than ``serving.max_customers``."""
+    if people > Rules.max_customers:
+        raise RequestError(f"{people} customers in one request; at most {Rules.max_customers}",
+                           error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+
+
 def _checked(customers: Any) -> Any:
     """A request's records, or a RequestError naming the first bad one (see ``_check``)."""
     if isinstance(customers, list):
-        if len(customers) > Rules.max_customers:
-            raise RequestError(f"{len(customers)} customers in one request; at most {Rules.max_customers}",
-                               error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        _within_limit(len(customers))
         _check(customers, Rules.columns)
     return customers  # anything else: pydantic says it is not a list of objects
 
@@ -172,9 +177,7 @@ class LifecycleService:
                 if key in frame:
                     frame[key] = frame[key].map(lambda v: None if v is None else str(v))
         people = pd.concat([frame["customer_id"].astype(str) for frame in frames.values()]).nunique() if frames else 0
-        if people > Rules.max_customers:
-            raise RequestError(f"{people} customers in one request; at most {Rules.max_customers}",
-                               error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+        _within_limit(people)
         if not orders:
             raise RequestError("orders must list at least one order", error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
         try:
