@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -97,6 +98,23 @@ def test_a_repeated_order_id_keeps_its_first_valid_row():
     data = load(transactions=frame)
     assert data.report["transactions"].rejected == {"negative amount": 1, "repeated order_id": 1}
     assert data.con.execute("SELECT amount FROM transactions").fetchall() == [(2.0,)]
+
+
+def test_repeated_order_ids_in_a_large_parquet_log_match_pandas(tmp_path):
+    """Among the valid rows, every occurrence of an order id after its first is rejected (pandas as the truth)."""
+    rng = np.random.default_rng(7)
+    n = 50_000
+    frame = pd.DataFrame({"customer_id": rng.integers(0, 5_000, n),
+                          "timestamp": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 10**7, n), "s"),
+                          "amount": rng.normal(20, 15, n), "order_id": rng.integers(0, 45_000, n)})
+    frame.to_parquet(tmp_path / "orders.parquet", row_group_size=4_096)
+    data = load(transactions=TableSource(path=str(tmp_path / "orders.parquet")))
+    valid = frame[frame.amount >= 0]
+    repeated = valid.order_id.duplicated()
+    assert data.report["transactions"].rejected == {"negative amount": int((frame.amount < 0).sum()),
+                                                    "repeated order_id": int(repeated.sum())}
+    rows = data.con.execute("SELECT source_row FROM rejects WHERE reason = 'repeated order_id' ORDER BY 1").fetchall()
+    assert [r for (r,) in rows] == list(valid.index[repeated] + 1)
 
 
 def test_timestamp_format_and_parquet_glob(tmp_path):
