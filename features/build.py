@@ -222,21 +222,19 @@ class FeatureBuilder:
             SELECT customer_id, day, amount,
                 first_value(day) OVER w AS first_day,
                 day - lag(day) OVER w AS step,
-                CAST(date_trunc('week', day) AS DATE) AS week,
-                CAST(date_trunc('week', day) AS DATE) - CAST(date_trunc('week', lag(day) OVER w) AS DATE) AS week_step
+                {_week("day")} AS week,
+                {_week("day")} - {_week("lag(day) OVER w")} AS week_step
             FROM tx WINDOW w AS (PARTITION BY customer_id ORDER BY day)
         ),
         per_customer AS (
             SELECT customer_id, {rfm_aggregates}, min(day) AS first_day,
                 1 + count(*) FILTER (WHERE step > 0) AS purchase_days,
                 1 + count(*) FILTER (WHERE week_step > 0) AS weeks,
-                min(week) AS first_week, max(week) AS last_week,
                 fsum(amount) FILTER (WHERE day > first_day) AS repeat_spend,
-                fsum(amount) FILTER (WHERE week > CAST(date_trunc('week', first_day) AS DATE)) AS repeat_week_spend,
+                fsum(amount) FILTER (WHERE week > {_week("first_day")}) AS repeat_week_spend,
                 sum(amount) FILTER (WHERE day = first_day) AS first_order_value,
                 stddev_samp(amount) AS spend_std,
-                avg(step) FILTER (WHERE step > 0) AS mean_days_between,
-                stddev_samp(step) FILTER (WHERE step > 0) AS std_days_between,
+                sum(step * step) FILTER (WHERE step > 0) AS squared_steps,
                 count(*) FILTER (WHERE day > {day} - {window}) AS orders_recent,
                 coalesce(sum(amount) FILTER (WHERE day > {day} - {window}), 0.0) AS spend_recent
             FROM ordered GROUP BY customer_id
@@ -247,14 +245,16 @@ class FeatureBuilder:
         week = f"DATE '{as_of - timedelta(days=as_of.weekday())}'"
         window = self.params.trend_window_days
         earlier_days = f"nullif(({day} - {window}) - d.first_day + 1, 0)"
+        gaps = "(d.purchase_days - 1)"  # between purchase days: the mean and std of their lengths come from
+        # their count, sum (last - first day) and sum of squares, exactly in integers up to the last division
         return f"""
             CAST(d.purchase_days - 1 AS DOUBLE) AS frequency,
             CAST(d.last_day - d.first_day AS DOUBLE) AS recency,
             CAST({day} - d.first_day AS DOUBLE) AS T,
             coalesce(d.repeat_spend / nullif(d.purchase_days - 1, 0), 0.0) AS monetary_value,
             CAST(d.weeks - 1 AS DOUBLE) AS frequency_weeks,
-            (d.last_week - d.first_week) / 7.0 AS recency_weeks,
-            ({week} - d.first_week) / 7.0 AS T_weeks,
+            ({_week("d.last_day")} - {_week("d.first_day")}) / 7.0 AS recency_weeks,
+            ({week} - {_week("d.first_day")}) / 7.0 AS T_weeks,
             coalesce(d.repeat_week_spend / nullif(d.weeks - 1, 0), 0.0) AS monetary_value_weeks,
             CAST({day} - d.last_day AS DOUBLE) AS recency_days,
             coalesce(d.orders, 0) AS orders,
@@ -262,7 +262,10 @@ class FeatureBuilder:
             coalesce(d.total_spend, 0.0) AS total_spend,
             d.total_spend / d.orders AS avg_order_value,
             CAST({day} - d.first_day AS DOUBLE) AS tenure_days,
-            d.first_order_value, d.spend_std, d.mean_days_between, d.std_days_between,
+            d.first_order_value, d.spend_std,
+            (d.last_day - d.first_day) / nullif(d.purchase_days - 1, 0) AS mean_days_between,
+            sqrt(CAST({gaps} * d.squared_steps - (d.last_day - d.first_day) * (d.last_day - d.first_day) AS DOUBLE)
+                 / nullif({gaps} * ({gaps} - 1), 0)) AS std_days_between,
             coalesce(d.orders_recent, 0) AS orders_recent,
             30.0 * (d.orders_recent / {window} - (d.orders - d.orders_recent) / {earlier_days}) AS order_rate_trend,
             30.0 * (d.spend_recent / {window} - (d.total_spend - d.spend_recent) / {earlier_days}) AS spend_trend"""
@@ -318,6 +321,11 @@ def _orders_sql(as_of: date) -> str:
         "SELECT customer_id, CAST(timestamp AS DATE) AS day, amount FROM transactions "
         f"WHERE timestamp < TIMESTAMP '{as_of + timedelta(days=1)}'"
     )
+
+
+def _week(day: str) -> str:
+    """The Monday starting the week of ``day`` (a DATE), as a DATE."""
+    return f"CAST(date_trunc('week', {day}) AS DATE)"
 
 
 def _list(values: list[str]) -> str:

@@ -12,6 +12,7 @@ import glob
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import Self
 
@@ -179,7 +180,7 @@ def _describe(report: TableReport) -> str:
 def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSource | pd.DataFrame) -> str:
     """Register the user's table as view ``{table}_raw`` and return its name."""
     name = f"{table}_raw"
-    # a single CSV keeps its malformed lines in these (see below); none may linger from an earlier load
+    # CSV files keep their malformed lines in these (see below); none may linger from an earlier load
     con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
     if isinstance(source, pd.DataFrame):
         con.register(f"{name}_frame", source)
@@ -190,22 +191,37 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     if not files or not all(Path(f).is_file() for f in files):
         raise LifecycleError(f"{table}: no file matches {path!r}")
     suffixes = {Path(f).suffix.lower() for f in files}
-    quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
     if suffixes <= {".parquet", ".pq"}:
-        reader = f"read_parquet({quoted}, union_by_name = true)"
-    elif suffixes <= {".csv", ".txt", ".tsv"} and len(files) == 1:
-        # a line with too few or too many fields is set aside (DuckDB's rejects tables) to be rejected, not fatal
-        reader = (f"read_csv({quoted}, all_varchar = true, header = true, store_rejects = true, "
-                  f"rejects_table = '{table}_csv_errors', rejects_scan = '{table}_csv_scans')")
-    elif suffixes <= {".csv", ".txt", ".tsv"}:  # several files: matched by column name (DuckDB then keeps no rejects)
-        reader = f"read_csv({quoted}, all_varchar = true, header = true, union_by_name = true)"
+        quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
+        reader = f"SELECT * FROM read_parquet({quoted}, union_by_name = true)"
+    elif suffixes <= {".csv", ".txt", ".tsv"}:
+        reader = _csv_reader(table, files)
     else:
         raise LifecycleError(f"{table}: {path!r} is neither CSV nor Parquet (by extension)")
     try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {reader}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {reader}")
     except duckdb.Error as exc:
         raise LifecycleError(f"{table}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
     return name
+
+
+def _csv_reader(table: str, files: list[str]) -> str:
+    """SQL reading CSV ``files`` as text, with lines of too few or too many fields set aside.
+
+    DuckDB keeps such lines in its rejects tables (read by ``_malformed_lines``) only when one read
+    does not match files by column name, so each run of files with the same header line is one
+    read, and the runs are matched by name.
+    """
+    options = (f"all_varchar = true, header = true, store_rejects = true, "
+               f"rejects_table = '{table}_csv_errors', rejects_scan = '{table}_csv_scans'")
+    runs = groupby(files, key=_header_line)
+    return " UNION ALL BY NAME ".join(
+        "SELECT * FROM read_csv([" + ", ".join(sql_literal(f) for f in run) + f"], {options})" for _, run in runs)
+
+
+def _header_line(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.readline().strip()
 
 
 def _id_type(con, given) -> str:
@@ -300,8 +316,9 @@ def _malformed_lines(con, table: str) -> None:
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table}_malformed AS
         SELECT 'malformed CSV line' AS reason,
-            to_json({{'line': line, 'text': csv_line, 'error': error_message}}) AS record
-        FROM (SELECT DISTINCT ON (line) line, csv_line, error_message FROM {errors} ORDER BY line)
+            to_json({{'file': file_path, 'line': line, 'text': csv_line, 'error': error_message}}) AS record
+        FROM (SELECT DISTINCT ON (file_path, line) file_path, line, csv_line, error_message
+              FROM {errors} JOIN {table}_csv_scans USING (scan_id, file_id) ORDER BY file_path, line)
     """)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,6 +130,28 @@ def test_timestamp_format_and_parquet_glob(tmp_path):
     assert (str(first), str(last)) == ("2020-01-01 00:00:00", "2020-03-15 00:00:00")
     # integer ids everywhere stay integers (faster joins), text ids stay text
     assert data.con.execute("SELECT typeof(customer_id) FROM transactions LIMIT 1").fetchall() == [("BIGINT",)]
+
+
+def test_a_csv_glob_matches_columns_by_name_and_rejects_malformed_lines_per_file(tmp_path):
+    (tmp_path / "day-1.csv").write_text("customer_id,timestamp,amount\na,2020-01-01,1\nb,2020-01-02,2,surplus\n"
+                                        "c,2020-01-03,-3\n")
+    (tmp_path / "day-2.csv").write_text("amount,customer_id,timestamp,order_id\n4,d,2020-02-01,o1\n2020-02-02\n"
+                                        "5,e,2020-02-03,o1\n6,f,2020-02-04,o2\n")
+    (tmp_path / "day-3.csv").write_text("amount,customer_id,timestamp,order_id\n7,g,2020-03-01,o3,x\n"
+                                        "8,h,2020-03-02,o4\n")
+    data = load(transactions=TableSource(path=str(tmp_path / "day-*.csv")))
+    report = data.report["transactions"]
+    assert report.rows == 9 and report.valid == 4
+    assert report.rejected == {"malformed CSV line": 3, "negative amount": 1, "repeated order_id": 1}
+    rows = data.con.execute("SELECT customer_id, amount, order_id FROM transactions ORDER BY 1").fetchall()
+    assert rows == [("a", 1.0, None), ("d", 4.0, "o1"), ("f", 6.0, "o2"), ("h", 8.0, "o4")]
+    rejects = data.con.execute("SELECT source_row, reason, record FROM rejects ORDER BY 2, 1").fetchall()
+    malformed = [json.loads(record) for _, reason, record in rejects if reason == "malformed CSV line"]
+    assert [(Path(r["file"]).name, r["line"], r["text"]) for r in malformed] == [
+        ("day-1.csv", 3, "b,2020-01-02,2,surplus"), ("day-2.csv", 3, "2020-02-02"),
+        ("day-3.csv", 2, "7,g,2020-03-01,o3,x")]
+    # rows are numbered across the files in order (the malformed lines are not rows)
+    assert [(row, reason) for row, reason, _ in rejects if row] == [(2, "negative amount"), (4, "repeated order_id")]
 
 
 def test_unknown_or_missing_columns_are_named(orders_csv):
