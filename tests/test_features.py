@@ -144,6 +144,25 @@ def test_rfm_scores_and_segments_match_an_independent_computation(shop):
     assert f[f.orders == 0].rfm_segment.isna().all()
 
 
+
+def test_order_behaviour_matches_pandas_on_the_simulated_shop(shop):
+    """Gaps between purchase days, first-day spend and spend std against a plain pandas computation."""
+    as_of = date(2025, 6, 30)
+    data = load(transactions=shop.transactions)
+    f = FeatureBuilder().fit(data, as_of).transform(data, as_of).df().set_index("customer_id")
+    orders = shop.transactions[shop.transactions.timestamp < pd.Timestamp(as_of) + timedelta(days=1)]
+    days = orders.assign(day=orders.timestamp.dt.normalize()).groupby(["customer_id", "day"]).amount.sum()
+    purchase_days = days.reset_index()
+    gaps = purchase_days.groupby("customer_id").day.diff().dt.days.groupby(purchase_days.customer_id)
+    expected = pd.DataFrame({
+        "mean_days_between": gaps.mean(), "std_days_between": gaps.std(ddof=1),
+        "first_order_value": days.groupby(level="customer_id").first(),
+        "spend_std": orders.groupby("customer_id").amount.std(ddof=1),
+    })
+    got = f.loc[expected.index, expected.columns]
+    assert got.std_days_between.notna().sum() > 500  # customers with three or more purchase days
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, check_names=False)
+
 def test_segment_grid_names_every_cell():
     cells = {(r, fm): rfm.segment_of(r, fm) for r in range(1, 6) for fm in range(1, 6)}
     assert cells[5, 5] == "Champions" and cells[1, 1] == "Lost" and cells[2, 5] == "Can't lose"
