@@ -288,8 +288,8 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
 def _reject_repeated_keys(con, table: str, key: str) -> None:
     """Add each valid row that repeats the ``key`` of an earlier valid row to ``{table}_rejected``.
 
-    Keys that occur more than once are found by partitioning alone, without sorting or parsing
-    anything but the key; only their rows (usually none) are then checked and put in input order.
+    Keys that occur more than once are found by partitioning the key column alone (nothing else is
+    parsed or carried); only their rows (usually none) are then checked and put in input order.
     """
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE {table}_repeats AS SELECT {key} FROM (
@@ -325,36 +325,36 @@ def _malformed_lines(con, table: str) -> None:
 def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
     """How one column is parsed: (its input as given, its value, the (condition, reason) checks it adds).
 
-    The value is SQL over ``_in_{ours}`` (the trimmed text, or a typed column as it is) and the
-    checks over both names, so each is computed once per row in its own layer of the query.
+    The value is SQL over ``_in_{ours}`` (the input: trimmed text, or a typed column as it is) and
+    the checks over both names, so each is computed once per row in its own layer of the query.
     """
     typed = dtype != "VARCHAR"
     given = column if typed and kind != "label" else f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
-    text = f"_in_{ours}"
-    checks = [(f"{text} IS NULL", f"missing {ours}")] if required or kind == "id" else []
+    field = f"_in_{ours}"
+    checks = [(f"{field} IS NULL", f"missing {ours}")] if required or kind == "id" else []
     if kind == "id" and id_type == "BIGINT":
-        return given, f"CAST({text} AS BIGINT)", checks
+        return given, f"CAST({field} AS BIGINT)", checks
     if kind == "key":  # only compared for duplicates, so its own type will do
-        return given, text, checks
+        return given, field, checks
     if kind == "id":
-        return given, f"CAST({text} AS VARCHAR)", checks
+        return given, f"CAST({field} AS VARCHAR)", checks
     if kind == "label":
-        return given, f"lower({text})", checks
+        return given, f"lower({field})", checks
     if kind == "timestamp":
         if dtype.startswith(("TIMESTAMP", "DATE")):
-            value = f"CAST({text} AS TIMESTAMP)"
+            value = f"CAST({field} AS TIMESTAMP)"
         elif fmt:
-            value = f"try_strptime({text}, {sql_literal(fmt)})"
+            value = f"try_strptime({field}, {sql_literal(fmt)})"
         else:
-            value = f"try_cast({text} AS TIMESTAMP)"
+            value = f"try_cast({field} AS TIMESTAMP)"
         if not dtype.startswith(("TIMESTAMP", "DATE")):
-            checks.append((f"{text} IS NOT NULL AND {ours} IS NULL", f"unparseable {ours}"))
+            checks.append((f"{field} IS NOT NULL AND {ours} IS NULL", f"unparseable {ours}"))
         checks.append((f"{ours} > TIMESTAMP '{future_limit:%Y-%m-%d %H:%M:%S}'", f"{ours} in the future"))
         return given, value, checks
     # amount / number
-    value = f"CAST({text} AS DOUBLE)" if typed else f"try_cast({text} AS DOUBLE)"
+    value = f"CAST({field} AS DOUBLE)" if typed else f"try_cast({field} AS DOUBLE)"
     if not typed:
-        checks.append((f"{text} IS NOT NULL AND {ours} IS NULL", f"unparseable {ours}"))
+        checks.append((f"{field} IS NOT NULL AND {ours} IS NULL", f"unparseable {ours}"))
     checks.append((f"isnan({ours}) OR isinf({ours})", f"{ours} is not a finite number"))
     if kind == "amount":
         checks.append((f"{ours} < 0", f"negative {ours}"))
