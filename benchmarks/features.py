@@ -65,24 +65,27 @@ def run_lifetimes(path: str) -> dict:
     return {"seconds": time.perf_counter() - started, "customers": len(summary)}
 
 
-def run_ours(path: str, memory_limit: str) -> dict:
+def _settings(state: str, path: str, memory_limit: str):
+    """Our settings for one measurement: state in ``state``, the orders at ``path``, DuckDB capped."""
     from lifecycle.config import load_settings
+
+    return load_settings(state_dir=state, duckdb={"memory_limit": memory_limit},
+                         inputs={"transactions": {"path": path}})
+
+
+def run_ours(path: str, memory_limit: str) -> dict:
     from lifecycle.pipeline import build_features
 
     with tempfile.TemporaryDirectory() as state:
-        settings = load_settings(state_dir=state, duckdb={"memory_limit": memory_limit},
-                                 inputs={"transactions": {"path": path}})
-        run = build_features(settings, Path(state) / "features.parquet")
+        run = build_features(_settings(state, path, memory_limit), Path(state) / "features.parquet")
     return {"seconds": run.total_seconds, "phases": run.seconds, "customers": run.customers}
 
 
 def run_ours_build(path: str, memory_limit: str) -> dict:
-    from lifecycle.config import load_settings
     from lifecycle.pipeline import open_dataset
 
     with tempfile.TemporaryDirectory() as state:
-        settings = load_settings(state_dir=state, duckdb={"memory_limit": memory_limit},
-                                 inputs={"transactions": {"path": path}})
+        settings = _settings(state, path, memory_limit)
         data = open_dataset(settings).materialize()
         as_of = data.date_range()[1].date()
         started = time.perf_counter()

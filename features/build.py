@@ -245,8 +245,9 @@ class FeatureBuilder:
         week = f"DATE '{as_of - timedelta(days=as_of.weekday())}'"
         window = self.params.trend_window_days
         earlier_days = f"nullif(({day} - {window}) - d.first_day + 1, 0)"
-        gaps = "(d.purchase_days - 1)"  # between purchase days: the mean and std of their lengths come from
-        # their count, sum (last - first day) and sum of squares, exactly in integers up to the last division
+        # The gaps between purchase days: their mean and std come from their count, their sum (the span
+        # from first to last day) and their sum of squares, exactly in integers up to the last division.
+        gaps, span = "(d.purchase_days - 1)", "(d.last_day - d.first_day)"
         return f"""
             CAST(d.purchase_days - 1 AS DOUBLE) AS frequency,
             CAST(d.last_day - d.first_day AS DOUBLE) AS recency,
@@ -263,9 +264,9 @@ class FeatureBuilder:
             d.total_spend / d.orders AS avg_order_value,
             CAST({day} - d.first_day AS DOUBLE) AS tenure_days,
             d.first_order_value, d.spend_std,
-            (d.last_day - d.first_day) / nullif(d.purchase_days - 1, 0) AS mean_days_between,
-            sqrt(CAST({gaps} * d.squared_steps - (d.last_day - d.first_day) * (d.last_day - d.first_day) AS DOUBLE)
-                 / nullif({gaps} * ({gaps} - 1), 0)) AS std_days_between,
+            {span} / nullif({gaps}, 0) AS mean_days_between,
+            sqrt(CAST({gaps} * d.squared_steps - {span} * {span} AS DOUBLE) / nullif({gaps} * ({gaps} - 1), 0))
+                AS std_days_between,
             coalesce(d.orders_recent, 0) AS orders_recent,
             30.0 * (d.orders_recent / {window} - (d.orders - d.orders_recent) / {earlier_days}) AS order_rate_trend,
             30.0 * (d.spend_recent / {window} - (d.total_spend - d.spend_recent) / {earlier_days}) AS spend_trend"""

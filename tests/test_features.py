@@ -144,7 +144,6 @@ def test_rfm_scores_and_segments_match_an_independent_computation(shop):
     assert f[f.orders == 0].rfm_segment.isna().all()
 
 
-
 def test_order_behaviour_matches_pandas_on_the_simulated_shop(shop):
     """Gaps between purchase days, first-day spend and spend std against a plain pandas computation."""
     as_of = date(2025, 6, 30)
@@ -162,6 +161,7 @@ def test_order_behaviour_matches_pandas_on_the_simulated_shop(shop):
     got = f.loc[expected.index, expected.columns]
     assert got.std_days_between.notna().sum() > 500  # customers with three or more purchase days
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12, check_names=False)
+
 
 def test_segment_grid_names_every_cell():
     cells = {(r, fm): rfm.segment_of(r, fm) for r in range(1, 6) for fm in range(1, 6)}
