@@ -9,7 +9,6 @@ docs/features.md.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from itertools import pairwise
 from typing import Self
 
 import duckdb
@@ -50,9 +49,7 @@ class FeatureBuilder:
         """Learn the RFM quintile edges from the buyers at ``as_of`` and the feature schema."""
         self._learn_schema(data)
         aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
-        self._learn_edges(data.con, f"""(
-            SELECT *, DATE '{as_of}' - last_day AS recency_days
-            FROM (SELECT {aggregates} FROM ({_orders_sql(as_of)}) GROUP BY customer_id))""")
+        self._learn_edges(data.con, as_of, f"(SELECT {aggregates} FROM ({_orders_sql(as_of)}) GROUP BY customer_id)")
         return self
 
     def transform(self, data: Dataset, as_of: date, population: str | None = None) -> duckdb.DuckDBPyRelation:
@@ -67,25 +64,28 @@ class FeatureBuilder:
     def fit_transform(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
         """``fit`` and ``transform`` at the same date, reading the orders once.
 
-        The unfitted features are kept in a temporary DuckDB table (which spills to disk under
-        the memory limit); the edges are learned from it and the scores computed over it.
+        The per-customer order aggregates are kept in a temporary DuckDB table (which spills to
+        disk under the memory limit); the edges are learned from it and the features built on it.
         """
         self._learn_schema(data)
-        table = f"features_base_{as_of:%Y%m%d}"
-        data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._base_sql(as_of)}")
-        self._learn_edges(data.con, table)
-        return data.con.sql(self._scored_sql(table))
+        table = f"per_customer_{as_of:%Y%m%d}"
+        data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._per_customer_sql(as_of)}")
+        self._learn_edges(data.con, as_of, table)
+        return data.con.sql(self._scored_sql(f"({self._base_sql(as_of, per_customer=table)})"))
 
     def _learn_schema(self, data: Dataset) -> None:
         self.has_events_ = "events" in data.report
         self.has_customers_ = "customers" in data.report
 
-    def _learn_edges(self, con: duckdb.DuckDBPyConnection, buyers: str) -> None:
-        """Quintile edges of the RFM measures over the rows of ``buyers`` that bought."""
+    def _learn_edges(self, con: duckdb.DuckDBPyConnection, as_of: date, buyers: str) -> None:
+        """Quintile edges of the RFM measures over ``buyers`` (a row per buyer with ``_RFM_AGGREGATES``)."""
         measures = ", ".join(
             f"quantile_cont({column}, {list(rfm.QUANTILES)}) AS {score}" for score, column in rfm.MEASURES.items()
         )
-        rows = con.execute(f"SELECT count(*), {measures} FROM {buyers} WHERE orders > 0").fetchall()[0]
+        rows = con.execute(f"""
+            SELECT count(*), {measures}
+            FROM (SELECT DATE '{as_of}' - last_day AS recency_days, orders, total_spend FROM {buyers})
+        """).fetchall()[0]
         if rows[0] < 5:
             raise LifecycleError(f"only {rows[0]} customers bought by the as-of date; need at least 5 to fit")
         edges = zip(rfm.MEASURES, rows[1:], strict=True)
@@ -109,16 +109,15 @@ class FeatureBuilder:
             "_advocacy_events > 0",
             f"coalesce(_latest_nps >= {p.advocacy_min_nps}, false)",
         ])
-        stage = (
-            f"CASE WHEN purchase_days >= 2 AND ({advocacy}) THEN 'advocacy' "
-            "WHEN purchase_days >= 2 THEN 'retention' WHEN purchase_days = 1 THEN 'conversion' "
-            f"WHEN _high_intent_events > 0 OR _sessions >= {p.consideration_min_sessions} THEN 'consideration' "
-            "ELSE 'awareness' END"
+        rank = {stage: i for i, stage in enumerate(STAGES)}
+        stage_rank = (
+            f"CASE WHEN purchase_days >= 2 AND ({advocacy}) THEN {rank['advocacy']} "
+            f"WHEN purchase_days >= 2 THEN {rank['retention']} WHEN purchase_days = 1 THEN {rank['conversion']} "
+            f"WHEN _high_intent_events > 0 OR _sessions >= {p.consideration_min_sessions} "
+            f"THEN {rank['consideration']} ELSE {rank['awareness']} END"
         )
-        rank = "CASE stage " + " ".join(f"WHEN '{s}' THEN {i}" for i, s in enumerate(STAGES)) + " END"
-        following = "CASE stage " + " ".join(
-            f"WHEN '{s}' THEN '{n}'" for s, n in pairwise(STAGES)
-        ) + " END"
+        # Stage names are looked up by rank (past the last stage, the lookup gives NULL).
+        names = "[" + ", ".join(f"'{s}'" for s in STAGES) + "]"
         return f"""
         WITH scored AS (
             SELECT *,
@@ -132,12 +131,12 @@ class FeatureBuilder:
                 CAST(r AS DOUBLE) AS r_score, CAST(f AS DOUBLE) AS f_score, CAST(m AS DOUBLE) AS m_score
             FROM scored
         ),
-        staged AS (SELECT *, {stage} AS stage FROM segmented)
-        SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps),
-            {rank} AS stage_rank,
+        ranked AS (SELECT *, {stage_rank} AS stage_rank FROM segmented)
+        SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps, stage_rank),
+            {names}[stage_rank + 1] AS stage, stage_rank,
             coalesce(recency_days > {self.churn_horizon_days}, false) AS lapsed,
-            {following} AS next_stage
-        FROM staged
+            {names}[stage_rank + 2] AS next_stage
+        FROM ranked
         """
 
     def labels(self, data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:
@@ -172,10 +171,14 @@ class FeatureBuilder:
             FROM now LEFT JOIN later USING (customer_id) LEFT JOIN window_tx AS w USING (customer_id)
         """)
 
-    def _base_sql(self, as_of: date, population: str | None = None) -> str:
-        """Every feature that needs no fitted edges, one row per known customer (or per ``population``)."""
+    def _base_sql(self, as_of: date, population: str | None = None, per_customer: str | None = None) -> str:
+        """Every feature that needs no fitted edges, one row per known customer (or per ``population``).
+
+        ``per_customer`` names a table that already holds ``_per_customer_sql(as_of)``.
+        """
         day = f"DATE '{as_of}'"
-        ctes = [f"tx AS ({_orders_sql(as_of)})", self._orders_cte(as_of)]
+        orders = f"SELECT * FROM {per_customer}" if per_customer else self._per_customer_sql(as_of)
+        ctes = [f"per_customer AS ({orders})"]
         columns = [self._order_columns(as_of)]
         joins = []
         everyone = ["SELECT customer_id FROM per_customer"]
@@ -212,33 +215,32 @@ class FeatureBuilder:
         FROM {source}
         """
 
-    def _orders_cte(self, as_of: date) -> str:
-        """``per_customer``: BTYD summary and order behaviour from one ordered pass over the orders."""
+    def _per_customer_sql(self, as_of: date) -> str:
+        """BTYD summary and order behaviour per buyer, from one ordered pass over the orders."""
         day = f"DATE '{as_of}'"
         window = self.params.trend_window_days
         rfm_aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
         return f"""
-        ordered AS (
+        WITH ordered AS (
             SELECT customer_id, day, amount,
                 first_value(day) OVER w AS first_day,
                 day - lag(day) OVER w AS step,
                 {_week("day")} AS week,
                 {_week("day")} - {_week("lag(day) OVER w")} AS week_step
-            FROM tx WINDOW w AS (PARTITION BY customer_id ORDER BY day)
-        ),
-        per_customer AS (
-            SELECT customer_id, {rfm_aggregates}, min(day) AS first_day,
-                1 + count(*) FILTER (WHERE step > 0) AS purchase_days,
-                1 + count(*) FILTER (WHERE week_step > 0) AS weeks,
-                fsum(amount) FILTER (WHERE day > first_day) AS repeat_spend,
-                fsum(amount) FILTER (WHERE week > {_week("first_day")}) AS repeat_week_spend,
-                sum(amount) FILTER (WHERE day = first_day) AS first_order_value,
-                stddev_samp(amount) AS spend_std,
-                sum(step * step) FILTER (WHERE step > 0) AS squared_steps,
-                count(*) FILTER (WHERE day > {day} - {window}) AS orders_recent,
-                coalesce(sum(amount) FILTER (WHERE day > {day} - {window}), 0.0) AS spend_recent
-            FROM ordered GROUP BY customer_id
-        )"""
+            FROM ({_orders_sql(as_of)}) WINDOW w AS (PARTITION BY customer_id ORDER BY day)
+        )
+        SELECT customer_id, {rfm_aggregates}, min(day) AS first_day,
+            1 + count(*) FILTER (WHERE step > 0) AS purchase_days,
+            1 + count(*) FILTER (WHERE week_step > 0) AS weeks,
+            fsum(amount) FILTER (WHERE day > first_day) AS repeat_spend,
+            fsum(amount) FILTER (WHERE week > {_week("first_day")}) AS repeat_week_spend,
+            sum(amount) FILTER (WHERE day = first_day) AS first_order_value,
+            stddev_samp(amount) AS spend_std,
+            sum(step * step) AS squared_steps,
+            count(*) FILTER (WHERE day > {day} - {window}) AS orders_recent,
+            coalesce(sum(amount) FILTER (WHERE day > {day} - {window}), 0.0) AS spend_recent
+        FROM ordered GROUP BY customer_id
+        """
 
     def _order_columns(self, as_of: date) -> str:
         day = f"DATE '{as_of}'"

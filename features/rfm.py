@@ -47,12 +47,13 @@ def score_sql(column: str, edges: list[float], reverse: bool = False) -> str:
 
 
 def segment_sql(r: str, fm: str) -> str:
-    """SQL CASE naming the segment of R score ``r`` and FM score ``fm``."""
-    whens = " ".join(
-        f"WHEN {r} BETWEEN {r_lo} AND {r_hi} AND {fm} BETWEEN {fm_lo} AND {fm_hi} THEN {_quote(name)}"
-        for name, (r_lo, r_hi), (fm_lo, fm_hi) in SEGMENTS
-    )
-    return f"CASE {whens} END"
+    """SQL naming the segment of R score ``r`` and FM score ``fm`` (NULL when either is NULL).
+
+    The 25 cells of the grid are one constant list indexed by the scores: a lookup per row, where
+    a CASE would test up to 11 rules.
+    """
+    names = ", ".join(_quote(segment_of(r_score, fm_score)) for r_score in range(1, 6) for fm_score in range(1, 6))
+    return f"[{names}][({r} - 1) * 5 + {fm}]"
 
 
 def _quote(text: str) -> str:
