@@ -26,6 +26,17 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], console: 
     print("\n" + title + "\n\n" + "\n".join(markdown))
 
 
+def peak_memory_gb() -> float:
+    """This process's peak resident memory in GB since it started (Linux's VmHWM, which ``exec`` resets).
+
+    Read by the measured process itself, so nothing runs beside it sampling its memory (on 2 cores a
+    sampler every 20 ms slows a two-threaded measurement by ~5 %, a one-threaded one not at all).
+    """
+    with open("/proc/self/status") as status:
+        kilobytes = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return kilobytes / 1024**2
+
+
 def run_measured(command: list[str], env: dict | None = None, interval: float = 0.02) -> tuple[float, float, str]:
     """Run ``command``; its wall seconds, peak resident memory in GB (the process and its children,
     sampled every ``interval`` s) and stdout. Raises SystemExit with its stderr if it fails.
