@@ -247,14 +247,15 @@ class FeatureBuilder:
         week = f"DATE '{as_of - timedelta(days=as_of.weekday())}'"
         window = self.params.trend_window_days
         earlier_days = f"nullif(({day} - {window}) - d.first_day + 1, 0)"
-        # The gaps between purchase days: their mean and std come from their count, their sum (the span
-        # from first to last day) and their sum of squares, exactly in integers up to the last division.
+        # The gaps between purchase days: BTYD frequency counts them and recency is their sum (the span
+        # from first to last day); their mean and std come from count, sum and sum of squares, exactly in
+        # integers up to the last division.
         gaps, span = "(d.purchase_days - 1)", "(d.last_day - d.first_day)"
         return f"""
-            CAST(d.purchase_days - 1 AS DOUBLE) AS frequency,
-            CAST(d.last_day - d.first_day AS DOUBLE) AS recency,
+            CAST({gaps} AS DOUBLE) AS frequency,
+            CAST({span} AS DOUBLE) AS recency,
             CAST({day} - d.first_day AS DOUBLE) AS T,
-            coalesce(d.repeat_spend / nullif(d.purchase_days - 1, 0), 0.0) AS monetary_value,
+            coalesce(d.repeat_spend / nullif({gaps}, 0), 0.0) AS monetary_value,
             CAST(d.weeks - 1 AS DOUBLE) AS frequency_weeks,
             ({_week("d.last_day")} - {_week("d.first_day")}) / 7.0 AS recency_weeks,
             ({week} - {_week("d.first_day")}) / 7.0 AS T_weeks,
