@@ -10,6 +10,10 @@ Segments follow the widely used R x FM grid, where FM = round-half-up((F + M) / 
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
+
 QUANTILES = (0.2, 0.4, 0.6, 0.8)
 
 # (segment, R score range, FM score range): the first rule that matches names the cell (Lost is
@@ -31,6 +35,10 @@ SEGMENTS: tuple[tuple[str, tuple[int, int], tuple[int, int]], ...] = (
 # The RFM measure behind each score, as a column of the base feature table.
 MEASURES = {"r": "recency_days", "f": "orders", "m": "total_spend"}
 
+# Scores whose measure is a whole number with few distinct values (days, orders): their edges come
+# from how many buyers have each value (a parallel count) instead of a sort of every buyer.
+COUNTED = ("r", "f")
+
 
 def segment_of(r: int, fm: int) -> str:
     """The segment name for an R score and an FM score."""
@@ -40,10 +48,33 @@ def segment_of(r: int, fm: int) -> str:
     raise ValueError(f"scores out of range: r={r}, fm={fm}")
 
 
+def quantiles_of_counts(counts: list[tuple[float, int]], quantiles: tuple[float, ...] = QUANTILES) -> list[float]:
+    """Quantiles of the values that ``counts`` lists as ascending (value, how many) pairs.
+
+    Linear interpolation between the order statistics around ``(n - 1) * q``, like DuckDB's
+    ``quantile_cont`` and numpy's default method.
+    """
+    values = [value for value, _ in counts]
+    ends = list(itertools.accumulate(n for _, n in counts))  # the rank just past each value's copies
+    n = ends[-1]
+
+    def nth(rank: int) -> float:
+        return values[bisect.bisect_right(ends, min(rank, n - 1))]
+
+    result = []
+    for q in quantiles:
+        position = (n - 1) * q
+        below = math.floor(position)
+        result.append(nth(below) + (position - below) * (nth(below + 1) - nth(below)))
+    return result
+
+
 def score_sql(column: str, edges: list[float], reverse: bool = False) -> str:
-    """SQL for the 1-5 score of ``column`` given four ascending quintile edges."""
-    below = " + ".join(f"CAST({column} > {float(edge)!r} AS INTEGER)" for edge in edges)
-    return f"(6 - (1 + {below}))" if reverse else f"(1 + {below})"
+    """SQL for the 1-5 score of ``column`` (not NULL) given four ascending quintile edges."""
+    scores = (5, 4, 3, 2, 1) if reverse else (1, 2, 3, 4, 5)
+    # From the highest edge down: the first edge below the value gives its score.
+    above = " ".join(f"WHEN {column} > {float(edges[i])!r} THEN {scores[i + 1]}" for i in reversed(range(len(edges))))
+    return f"CASE {above} ELSE {scores[0]} END"
 
 
 def segment_sql(r: str, fm: str) -> str:

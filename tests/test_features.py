@@ -3,11 +3,14 @@ point-in-time correctness: nothing after the as-of date changes a feature."""
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from features import rfm
 from features.build import FeatureBuilder
@@ -170,6 +173,20 @@ def test_segment_grid_names_every_cell():
     assert {name for name, _, _ in rfm.SEGMENTS} == set(cells.values())  # every segment is reachable
     with pytest.raises(ValueError):
         rfm.segment_of(0, 3)
+
+
+def test_quantiles_of_counts_by_hand():
+    # 1, 1, 3, 3: quantile q sits at rank 3q. Ranks 0.6 and 2.4 fall between equal values (1 and 3);
+    # rank 1.2 is 0.2 of the way from the second 1 to the first 3 (1.4), rank 1.8 is 0.8 of it (2.6).
+    assert rfm.quantiles_of_counts([(1, 2), (3, 2)]) == pytest.approx([1.0, 1.4, 2.6, 3.0])
+    assert rfm.quantiles_of_counts([(7, 1)]) == [7.0, 7.0, 7.0, 7.0]  # a single buyer
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=80))
+def test_quantiles_of_counts_equal_numpy_on_the_values(values):
+    counts = sorted(Counter(values).items())
+    quantiles = (0.0, 0.2, 0.33, 0.5, 0.8, 1.0)
+    np.testing.assert_allclose(rfm.quantiles_of_counts(counts, quantiles), np.quantile(values, quantiles), rtol=1e-13)
 
 
 def _frames(shop, before=None):
