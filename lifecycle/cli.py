@@ -519,6 +519,9 @@ def _print_run(run: FeatureRun) -> None:
 
 def main() -> None:
     """Entry point: user mistakes end with one clear line and exit code 2, never a traceback."""
+    # MLflow's INFO lines (creating the store's tables, validating the input example) are not
+    # news to a user; MLFLOW_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         app()
     except LifecycleError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import tempfile
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -50,9 +51,18 @@ def _pyfunc_arguments(model: LifecycleModel, example: pd.DataFrame):
             "artifacts": {"lifecycle_model": str(artifact)},
             "code_paths": [str(Path(features.__file__).parent), str(Path(models.__file__).parent)],
             "pip_requirements": [f"{name}=={version(name)}" for name in REQUIREMENTS],
-            "signature": infer_signature(example, model.predict(example)),
+            "signature": _signature(model, example),
             "input_example": example,
         }
+
+
+def _signature(model: LifecycleModel, example: pd.DataFrame):
+    """The model's input and output schema, inferred from ``example``."""
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values; ours (counts and the stage
+        # rank) are never missing: the feature build gives every customer a value (counts coalesce to 0).
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        return infer_signature(example, model.predict(example))
 
 
 def save(model: LifecycleModel, path: str | Path, example: pd.DataFrame) -> None:
