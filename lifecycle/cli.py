@@ -310,8 +310,8 @@ def score(
                                           "(with --engine spark: a folder, local or a URL like s3a://...).")],
     transactions: TransactionsOption = None,
     events: EventsOption = None,
-    customer_table: CustomersOption = None,
-    customers: Annotated[str | None, typer.Option(
+    customers: CustomersOption = None,
+    customer_list: Annotated[str | None, typer.Option(
         help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
              "are scored as prospects we know nothing about.")] = None,
     as_of: AsOfOption = None,
@@ -332,15 +332,15 @@ def score(
     from serving.batch import load_customer_list, score_batch
 
     settings = _settings(ctx, as_of=as_of.date() if as_of else None)
-    _use_inputs(settings, transactions, events, customer_table)
+    _use_inputs(settings, transactions, events, customers)
     if engine is Engine.spark:
-        _score_on_spark(settings, out, customers, model_uri)
+        _score_on_spark(settings, out, customer_list, model_uri)
         return
     with console.status("loading the model..."):
         model = load_model(settings, model_uri)
     with console.status("validating inputs..."):
         data = open_dataset(settings)
-        listed = load_customer_list(data, customers) if customers else None
+        listed = load_customer_list(data, customer_list) if customer_list else None
     day = settings.as_of or data.date_range()[1].date()
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
@@ -359,7 +359,7 @@ def score(
                   f"[bold]{run.out}[/bold]")
 
 
-def _score_on_spark(settings: Settings, out: str, customers: str | None, model_uri: str | None) -> None:
+def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
     try:
         from serving.spark import score_spark, session
     except ImportError:
@@ -374,11 +374,11 @@ def _score_on_spark(settings: Settings, out: str, customers: str | None, model_u
         run = score_spark(session(settings.spark.master), model_uri or settings.serving.model_uri,
                           {"transactions": inputs.transactions, "events": inputs.events,
                            "customers": inputs.customers}, settings.as_of, out,
-                          now=datetime.now(UTC).replace(tzinfo=None), customer_list=customers,
+                          now=datetime.now(UTC).replace(tzinfo=None), customer_list=customer_list,
                           partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days)
     _print_row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
                            for name, rows in run.rows.items()}, run.rejects)
-    whom = f"listed customers, {run.without_history:,} without history" if customers else "every known customer"
+    whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
     console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark: [bold]{run.out}[/bold]")
 
 

@@ -150,7 +150,7 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
     scores = pd.read_parquet(folder / "out/scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
     pd.DataFrame({"customer_id": ["00005", "99999"]}).to_csv(folder / "list.csv", index=False)
-    listed = run("score", "--transactions", "data/transactions.csv", "--customers", "list.csv",
+    listed = run("score", "--transactions", "data/transactions.csv", "--customer-list", "list.csv",
                  "--as-of", "1998-01-01", "--out", "out/listed.csv", cwd=folder)
     assert listed.returncode == 0, listed.stderr
     assert "2 listed customers, 1 without history" in " ".join(listed.stdout.split())

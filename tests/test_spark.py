@@ -21,8 +21,8 @@ def shop(tmp_path_factory):
                         "amount": [10.0, -3.0]})
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
-              "--customer-table", "sim/customers.parquet"]
-    trained = run("train", *tables[:4], "--customers", "sim/customers.parquet", cwd=folder)
+              "--customers", "sim/customers.parquet"]
+    trained = run("train", *tables, cwd=folder)
     assert trained.returncode == 0, trained.stderr
     known = orders.customer_id.drop_duplicates().iloc[[3, 40]].astype(str).tolist()
     pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
@@ -37,7 +37,7 @@ def scores(path) -> pd.DataFrame:
 @pytest.mark.parametrize("listed", [False, True], ids=["everyone", "a list"])
 def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, listed):
     folder, tables = shop
-    extra = ["--as-of", "2025-12-30", *(["--customers", "list.csv"] if listed else [])]
+    extra = ["--as-of", "2025-12-30", *(["--customer-list", "list.csv"] if listed else [])]
     local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
     spark = run("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert local.returncode == 0 and spark.returncode == 0, spark.stderr[-3000:]
