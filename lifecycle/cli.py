@@ -357,6 +357,9 @@ def score(
         "every known customer")
     console.print(f"scored {run.scored:,} customers ({whom}) as of {day} with model version {model.version}: "
                   f"[bold]{run.out}[/bold]")
+    if run.drift:
+        _print_drift(run.drift, f"the training data of version {model.version}")
+        console.print(f"every feature's drift: [bold]{run.drift_file}[/bold]")
 
 
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
@@ -489,7 +492,27 @@ def _print_training(run) -> None:
     console.print(table)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
+    if run.drift:
+        _print_drift(run.drift, f"the champion's training data (version {decision.champion_version})")
     console.print(f"version {run.version}: [bold]{verdict}[/bold] ({why})")
+
+
+def _print_drift(psi: dict[str, float], reference: str, shown: int = 10) -> None:
+    """One line when no feature moved, else the features that moved most (PSI, largest first)."""
+    from models.drift import MAJOR, MODERATE, shifted
+
+    moved = shifted(psi)
+    if not moved:
+        name, value = next(iter(psi.items()))
+        console.print(f"feature drift from {reference}: none (largest PSI {value:.3f}, {name})")
+        return
+    more = f", the first {shown} shown" if len(moved) > shown else ""
+    console.print(f"feature drift from {reference}: {len(moved)} of {len(psi)} features moved "
+                  f"(PSI >= {MODERATE}; above {MAJOR}: major){more}")
+    table = Table("feature", "PSI", "shift")
+    for name, value in list(moved.items())[:shown]:
+        table.add_row(name, f"{value:.3f}", "[red]major[/red]" if value >= MAJOR else "moderate")
+    console.print(table)
 
 
 def _print_inputs(data) -> None:

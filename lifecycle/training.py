@@ -25,6 +25,7 @@ class TrainRun:
     version: str
     decision: registry.Decision
     tracking_uri: str
+    drift: dict[str, float]  # each feature's PSI against the champion's training population, largest first
 
 
 def horizons(settings: Settings) -> Horizons:
@@ -44,16 +45,17 @@ def run_training(settings: Settings, data: Dataset | None = None) -> TrainRun:
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed)
-    example = result.model.builder.transform(data, result.windows.end).df().head(5)
+    scored = result.model.builder.transform(data, result.windows.end).df()
+    drift = registry.drift_from_champion(client, scored)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),
                "first_order": str(first), "last_order": str(last)}
     params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
-    run_id, version = registry.record(result, example, params, summary)
+    run_id, version = registry.record(result, scored.head(5), params, summary, drift)
     decision = registry.gate(client, data, result, settings.mlflow.gate_tolerance)
     registry.conclude(client, version, decision)
-    return TrainRun(result, run_id, version, decision, uri)
+    return TrainRun(result, run_id, version, decision, uri, drift)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:

@@ -1,9 +1,10 @@
 """The whole scorer: feature rows in, the design's output records out.
 
 ``LifecycleModel`` holds every fitted part (the feature builder's learned state, BG/NBD,
-Gamma-Gamma and the two classifiers) and the horizons they were fitted for. BTYD applies to
-customers who bought: for prospects (no purchase yet) its outputs are missing, and the
-classifiers, trained on everyone known at the time, score them from their engagement.
+Gamma-Gamma and the two classifiers), the horizons they were fitted for and the profile of the
+features they were fitted on (for drift checks). BTYD applies to customers who bought: for
+prospects (no purchase yet) its outputs are missing, and the classifiers, trained on everyone
+known at the time, score them from their engagement.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from features.build import FeatureBuilder
 from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
 from models.classifier import Classifier
+from models.drift import FeatureProfile
 
 DAYS_PER_MONTH = 365.25 / 12
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
@@ -76,6 +78,9 @@ class LifecycleModel:
     churn: Classifier
     next_stage: Classifier
     horizons: Horizons
+    # The features of the population it was fitted on, to measure drift against (None in models
+    # registered before drift checks existed: they report no drift).
+    profile: FeatureProfile | None = None
     version: str | None = None
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:

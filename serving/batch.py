@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from features.errors import LifecycleError
 from features.sources import Dataset, sql_literal, write_relation
+from models.drift import add_counts
 from models.lifecycle import LifecycleModel
 
 LIST_TABLE = "scoring_list"
@@ -38,6 +39,8 @@ class BatchRun:
     rejects: Path | None
     scored: int
     without_history: int
+    drift: dict[str, float]  # PSI of each feature against the training population; empty for a list
+    drift_file: Path | None  # the same as CSV (feature, psi), next to the output
 
 
 def load_customer_list(data: Dataset, path: str | Path) -> int:
@@ -71,7 +74,9 @@ def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Pa
     """Score every known customer at ``as_of`` (or the registered customer list) into ``out``.
 
     ``out`` is Parquet or CSV by extension; rejected input rows go next to it with their reasons.
-    ``on_chunk(done, total)`` is called after each chunk (for a progress bar).
+    ``on_chunk(done, total)`` is called after each chunk (for a progress bar). Scoring everyone also
+    measures each feature's drift from the population the model was fitted on (a list is a chosen
+    few, not a population).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +88,7 @@ def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Pa
         features_path = Path(tmp) / "features.parquet"
         write_relation(model.builder.transform(data, as_of, population), features_path)
         features = pq.ParquetFile(features_path)
-        total, done, without_history = features.metadata.num_rows, 0, 0
+        total, done, without_history, counts = features.metadata.num_rows, 0, 0, {}
         if total == 0:
             raise LifecycleError("nothing to score: no customer is known" + (" from the list" if customer_list else ""))
         threads = os.cpu_count() or 1
@@ -100,13 +105,22 @@ def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Pa
 
             for batch in features.iter_batches(batch_size=chunk_rows):
                 frame = batch.to_pandas()
-                without_history += int((frame["orders"] == 0).sum()) if customer_list else 0
+                if customer_list:
+                    without_history += int((frame["orders"] == 0).sum())
+                elif model.profile is not None:
+                    counts = add_counts(counts, model.profile.counts(frame))
                 pending.append(pool.submit(model.predict, frame))
                 if len(pending) > 2 * threads:
                     write_oldest()
             while pending:
                 write_oldest()
-    return BatchRun(as_of, out, rejects if rejected else None, done, without_history)
+    drift = model.profile.psi(counts) if counts else {}
+    drift_file = out.with_name(f"{out.stem}.drift.csv")
+    drift_file.unlink(missing_ok=True)
+    if drift:
+        pacsv.write_csv(pa.table({"feature": list(drift), "psi": list(drift.values())}), drift_file)
+    return BatchRun(as_of, out, rejects if rejected else None, done, without_history, drift,
+                    drift_file if drift else None)
 
 
 class _Writer:

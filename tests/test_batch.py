@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import pandas as pd
 import pytest
@@ -28,6 +29,17 @@ def test_scoring_in_chunks_gives_the_records_of_one_call(cdnow_run, tmp_path):
     scores = pd.read_parquet(tmp_path / "scores.parquet").sort_values("customer_id", ignore_index=True)
     scores["as_of"] = pd.to_datetime(scores["as_of"])  # a Parquet date comes back as a Python date
     pd.testing.assert_frame_equal(scores, expected_records(model, data, run.windows.end), check_dtype=False)
+    # the population the model was fitted on, on the day it was fitted: no feature moved
+    drift = pd.read_csv(batch.drift_file)
+    assert set(drift.feature) == set(model.profile.expected) and (drift.psi == 0).all() and batch.drift
+
+
+def test_scoring_everyone_later_measures_drift(cdnow_run, tmp_path):
+    data, run = cdnow_run
+    later = run.windows.end + timedelta(days=365)  # a year with no orders: every buyer a year older
+    batch = score_batch(run.model, data, later, tmp_path / "scores.parquet")
+    assert batch.drift["recency_days"] > 1 and batch.drift["lapsed"] > 1  # nearly every customer moved bins
+    assert batch.drift["total_spend"] == 0 and batch.drift["orders"] == 0  # what was bought stays the same
 
 
 def test_a_customer_list_scores_exactly_its_ids_and_prospects_without_history(cdnow_run, tmp_path):
@@ -37,6 +49,7 @@ def test_a_customer_list_scores_exactly_its_ids_and_prospects_without_history(cd
     assert load_customer_list(data, tmp_path / "list.csv") == 3
     batch = score_batch(run.model, data, run.windows.end, tmp_path / "some.csv", customer_list=True)
     assert (batch.scored, batch.without_history) == (3, 1)
+    assert batch.drift == {} and batch.drift_file is None and not (tmp_path / "some.drift.csv").exists()
     scores = pd.read_csv(tmp_path / "some.csv", dtype={"customer_id": str}).set_index("customer_id")
     assert sorted(scores.index) == ["00001", "00005", "99999"]
     unknown = scores.loc["99999"]

@@ -147,6 +147,8 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
     assert everyone.returncode == 0, everyone.stderr
     out = " ".join(everyone.stdout.split())
     assert "69,659 rows in = 69,659 valid + 0 rejected" in out and "scored 23,570 customers" in out
+    assert "feature drift from the training data of version 1: none (largest PSI 0.000" in out
+    assert (folder / "out/scores.drift.csv").is_file()
     scores = pd.read_parquet(folder / "out/scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
     pd.DataFrame({"customer_id": ["00005", "99999"]}).to_csv(folder / "list.csv", index=False)

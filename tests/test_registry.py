@@ -22,8 +22,9 @@ BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can sp
 def run_once(client, data, **options):
     """What `lifecycle train` does: train, log and register, gate, then move the aliases."""
     result = train(data, FeatureBuilder, Horizons(), **options)
-    example = result.model.builder.transform(data, result.windows.end).df().head(5)
-    _, version = registry.record(result, example, params={"seed": 0}, summary={"rows": 69_659})
+    scored = result.model.builder.transform(data, result.windows.end).df()
+    drift = registry.drift_from_champion(client, scored)
+    _, version = registry.record(result, scored.head(5), params={"seed": 0}, summary={"rows": 69_659}, drift=drift)
     decision = registry.gate(client, data, result, tolerance=0.01)
     registry.conclude(client, version, decision)
     return version, decision
@@ -51,6 +52,11 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
     assert registry.alias_version(client, "challenger") == weak
     tags = client.get_model_version(registry.MODEL_NAME, weak).tags
     assert tags["gate_promoted"] == "False" and tags["gate_champion_version"] == first
+    # the same data as the champion's: every feature's drift is logged, and none moved
+    metrics = client.get_run(client.get_model_version(registry.MODEL_NAME, weak).run_id).data.metrics
+    drift = {name: value for name, value in metrics.items() if name.startswith("drift_psi_")}
+    assert len(drift) > 20 and set(drift.values()) == {0.0}
+    assert not any(name.startswith("drift_psi_") for name in client.get_run(run_id).data.metrics)  # the first
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed mid-run")

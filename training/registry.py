@@ -1,7 +1,8 @@
 """MLflow tracking, the model registry (aliases champion / challenger / previous) and the gate.
 
 Every training run is logged (parameters, data summary, metrics, baselines, plots, the pyfunc
-model and its evaluation twin) and registered as a new version of ``customer-lifecycle``. The gate scores
+model and its evaluation twin, and each feature's drift from the champion's training population)
+and registered as a new version of ``customer-lifecycle``. The gate scores
 the challenger and the current champion on the challenger's (latest) out-of-time window: the
 champion through its evaluation twin, which saw nothing of that window. The challenger is
 promoted only if no gated metric is worse than the champion's by more than the tolerance; the
@@ -62,10 +63,12 @@ class Decision:
 
 
 def record(result: TrainingResult, example: pd.DataFrame, params: dict[str, object],
-           summary: dict[str, object]) -> tuple[str, str]:
-    """Log a training run and register its model; returns (run id, version)."""
+           summary: dict[str, object], drift: dict[str, float]) -> tuple[str, str]:
+    """Log a training run (``drift``: each feature's PSI against the champion) and register its model;
+    returns (run id, version)."""
     with mlflow.start_run() as run:
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
+        mlflow.log_metrics({f"drift_psi_{k}": v for k, v in drift.items()})
         mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
         evaluation = result.evaluation
         mlflow.log_metrics(evaluation.metrics)
@@ -139,6 +142,14 @@ def alias_version(client: MlflowClient, alias: str) -> str | None:
         return str(client.get_model_version_by_alias(MODEL_NAME, alias).version)
     except MlflowException:
         return None
+
+
+def drift_from_champion(client: MlflowClient, features: pd.DataFrame) -> dict[str, float]:
+    """Each feature's PSI in ``features`` against the population the champion was fitted on, largest
+    first (none without a champion, or for one registered before drift checks)."""
+    champion = alias_version(client, "champion")
+    profile = pyfunc.load(f"models:/{MODEL_NAME}/{champion}").model.profile if champion else None
+    return profile.psi(profile.counts(features)) if profile is not None else {}
 
 
 def _load_twin(client: MlflowClient, version: str) -> EvaluationTwin:

@@ -27,7 +27,8 @@ from features.errors import LifecycleError
 from features.sources import Dataset
 from models.btyd import PurchaseModel, SpendModel
 from models.classifier import Classifier
-from models.lifecycle import Horizons, LifecycleModel, btyd_columns, classifier_inputs
+from models.drift import FeatureProfile
+from models.lifecycle import NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from training import evaluate
 
 # Label columns joined to the features (orders renamed: the features have their own).
@@ -124,7 +125,8 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     # Population-relative state (RFM edges) is learned where the model will score: at the end.
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
-    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons)
+    profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
+    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons, profile)
     return TrainingResult(model, twin, win, evaluation)
 
 
