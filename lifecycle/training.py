@@ -45,14 +45,13 @@ def run_training(settings: Settings, data: Dataset | None = None) -> TrainRun:
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed)
-    scored = result.model.builder.transform(data, result.windows.end).df()
-    drift = registry.drift_from_champion(client, scored)
+    drift = registry.drift_from_champion(client, result.features)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),
                "first_order": str(first), "last_order": str(last)}
     params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
-    run_id, version = registry.record(result, scored.head(5), params, summary, drift)
+    run_id, version = registry.record(result, params, summary, drift)
     decision = registry.gate(client, data, result, settings.mlflow.gate_tolerance)
     registry.conclude(client, version, decision)
     return TrainRun(result, run_id, version, decision, uri, drift)

@@ -22,9 +22,8 @@ BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can sp
 def run_once(client, data, **options):
     """What `lifecycle train` does: train, log and register, gate, then move the aliases."""
     result = train(data, FeatureBuilder, Horizons(), **options)
-    scored = result.model.builder.transform(data, result.windows.end).df()
-    drift = registry.drift_from_champion(client, scored)
-    _, version = registry.record(result, scored.head(5), params={"seed": 0}, summary={"rows": 69_659}, drift=drift)
+    drift = registry.drift_from_champion(client, result.features)
+    _, version = registry.record(result, params={"seed": 0}, summary={"rows": 69_659}, drift=drift)
     decision = registry.gate(client, data, result, tolerance=0.01)
     registry.conclude(client, version, decision)
     return version, decision

@@ -62,10 +62,10 @@ class Decision:
     reasons: list[str] = field(default_factory=list)
 
 
-def record(result: TrainingResult, example: pd.DataFrame, params: dict[str, object],
-           summary: dict[str, object], drift: dict[str, float]) -> tuple[str, str]:
-    """Log a training run (``drift``: each feature's PSI against the champion) and register its model;
-    returns (run id, version)."""
+def record(result: TrainingResult, params: dict[str, object], summary: dict[str, object],
+           drift: dict[str, float]) -> tuple[str, str]:
+    """Log a training run (``drift``: each feature's PSI against the champion) and register its model,
+    with five of its feature rows as the input example; returns (run id, version)."""
     with mlflow.start_run() as run:
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
         mlflow.log_metrics({f"drift_psi_{k}": v for k, v in drift.items()})
@@ -80,7 +80,7 @@ def record(result: TrainingResult, example: pd.DataFrame, params: dict[str, obje
             mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
         for name, figure in figures(result).items():
             mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
-        info = pyfunc.log(result.model, example, registered_name=MODEL_NAME)
+        info = pyfunc.log(result.model, result.features.head(5), registered_name=MODEL_NAME)
     return run.info.run_id, str(info.registered_model_version)
 
 

@@ -100,12 +100,14 @@ class Evaluation:
 
 @dataclass
 class TrainingResult:
-    """The fitted model, its evaluation twin and how the twin did out of time."""
+    """The fitted model, its evaluation twin, how the twin did out of time, and the features the model
+    was fitted on (every customer at the end of the data)."""
 
     model: LifecycleModel
     twin: EvaluationTwin
     windows: Windows
     evaluation: Evaluation
+    features: pd.DataFrame
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
@@ -127,7 +129,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons, profile)
-    return TrainingResult(model, twin, win, evaluation)
+    return TrainingResult(model, twin, win, evaluation, scoring)
 
 
 def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Windows, horizons: Horizons,
