@@ -447,10 +447,10 @@ def _print_published_bgnbd() -> None:
     """Our BG/NBD on the published estimation sample (CDNOW 1/10, weeks 1-39) beside the paper."""
     import pandas as pd
 
-    from models.btyd import PurchaseModel
+    from models.bgnbd import BGNBD
 
     sample = pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))
-    model = PurchaseModel().fit(sample.x, sample.t_x, sample["T"])
+    model = BGNBD().fit(sample.x, sample.t_x, sample["T"])
     published = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
     table = Table("BG/NBD", "ours", "Fader, Hardie & Lee (2005)",
                   title="BG/NBD on the published CDNOW sample (2,357 customers, weeks 1-39)")

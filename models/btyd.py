@@ -1,9 +1,13 @@
-"""Buy-till-you-die models: BG/NBD for purchases and P(alive), Gamma-Gamma for order value.
+"""Buy-till-you-die models: the purchase models' shared interface, Gamma-Gamma for order value, CLV.
 
-BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way"): while alive, a
-customer buys at Poisson rate ``lambda ~ Gamma(r, alpha)``; after each purchase they drop out
-with probability ``p ~ Beta(a, b)``. Inputs per customer: frequency x (repeat purchases),
-recency t_x and age T, in one time unit (days or weeks).
+A purchase model (``models.bgnbd``, ``models.mbgnbd``, ``models.pareto_nbd``; by name in
+``models.purchase_models``) describes each customer by frequency x (repeat purchases), recency
+t_x (age at the last purchase) and age T, in one time unit (days or weeks). While alive, a
+customer buys at a Poisson rate ``lambda ~ Gamma(r, alpha)``; the models differ in how customers
+drop out. Each gives, per customer: P(alive), expected purchases over any horizon, the probability
+of no purchase within a horizon, and its log-likelihood. Fits maximize the likelihood on the
+unique (x, t_x, T) rows with their counts as weights, in time scaled to a maximum age of 1 (as
+``lifetimes`` does); predictions are computed once per unique row too.
 
 Gamma-Gamma (Fader, Hardie & Lee 2005, "RFM and CLV"): order values are ``Gamma(p, nu)`` with
 ``nu ~ Gamma(q, gamma)``, independent of the purchase process. The expected order value of a
@@ -12,28 +16,22 @@ customer with x repeat purchases of mean m shrinks m towards the population mean
 + p x / (p x + q - 1) * m``. Customers without a repeat purchase (x = 0), and repeat buyers
 whose repeat orders were all free (m = 0, which Gamma-Gamma cannot fit), get that formula's
 value: the population mean, or the mean shrunk towards 0.
-
-The maximum-likelihood fits use ``lifetimes``' own likelihoods and its optimizer settings
-(archived upstream: tests/test_btyd.py guards its numerics against the published CDNOW
-estimates) on the unique rows, with their counts as weights: the same estimates, far fewer
-likelihood terms, and no Hessian for standard errors the service does not use. Predictions are
-computed once per unique row too.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import pandas as pd
 from autograd import value_and_grad
-from lifetimes import BetaGeoFitter, GammaGammaFitter
+from lifetimes import GammaGammaFitter
 from scipy.optimize import minimize
-from scipy.special import gammaln
 
 from features.errors import LifecycleError
 
@@ -43,9 +41,23 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 
+# An objective of the optimizer: (log-parameters, x, t_x, T, weights, penalizer) -> (value, gradient).
+Objective = Callable[..., tuple[float, np.ndarray]]
+
 
 class PurchaseModel:
-    """BG/NBD: expected purchases and P(alive) from frequency, recency and T."""
+    """The interface of a BTYD purchase model; subclasses give the likelihood and the conditional expressions.
+
+    Subclasses set ``name`` (the configuration's), ``label`` (for people), ``parameters`` (in the
+    order of their internal arrays) and ``time_parameters`` (those measured in units of time), and
+    implement ``_objective`` and the ``_log_likelihood``, ``_p_alive`` and ``_expected_purchases``
+    expressions of the parameter values.
+    """
+
+    name: ClassVar[str]
+    label: ClassVar[str]
+    parameters: ClassVar[tuple[str, ...]]
+    time_parameters: ClassVar[tuple[str, ...]]
 
     def __init__(self, penalizer: float = 0.0):
         self.penalizer = penalizer
@@ -58,49 +70,65 @@ class PurchaseModel:
         x, t_x, age = _as_arrays(frequency, recency, T)
         repeaters = int((x > 0).sum())
         if repeaters < MIN_REPEAT_BUYERS:
-            raise LifecycleError(f"only {repeaters} repeat buyers; BG/NBD needs at least {MIN_REPEAT_BUYERS}")
+            raise LifecycleError(f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS}")
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
-        scale = 1 / uage.max()  # lifetimes fits in time scaled to a maximum age of 1, then rescales alpha
-        r, alpha, a, b = _maximize_likelihood("BG/NBD", BetaGeoFitter, (ux.astype(int), ut_x * scale, uage * scale),
-                                              counts, self.penalizer, 4)
-        self.params_ = {"r": r, "alpha": float(alpha / scale), "a": a, "b": b}
-        _warn_at_boundary("BG/NBD", self.params_)
+        scale = 1 / uage.max()
+        values = _maximize_likelihood(self.label, self._objective(), (ux, ut_x * scale, uage * scale), counts,
+                                      self.penalizer, len(self.parameters))
+        self.params_ = {name: value / scale if name in self.time_parameters else value
+                        for name, value in zip(self.parameters, values, strict=True)}
+        _warn_at_boundary(self.label, self.params_)
         self.log_likelihood_ = float((counts * self.log_likelihood(ux, ut_x, uage)).sum())
         self.customers_ = len(x)
         return self
 
     def log_likelihood(self, frequency, recency, T) -> np.ndarray:
-        """Each customer's log-likelihood at the fitted parameters (equation 6 of the paper)."""
-        r, alpha, a, b = self._params()
-        x, t_x, age = _as_arrays(frequency, recency, T)
-        common = (gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-                  + gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x))
-        alive = -(r + x) * np.log(alpha + age)
-        gone = np.where(x > 0, np.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x),
-                        -np.inf)
-        return common + np.logaddexp(alive, gone)
-
-    def expected_purchases(self, t, frequency, recency, T) -> np.ndarray:
-        """Expected purchases in the next ``t`` time units; ``t`` may be a row of horizons (broadcast)."""
-        fitter = self._fitter()
-        return _per_unique(lambda x, t_x, age: fitter.conditional_expected_number_of_purchases_up_to_time(
-            np.asarray(t, dtype=float), x[:, None], t_x[:, None], age[:, None]), frequency, recency, T,
-            squeeze=np.ndim(t) == 0)
+        """Each customer's log-likelihood at the fitted parameters."""
+        return self._log_likelihood(self._values(), *_as_arrays(frequency, recency, T))
 
     def p_alive(self, frequency, recency, T) -> np.ndarray:
         """Probability that each customer is still alive (will buy again)."""
-        fitter = self._fitter()
-        return _per_unique(fitter.conditional_probability_alive, frequency, recency, T)
+        return _per_unique(partial(self._p_alive, self._values()), frequency, recency, T)
 
-    def _params(self) -> tuple[float, float, float, float]:
+    def expected_purchases(self, t, frequency, recency, T) -> np.ndarray:
+        """Expected purchases in the next ``t`` time units; ``t`` may be a row of horizons (broadcast)."""
+        values, horizon = self._values(), np.asarray(t, dtype=float)
+        return _per_unique(lambda x, t_x, age: self._expected_purchases(values, horizon, x[:, None], t_x[:, None],
+                                                                        age[:, None]),
+                           frequency, recency, T, squeeze=np.ndim(t) == 0)
+
+    def p_no_purchase(self, t, frequency, recency, T) -> np.ndarray:
+        """Probability of no purchase in the next ``t`` time units (``t`` may be a row of horizons).
+
+        The likelihood of the same history watched ``t`` longer, over its likelihood now: the chance
+        of seeing nothing more, whether the customer is gone or alive and silent.
+        """
+        values, horizon = self._values(), np.asarray(t, dtype=float)
+
+        def silent(x, t_x, age):
+            now = self._log_likelihood(values, x, t_x, age)[:, None]
+            later = self._log_likelihood(values, x[:, None], t_x[:, None], age[:, None] + horizon)
+            return np.exp(np.minimum(later - now, 0.0))  # a ratio <= 1, whatever the last bits of the two terms
+
+        return _per_unique(silent, frequency, recency, T, squeeze=np.ndim(t) == 0)
+
+    def _values(self) -> tuple[float, ...]:
         if self.params_ is None:
-            raise LifecycleError("PurchaseModel is not fitted: call fit() first")
-        return self.params_["r"], self.params_["alpha"], self.params_["a"], self.params_["b"]
+            raise LifecycleError(f"{type(self).__name__} is not fitted: call fit() first")
+        return tuple(self.params_[name] for name in self.parameters)
 
-    def _fitter(self) -> BetaGeoFitter:
-        fitter = BetaGeoFitter()
-        fitter.params_ = dict(zip(("r", "alpha", "a", "b"), self._params(), strict=True))
-        return fitter
+    def _objective(self) -> Objective:
+        raise NotImplementedError
+
+    def _log_likelihood(self, params: Sequence[float], x, t_x, T) -> np.ndarray:
+        raise NotImplementedError
+
+    def _p_alive(self, params: Sequence[float], x, t_x, T) -> np.ndarray:
+        raise NotImplementedError
+
+    def _expected_purchases(self, params: Sequence[float], t, x, t_x, T) -> np.ndarray:
+        raise NotImplementedError
+
 
 
 class SpendModel:
@@ -125,7 +153,8 @@ class SpendModel:
                 f"frequency and mean spend correlate at {self.spend_correlation_:.2f} (> {MAX_SPEND_CORRELATION}): "
                 "Gamma-Gamma assumes they are independent, so its order values are biased", stacklevel=2)
         (ux, um), counts, _ = _unique_rows(x, m)
-        p, q, gamma = _maximize_likelihood("Gamma-Gamma", GammaGammaFitter, (ux, um), counts, self.penalizer, 3)
+        p, q, gamma = _maximize_likelihood("Gamma-Gamma", value_and_grad(GammaGammaFitter._negative_log_likelihood),
+                                           (ux, um), counts, self.penalizer, 3)
         params = {"p": p, "q": q, "gamma": gamma}
         if params["q"] <= 1:
             raise LifecycleError(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
@@ -173,17 +202,16 @@ def clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, mone
     return spend.expected_order_value(frequency, monetary_value) * (per_month @ discount)
 
 
-def _maximize_likelihood(model: str, fitter: type, columns: tuple[np.ndarray, ...], weights: np.ndarray,
+def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
                          penalizer: float, size: int) -> list[float]:
-    """lifetimes' own fit: its negative log-likelihood with autograd's gradient, start, optimizer and tolerance.
+    """BFGS from log-parameters 0.1 to a tolerance of 1e-7, as lifetimes fits; the parameters, exponentiated.
 
-    Two differences, neither changing the estimate: no Hessian afterwards (lifetimes computes one
-    for standard errors the service does not use; on large data it costs as much as the search),
-    and large inputs are split into chunks evaluated in parallel threads (numpy and scipy release
-    the GIL). lifetimes' objective, -sum(w ll) / sum(w) + penalty, is exactly the mean of the
-    chunks' objectives weighted by their share of the weights.
+    ``objective(log_params, *columns, weights, penalizer)`` is -sum(w ll) / sum(w) + penalty with its
+    gradient. Large inputs are split into chunks evaluated in parallel threads (numpy and scipy
+    release the GIL): the objective is exactly the mean of the chunks' objectives weighted by their
+    share of the weights. No Hessian afterwards (lifetimes computes one for standard errors the
+    service does not use; on large data it costs as much as the search).
     """
-    objective = value_and_grad(fitter._negative_log_likelihood)
     pieces = max(1, min(_THREADS, len(weights) // _ROWS_PER_THREAD))
     chunks = list(zip(*(np.array_split(c, pieces) for c in (*columns, weights)), strict=True))
     shares = [chunk[-1].sum() / weights.sum() for chunk in chunks]

@@ -14,7 +14,8 @@ from features import cdnow
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
+from models.bgnbd import BGNBD
+from models.btyd import SpendModel, clv, monthly_rate
 from tests.conftest import load
 from tests.test_simulator import continuous_summary
 
@@ -30,7 +31,7 @@ def published():
 @pytest.fixture(scope="module")
 def fitted(published):
     s = published
-    purchases = PurchaseModel().fit(s.x, s.t_x, s["T"])
+    purchases = BGNBD().fit(s.x, s.t_x, s["T"])
     spend = SpendModel().fit(s.x, s.zbar)
     return purchases, spend
 
@@ -42,7 +43,7 @@ def test_bgnbd_reproduces_the_published_cdnow_estimates(fitted, published):
                                                                        "b": 2.426}
     assert purchases.log_likelihood_ == pytest.approx(-9582.43, abs=0.01)
     # and it is the maximum: an independent, tightly converged search on our own log-likelihood agrees
-    probe = PurchaseModel()
+    probe = BGNBD()
 
     def negative_log_likelihood(log_params):
         probe.params_ = dict(zip(("r", "alpha", "a", "b"), np.exp(log_params), strict=True))
@@ -74,7 +75,7 @@ def test_predictions_and_clv_equal_lifetimes_on_the_cdnow_master_log(cdnow_maste
     data = load(transactions=cdnow_master)
     summary = FeatureBuilder().fit_transform(data, cdnow.OBSERVATION_END.date()).df()
     f, r, t, m = (summary[c].to_numpy() for c in ("frequency", "recency", "T", "monetary_value"))
-    purchases = PurchaseModel().fit(f, r, t)
+    purchases = BGNBD().fit(f, r, t)
     spend = SpendModel().fit(f, m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -117,7 +118,7 @@ def test_parameters_of_the_simulator_are_recovered():
     """Continuous-time data from the simulator: estimates within 4 standard errors of the truth."""
     sim = simulate(SimulationParams(customers=60_000, seed=8, events=False))
     s = continuous_summary(sim)
-    purchases = PurchaseModel().fit(s.frequency, s.recency, s["T"])
+    purchases = BGNBD().fit(s.frequency, s.recency, s["T"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         errors = BetaGeoFitter().fit(s.frequency, s.recency, s["T"]).summary["se(coef)"]
@@ -136,11 +137,11 @@ def test_parameters_of_the_simulator_are_recovered():
 def test_guards_speak_clearly():
     rng = np.random.default_rng(0)
     with pytest.raises(LifecycleError, match="only 3 repeat buyers"):
-        PurchaseModel().fit([1, 2, 1, 0, 0], [5, 9, 3, 0, 0], [10, 10, 10, 10, 10])
+        BGNBD().fit([1, 2, 1, 0, 0], [5, 9, 3, 0, 0], [10, 10, 10, 10, 10])
     with pytest.raises(LifecycleError, match="not fitted"):
-        PurchaseModel().p_alive([1], [1], [2])
+        BGNBD().p_alive([1], [1], [2])
     with pytest.raises(LifecycleError, match="missing values"):
-        PurchaseModel().fit([1, np.nan], [1, 1], [2, 2])
+        BGNBD().fit([1, np.nan], [1, 1], [2, 2])
     # Order values with an infinite mean: nu ~ Gamma(q = 0.7) makes q <= 1.
     x = rng.integers(1, 10, 5000)
     nu = rng.gamma(0.7, 1 / 15, 5000)

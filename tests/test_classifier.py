@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from models.btyd import PurchaseModel
+from models.bgnbd import BGNBD
 from models.classifier import Classifier
 from tests.conftest import load
 from training import evaluate
@@ -38,7 +38,7 @@ def split():
         table = features.merge(labels, on="customer_id")
         tables.append(table[table.orders > 0].reset_index(drop=True))
     train, test = tables
-    btyd = PurchaseModel().fit(train.frequency, train.recency, train["T"])
+    btyd = BGNBD().fit(train.frequency, train.recency, train["T"])
     for table in (train, test):
         table["p_alive"] = btyd.p_alive(table.frequency, table.recency, table["T"])
         table["expected_purchases"] = btyd.expected_purchases(HORIZON, table.frequency, table.recency, table["T"])

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.btyd import PurchaseModel
+from models.bgnbd import BGNBD
 from training import plots
 
 
@@ -51,7 +51,7 @@ def test_clv_deciles_compare_mean_prediction_and_actual_per_decile():
 
 
 def test_frequency_recency_matrix_shows_the_model():
-    model = PurchaseModel()
+    model = BGNBD()
     model.params_ = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
     figure = plots.frequency_recency_matrix(model, max_frequency=3, age=38.86, horizon=39, title="")
     image = figure.axes[0].images[0].get_array()

@@ -25,6 +25,7 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.sources import Dataset
+from models.bgnbd import BGNBD
 from models.btyd import PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
@@ -189,7 +190,7 @@ def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Hor
 
 def _fit_btyd(features: pd.DataFrame) -> tuple[PurchaseModel, SpendModel]:
     buyers = features[features["orders"] > 0]
-    purchases = PurchaseModel().fit(buyers["frequency"], buyers["recency"], buyers["T"])
+    purchases = BGNBD().fit(buyers["frequency"], buyers["recency"], buyers["T"])
     return purchases, SpendModel().fit(buyers["frequency"], buyers["monetary_value"])
 
 

@@ -1,0 +1,67 @@
+"""BG/NBD (Fader, Hardie & Lee 2005, "Counting your customers the easy way").
+
+While alive, a customer buys at Poisson rate ``lambda ~ Gamma(r, alpha)``; after each repeat
+purchase they drop out with probability ``p ~ Beta(a, b)``. Nobody drops out before a repeat
+purchase, so every customer without one has P(alive) = 1: the model's own assumption, not a fact
+about them (MBG/NBD and Pareto/NBD do without it).
+
+With ``b~ = b - 1`` (``b`` for MBG/NBD) and ``z = t / (alpha + T + t)``, the expected purchases in
+the next t are ``(a + b~ + x) / (a - 1) [1 - (1 - z)^(a - 1) 2F1(a + b~ - r, a - 1; a + b~ + x; z)]
+P(alive)``: the papers' expression after Euler's transformation of its 2F1, whose parameters then no
+longer grow with x (the papers' form overflows for customers with hundreds of purchases).
+
+The fit maximizes ``lifetimes``' own likelihood with its gradient (autograd): the same estimates
+as ``BetaGeoFitter``, which tests/test_btyd.py guards against the published CDNOW numbers.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from autograd import value_and_grad
+from lifetimes import BetaGeoFitter
+from scipy.special import expit, gammaln, hyp2f1
+
+from models.btyd import Objective, PurchaseModel
+
+
+class BGNBD(PurchaseModel):
+    """BG/NBD: drop-out with probability p after each repeat purchase."""
+
+    name = "bgnbd"
+    label = "BG/NBD"
+    parameters = ("r", "alpha", "a", "b")
+    time_parameters = ("alpha",)
+    _fitter: ClassVar[type] = BetaGeoFitter
+    # Drop-out chances before the x-th repeat purchase: x for BG/NBD, x + 1 for MBG/NBD (also at the first).
+    _first_purchase_chance: ClassVar[int] = 0
+
+    def _objective(self) -> Objective:
+        return value_and_grad(self._fitter._negative_log_likelihood)
+
+    def _log_likelihood(self, params, x, t_x, T):
+        r, alpha, a, b = params
+        k = self._first_purchase_chance
+        common = (gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+                  + gammaln(a + b) + gammaln(b + x + k) - gammaln(b) - gammaln(a + b + x + k))
+        return common - (r + x) * np.log(alpha + T) + np.logaddexp(0, self._log_gone_odds(params, x, t_x, T))
+
+    def _log_gone_odds(self, params, x, t_x, T):
+        """log of P(gone) / P(alive) given the history (-inf where the model rules dropping out out)."""
+        r, alpha, a, b = params
+        k = self._first_purchase_chance
+        with np.errstate(divide="ignore"):
+            odds = np.log(a) - np.log(np.maximum(b + x + k - 1, 1e-300)) + (r + x) * (np.log(alpha + T)
+                                                                                    - np.log(alpha + t_x))
+        return odds if k else np.where(x > 0, odds, -np.inf)
+
+    def _p_alive(self, params, x, t_x, T):
+        return expit(-self._log_gone_odds(params, x, t_x, T))
+
+    def _expected_purchases(self, params, t, x, t_x, T):
+        r, alpha, a, b = params
+        b_ = b + self._first_purchase_chance - 1
+        z = t / (alpha + T + t)
+        hyp = hyp2f1(a + b_ - r, a - 1, a + b_ + x, z)
+        return (a + b_ + x) / (a - 1) * (1 - (1 - z) ** (a - 1) * hyp) * self._p_alive(params, x, t_x, T)
