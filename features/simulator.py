@@ -1,23 +1,26 @@
 """A seeded, vectorised simulator of an online shop with known ground truth.
 
-Purchasing follows the BG/NBD story exactly, in continuous time (Fader, Hardie & Lee 2005):
-after the first purchase, repeat purchases arrive as a Poisson process with rate
-``lambda ~ Gamma(r, alpha)`` (rate parameter alpha, per day) and after each repeat purchase the
-customer drops out with probability ``p ~ Beta(a, b)``. Order values follow Gamma-Gamma:
+Purchasing follows a BTYD story exactly, in continuous time: after the first purchase, repeat
+purchases arrive as a Poisson process with rate ``lambda ~ Gamma(r, alpha)`` (rate parameter
+alpha, per day) until the customer drops out. ``process="bgnbd"`` (Fader, Hardie & Lee 2005):
+after each repeat purchase the customer drops out with probability ``p ~ Beta(a, b)``.
+``process="pareto_nbd"`` (Schmittlein, Morrison & Colombo 1987): the lifetime after the first
+purchase is exponential with rate ``mu ~ Gamma(s, beta)``. Order values follow Gamma-Gamma:
 ``z ~ Gamma(shape=p_gg, rate=nu)`` with ``nu ~ Gamma(shape=q, rate=gamma)``.
 
 A latent engagement level, ``engagement = lambda / E[lambda]``, drives the events (sessions,
 product views, cart adds, email opens and clicks, referrals, NPS): while the customer is alive at
 intensity ``0.3 + 0.7 * engagement`` (infrequent buyers still browse), after dropout at 3 % of it.
 So engagement carries real signal about churn while the purchase process keeps exactly the
-BG/NBD distribution, and a fit can recover its parameters.
+model's distribution, and a fit can recover its parameters.
 
-Vectorised generation: with N ~ Poisson(lambda * T) arrivals in the window and J ~ Geometric(p)
-purchases until dropout, the customer makes min(N, J) repeat purchases. If J <= N the dropout
-time is the J-th of N uniform order statistics, T * Beta(J, N - J + 1), and the first J - 1
-purchases are uniform before it; otherwise all N arrivals are uniform on [0, T] and, by
-memorylessness, dropout comes T + Gamma(J - N, lambda) after the first purchase.
-The ground truth is documented in docs/simulator.md.
+Vectorised generation (BG/NBD): with N ~ Poisson(lambda * T) arrivals in the window and
+J ~ Geometric(p) purchases until dropout, the customer makes min(N, J) repeat purchases. If J <= N
+the dropout time is the J-th of N uniform order statistics, T * Beta(J, N - J + 1), and the first
+J - 1 purchases are uniform before it; otherwise all N arrivals are uniform on [0, T] and, by
+memorylessness, dropout comes T + Gamma(J - N, lambda) after the first purchase. (Pareto/NBD:
+Poisson(lambda * min(lifetime, T)) purchases, uniform before the end.) The ground truth, the
+customer's true P(alive) at the end included, is documented in docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
+from scipy.special import expit
 
 CHANNELS = ("organic", "paid_search", "social", "email", "referral", "affiliate")
 _CHANNEL_COST = np.array([0.0, 25.0, 15.0, 3.0, 10.0, 8.0])  # mean acquisition cost per channel
@@ -47,10 +52,13 @@ class SimulationParams(BaseModel):
     days: int = Field(730, ge=30, description="observation length; nothing happens after start + days")
     acquisition_days: int = Field(365, ge=1, description="signups are uniform over the first this many days")
     prospect_share: float = Field(0.25, ge=0, lt=1, description="signed-up customers who never buy")
+    process: Literal["bgnbd", "pareto_nbd"] = Field("bgnbd", description="how customers drop out")
     r: float = Field(0.25, gt=0)
-    alpha: float = Field(20.0, gt=0, description="BG/NBD alpha in days")
-    a: float = Field(0.8, gt=0)
+    alpha: float = Field(20.0, gt=0, description="purchase-rate scale in days")
+    a: float = Field(0.8, gt=0, description="BG/NBD: drop-out probability ~ Beta(a, b)")
     b: float = Field(2.5, gt=0)
+    s: float = Field(0.8, gt=0, description="Pareto/NBD: drop-out rate ~ Gamma(s, beta)")
+    beta: float = Field(250.0, gt=0, description="Pareto/NBD: drop-out rate scale in days")
     p: float = Field(6.0, gt=0, description="Gamma-Gamma shape of order values")
     q: float = Field(4.0, gt=0)
     gamma: float = Field(15.0, gt=0)
@@ -103,27 +111,31 @@ def simulate(params: SimulationParams) -> Simulation:
     first = signup + rng.exponential(2.0, n)
     buyer &= first < params.days
     lam = rng.gamma(params.r, 1 / params.alpha, n)
-    drop_p = rng.beta(params.a, params.b, n)
+    bgnbd = params.process == "bgnbd"
+    # BG/NBD: the chance of dropping out after each repeat purchase; Pareto/NBD: the rate per day (mu)
+    drop = rng.beta(params.a, params.b, n) if bgnbd else rng.gamma(params.s, 1 / params.beta, n)
     nu = rng.gamma(params.q, 1 / params.gamma, n)
     engagement = lam * params.alpha / params.r
 
     # Repeat purchases (times in days after the first purchase) and the dropout time.
     horizon = np.where(buyer, params.days - first, 0.0)
-    arrivals = rng.poisson(lam * horizon)
-    until_drop = rng.geometric(drop_p)
-    died = buyer & (until_drop <= arrivals)
-    repeats = np.where(buyer, np.minimum(arrivals, until_drop), 0)
-    tau = np.where(
-        died,
-        horizon * rng.beta(np.maximum(until_drop, 1), np.maximum(arrivals - until_drop + 1, 1)),
-        horizon + rng.gamma(np.maximum(until_drop - arrivals, 1), 1 / np.maximum(lam, 1e-300)),
-    )
+    if bgnbd:
+        repeats, tau, died = _bgnbd_purchases(rng, buyer, lam, drop, horizon)
+    else:
+        tau = rng.exponential(1 / drop)
+        died = buyer & (tau < horizon)
+        repeats = np.where(buyer, rng.poisson(lam * np.minimum(tau, horizon)), 0)
     owner = np.repeat(np.arange(n), repeats)
     span = np.where(died, tau, horizon)[owner]
     offsets = rng.random(owner.size)
     block_start = np.cumsum(repeats) - repeats
-    offsets[block_start[died & (repeats > 0)]] = 1.0  # the dropout purchase itself, at exactly tau
+    if bgnbd:
+        offsets[block_start[died & (repeats > 0)]] = 1.0  # the dropout purchase itself, at exactly tau
     repeat_time = first[owner] + offsets * span
+    last = np.zeros(n)  # recency: days from the first purchase to the last
+    if owner.size:
+        last[repeats > 0] = np.maximum.reduceat(offsets * span, block_start[repeats > 0])
+    true_p_alive = _p_alive(params.process, repeats, last, horizon, lam, drop)
 
     buyers = np.flatnonzero(buyer)
     tx_owner = np.concatenate([buyers, owner])
@@ -154,17 +166,45 @@ def simulate(params: SimulationParams) -> Simulation:
         "is_buyer": buyer,
         "first_purchase_at": _at(start, np.where(buyer, first, np.nan)),
         "lambda_per_day": lam,
-        "dropout_probability": drop_p,
+        "dropout_probability" if bgnbd else "dropout_rate_per_day": drop,
         "nu": nu,
         "expected_order_value": params.p / nu,
         "engagement": engagement,
         "repeat_purchases": repeats,
         "dropout_at": _at(start, dropout),
         "alive_at_end": buyer & ~died,
+        "p_alive_at_end": np.where(buyer, true_p_alive, np.nan),
     })
     events = _events(rng, params, start, ids, signup, np.where(died, dropout, np.inf), engagement,
                      tx_owner, tx_time, amount)
     return Simulation(params, transactions, events, customers, truth)
+
+
+def _bgnbd_purchases(rng: np.random.Generator, buyer, lam, drop_p, horizon):
+    """Repeat purchases, dropout time (days after the first purchase) and whether it fell in the window."""
+    arrivals = rng.poisson(lam * horizon)
+    until_drop = rng.geometric(drop_p)
+    died = buyer & (until_drop <= arrivals)
+    repeats = np.where(buyer, np.minimum(arrivals, until_drop), 0)
+    tau = np.where(
+        died,
+        horizon * rng.beta(np.maximum(until_drop, 1), np.maximum(arrivals - until_drop + 1, 1)),
+        horizon + rng.gamma(np.maximum(until_drop - arrivals, 1), 1 / np.maximum(lam, 1e-300)),
+    )
+    return repeats, tau, died
+
+
+def _p_alive(process: str, x, t_x, T, lam, drop) -> np.ndarray:
+    """The true P(alive) at the end: given the customer's own rate and drop-out propensity and their
+    history (x repeat purchases, the last t_x days after the first, T days watched). The odds of
+    being gone are ``p / (1 - p) e^(lambda (T - t_x))`` (BG/NBD, x > 0; 0 without a repeat purchase)
+    and ``mu / (lambda + mu) (e^((lambda + mu) (T - t_x)) - 1)`` (Pareto/NBD)."""
+    with np.errstate(divide="ignore", over="ignore"):
+        if process == "bgnbd":
+            log_odds = np.where(x > 0, np.log(drop) - np.log1p(-drop) + lam * (T - t_x), -np.inf)
+        else:
+            log_odds = np.log(drop) - np.log(lam + drop) + np.log(np.expm1((lam + drop) * (T - t_x)))
+    return expit(-log_odds)
 
 
 def _channels(rng: np.random.Generator, engagement: np.ndarray) -> np.ndarray:

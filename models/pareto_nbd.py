@@ -25,11 +25,12 @@ parameters that autograd knows).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, gammaln
+from scipy.special import expit, gammaln, hyp2f1
 
-from models.btyd import Objective, PurchaseModel
+from models.btyd import FEW_ROWS, Objective, PurchaseModel, _unique_rows
 
 STEP = 1e-5  # of the central differences, in log-parameters
+SCIPY_UP_TO = 2.0  # scipy's hyp2f1(1, c; d; w) is accurate for |w| up to this
 
 
 class ParetoNBD(PurchaseModel):
@@ -79,9 +80,16 @@ def _value_and_gradient(log_params, x, t_x, T, weights, penalizer) -> tuple[floa
 
 
 def _log_tail(params, x, t) -> np.ndarray:
-    """log F(t) (see the module's docstring)."""
-    r, alpha, s, beta = params
+    """log F(t) (see the module's docstring), computed once per distinct (x, t)."""
     x, t = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(t, dtype=float))
+    if x.size <= FEW_ROWS:
+        return _log_tail_of_each(params, x, t)
+    (ux, ut), _, inverse = _unique_rows(x.ravel(), t.ravel())  # every one-time buyer has (0, 0), for one
+    return _log_tail_of_each(params, ux, ut)[inverse].reshape(x.shape)
+
+
+def _log_tail_of_each(params, x, t) -> np.ndarray:
+    r, alpha, s, beta = params
     low, high, power = (alpha, beta, r + x) if alpha < beta else (beta, alpha, np.full(x.shape, s + 1.0))
     total = r + s + x
     return (-(r + x) * np.log(alpha + t) - (s + 1) * np.log(beta + t) + np.log(high + t) - np.log(total)
@@ -98,17 +106,28 @@ def _log_between(params, x, start, end) -> np.ndarray:
 def log_hyp2f1_one(c, d, w) -> np.ndarray:
     """log 2F1(1, c; d; w) for w <= 0 and d > c > 0: a value in (0, 1], for any size of c, d and |w|.
 
-    Gauss's continued fraction ``1 / (1 + k1 u / (1 + k2 u / (1 + ...)))``, u = -w, with
-    ``k1 = c / d``, ``k(2m) = m (d - c + m - 1) / ((d + 2m - 2) (d + 2m - 1))`` and
-    ``k(2m + 1) = (c + m) (d + m - 1) / ((d + 2m - 1) (d + 2m))``: every k is positive, so each step
-    adds positive numbers (no cancellation) and the fraction converges for every u >= 0, in about
-    10 steps for u near 1 and 60 for u = 40. scipy's hyp2f1 returns NaN here for c of about 100 and
-    more, or d - c of a few hundred, once w < -1.
+    scipy's hyp2f1 where it is accurate (|w| <= ``SCIPY_UP_TO``: within 1e-14 of Gauss's fraction
+    for c and d - c from 0.01 to 1e5). Beyond, where scipy returns NaN (c of about 100) or wrong
+    values (off by up to 57 in the log for c and d - c below 60 and |w| = 5), Gauss's continued
+    fraction ``1 / (1 + k1 u / (1 + k2 u / (1 + ...)))``, u = -w, with ``k1 = c / d``,
+    ``k(2m) = m (d - c + m - 1) / ((d + 2m - 2) (d + 2m - 1))`` and ``k(2m + 1) = (c + m) (d + m - 1)
+    / ((d + 2m - 1) (d + 2m))``: every k is positive, so each step adds positive numbers (no
+    cancellation) and the fraction converges for every u >= 0, in about 10 steps for u near 1 and
+    60 for u = 40.
     """
     c, d, u = np.broadcast_arrays(c, d, -np.asarray(w, dtype=float))
     shape = u.shape
     c, d, u = (np.array(v, dtype=float).ravel() for v in (c, d, u))
-    # modified Lentz: value = 1 / (1 + a1 / (1 + a2 / ...)), a_j = k_j u
+    out = np.full(len(u), np.nan)
+    easy = u <= SCIPY_UP_TO
+    out[easy] = np.log(hyp2f1(1.0, c[easy], d[easy], -u[easy]))
+    hard = ~np.isfinite(out)
+    out[hard] = -np.log(_continued_fraction(c[hard], d[hard], u[hard]))
+    return out.reshape(shape)
+
+
+def _continued_fraction(c, d, u) -> np.ndarray:
+    """1 / 2F1(1, c; d; -u) by the modified Lentz method: 1 + a1 / (1 + a2 / ...), a_j = k_j u."""
     value, front, back = np.ones_like(u), np.ones_like(u), np.zeros_like(u)
     going = np.arange(len(u))
     j = 1
@@ -127,4 +146,4 @@ def log_hyp2f1_one(c, d, w) -> np.ndarray:
         value[going] *= step
         going = going[np.abs(step - 1) > 1e-16]
         j += 1
-    return -np.log(value).reshape(shape)
+    return value
