@@ -30,6 +30,8 @@ class Engine(StrEnum):
 
 
 console = Console()
+if not console.is_terminal and "COLUMNS" not in os.environ:
+    console.width = 120  # a log or a pipe: wide enough for every table (a terminal keeps its own width)
 app = typer.Typer(
     help="Predict churn, lifecycle stage and customer lifetime value from an online shop's order log.",
     no_args_is_help=True,
@@ -97,22 +99,27 @@ def data_simulate(
     start: Annotated[str, typer.Option(help="First day of the window.")] = "2024-01-01",
     events: Annotated[bool, typer.Option(help="Also simulate engagement events.")] = True,
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    process: Annotated[str, typer.Option(help="How customers drop out: bgnbd (after a repeat purchase) or "
+                                              "pareto_nbd (at any moment).")] = "bgnbd",
 ) -> None:
-    """Simulate a shop with known ground truth (BG/NBD purchases, Gamma-Gamma spend, engagement events).
+    """Simulate a shop with known ground truth (BG/NBD or Pareto/NBD purchases, Gamma-Gamma spend, engagement).
 
-    Example: [bold]lifecycle data simulate --customers 100000 --seed 7 --out data/sim[/bold]
+    Example: [bold]lifecycle data simulate --customers 100000 --seed 7 --process pareto_nbd --out data/sim[/bold]
     """
     if fmt not in ("parquet", "csv"):
         raise LifecycleError(f"--format must be parquet or csv, not {fmt!r}")
+    if process not in ("bgnbd", "pareto_nbd"):
+        raise LifecycleError(f"--process must be bgnbd or pareto_nbd, not {process!r}")
     try:
         start_date = date.fromisoformat(start)
     except ValueError:
         raise LifecycleError(f"--start must be a date like 2024-01-01, not {start!r}") from None
     with console.status(f"simulating {customers:,} customers..."):
         sim = simulate(SimulationParams(customers=customers, seed=seed, days=days, start=str(start_date),
-                                        events=events))
+                                        events=events, process=process))
         paths = sim.write(out, fmt)
-    table = Table("table", "rows", "file", title=f"simulated shop (seed {seed}), {start_date}..{sim.end.date()}")
+    table = Table("table", "rows", "file",
+                  title=f"simulated {process} shop (seed {seed}), {start_date}..{sim.end.date()}")
     for name, path in paths.items():
         table.add_row(name, f"{len(getattr(sim, name)):,}", str(path))
     console.print(table)
@@ -156,7 +163,7 @@ def train(
 
     settings = _settings(ctx)
     _use_inputs(settings, transactions, events, customers)
-    with console.status("training (features, BG/NBD, Gamma-Gamma, LightGBM) and gating..."):
+    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating..."):
         run = run_training(settings)
     _print_training(run)
 
@@ -195,14 +202,15 @@ def models(ctx: typer.Context) -> None:
     from lifecycle.training import open_registry, registry
 
     client, uri = open_registry(_settings(ctx))
-    table = Table("version", "aliases", "gate", "churn AUC", "CLV Gini", "purchases MAE", "created",
-                  title=f"{registry.MODEL_NAME} in {uri}")
+    table = Table("version", "aliases", "gate", "purchase model", "churn from", "churn AUC", "next stage AUC",
+                  "CLV Gini", "purchases MAE", "created", title=f"{registry.MODEL_NAME} in {uri}")
     found = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
     for number in sorted((int(v.version) for v in found), reverse=True):
         version = client.get_model_version(registry.MODEL_NAME, str(number))  # search leaves aliases out
         metrics = client.get_run(version.run_id).data.metrics
         gate = {"True": "promoted", "False": "held back"}.get(version.tags.get("gate_promoted", ""), "-")
         table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
+                      *(version.tags.get(key, "-") for key in ("purchase_model", "churn_source")),
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
                       datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
@@ -409,7 +417,7 @@ def demo(ctx: typer.Context) -> None:
     settings.inputs.transactions = TableSource(path=str(path))
     data = open_dataset(settings)
     _print_inputs(data)
-    with console.status("training (features, BG/NBD, Gamma-Gamma, LightGBM) and gating..."):
+    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating..."):
         run = run_training(settings, data)
     _print_training(run)
     out = settings.state_dir / "output" / "cdnow_scores.parquet"
@@ -417,7 +425,7 @@ def demo(ctx: typer.Context) -> None:
         score_batch(load_model(settings), data, run.result.windows.end, out)
         scores = pd.read_parquet(out)
     _print_scores(scores, out)
-    _print_published_bgnbd()
+    _print_published_models()
 
 
 def _print_scores(scores, out: Path) -> None:
@@ -443,21 +451,25 @@ def _print_scores(scores, out: Path) -> None:
     console.print(f"every customer's record: [bold]{out}[/bold]")
 
 
-def _print_published_bgnbd() -> None:
-    """Our BG/NBD on the published estimation sample (CDNOW 1/10, weeks 1-39) beside the paper."""
+def _print_published_models() -> None:
+    """BG/NBD and Pareto/NBD on the published estimation sample (CDNOW 1/10, weeks 1-39) beside the papers."""
     import pandas as pd
 
-    from models.bgnbd import BGNBD
+    from models.purchase_models import PURCHASE_MODELS
 
     sample = pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))
-    model = BGNBD().fit(sample.x, sample.t_x, sample["T"])
-    published = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
-    table = Table("BG/NBD", "ours", "Fader, Hardie & Lee (2005)",
-                  title="BG/NBD on the published CDNOW sample (2,357 customers, weeks 1-39)")
-    for name, value in published.items():
-        table.add_row(name, f"{model.params_[name]:.4f}", f"{value:.3f}")
-    table.add_row("log-likelihood", f"{model.log_likelihood_:.2f}", "-9582.4")
-    console.print(table)
+    published = {"bgnbd": ("Fader, Hardie & Lee (2005)", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
+                           -9582.4),
+                 "pareto_nbd": ("Fader & Hardie (2005)", {"r": 0.553, "alpha": 10.58, "s": 0.606, "beta": 11.66},
+                                -9594.98)}
+    for name, (source, params, log_likelihood) in published.items():
+        model = PURCHASE_MODELS[name]().fit(sample.x, sample.t_x, sample["T"])
+        table = Table(model.label, "ours", source,
+                      title=f"{model.label} on the published CDNOW sample (2,357 customers, weeks 1-39)")
+        for key, value in params.items():
+            table.add_row(key, f"{model.params_[key]:.4f}", f"{value}")
+        table.add_row("log-likelihood", f"{model.log_likelihood_:.2f}", f"{log_likelihood}")
+        console.print(table)
 
 
 def _use_inputs(settings: Settings, transactions: str | None, events: str | None, customers: str | None) -> None:
@@ -472,29 +484,55 @@ def _print_training(run) -> None:
     result, decision = run.result, run.decision
     evaluation, w = result.evaluation, result.windows
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
-    console.print(f"windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; "
-                  f"BG/NBD and Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next "
-                  f"{w.btyd_holdout_days} days")
+    console.print(f"windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
+                  f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
+    _print_purchase_models(evaluation.purchase_models, result.model.purchases.name)
     table = Table("metric", "model", "baseline", "baseline value", title="out-of-time evaluation")
-    pairs = [("churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
-             ("churn_roc_auc", "1 - P(alive)", "churn_roc_auc_p_alive"),
-             ("churn_pr_auc", "", ""), ("churn_brier", "", ""), ("churn_ece", "", ""), ("next_stage_roc_auc", "", ""),
-             ("holdout_purchases_mae", "past purchase rate", "holdout_purchases_mae_past_rate"),
-             ("holdout_purchases_aggregate_error", "past purchase rate",
-              "holdout_purchases_aggregate_error_past_rate"),
-             ("clv_spearman", "past spend rate", "clv_spearman_spend_rate"),
-             ("clv_gini", "past spend rate", "clv_gini_spend_rate"),
-             ("clv_top_decile_capture", "past spend rate", "clv_top_decile_capture_spend_rate"),
-             ("clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate")]
-    for metric, baseline, key in pairs:
-        table.add_row(metric, f"{evaluation.metrics[metric]:.4f}", baseline,
+    btyd = "P(no purchase)"
+    rows = [("churn ROC-AUC", "churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
+            ("classifier ROC-AUC, buyers", "churn_buyers_classifier_roc_auc", btyd, "churn_buyers_roc_auc_btyd"),
+            ("classifier Brier, buyers", "churn_buyers_classifier_brier", btyd, "churn_buyers_brier_btyd"),
+            ("churn PR-AUC", "churn_pr_auc", "", ""), ("churn Brier", "churn_brier", "", ""),
+            ("churn ECE", "churn_ece", "", ""), ("next-stage ROC-AUC", "next_stage_roc_auc", "", ""),
+            ("holdout purchases MAE", "holdout_purchases_mae", "past purchase rate",
+             "holdout_purchases_mae_past_rate"),
+            ("holdout purchases total error", "holdout_purchases_aggregate_error", "past purchase rate",
+             "holdout_purchases_aggregate_error_past_rate"),
+            ("CLV Spearman", "clv_spearman", "past spend rate", "clv_spearman_spend_rate"),
+            ("CLV normalized Gini", "clv_gini", "past spend rate", "clv_gini_spend_rate"),
+            ("CLV top-decile capture", "clv_top_decile_capture", "past spend rate",
+             "clv_top_decile_capture_spend_rate"),
+            ("CLV decile MAPE", "clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate")]
+    for label, metric, baseline, key in rows:
+        table.add_row(label, f"{evaluation.metrics[metric]:.4f}", baseline,
                       f"{evaluation.baselines[key]:.4f}" if key else "")
     console.print(table)
+    console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
     if run.drift:
         _print_drift(run.drift, f"the champion's training data (version {decision.champion_version})")
     console.print(f"version {run.version}: [bold]{verdict}[/bold] ({why})")
+
+
+def _print_purchase_models(compared, chosen: str) -> None:
+    """Every candidate purchase model's holdout metrics, the chosen one marked."""
+    from models.purchase_models import PURCHASE_MODELS
+
+    table = Table("model", "holdout LL", "MAE", "total error", "P(none) AUC", "P(none) Brier", "",
+                  title="purchase models on the holdout (highest log-likelihood (LL) chosen, unless configured)")
+    for name, row in compared.iterrows():
+        table.add_row(PURCHASE_MODELS[name].label, f"{row.holdout_log_likelihood:.4f}",
+                      f"{row.holdout_purchases_mae:.4f}", f"{row.holdout_purchases_aggregate_error:+.4f}",
+                      f"{row.churn_roc_auc:.4f}", f"{row.churn_brier:.4f}", "chosen" if name == chosen else "")
+    console.print(table)
+
+
+def _churn_source_line(source: str, purchase_model: str) -> str:
+    if source == "classifier":
+        return "churn_probability: the LightGBM classifier (it beats the purchase model's P(no purchase) on buyers)"
+    return (f"churn_probability: [bold]{purchase_model}'s P(no purchase)[/bold] for buyers (the classifier did not "
+            "beat it on both ROC-AUC and Brier); the classifier for prospects")
 
 
 def _print_drift(psi: dict[str, float], reference: str, shown: int = 10) -> None:

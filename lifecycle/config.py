@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError
@@ -25,6 +25,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import FeatureParams, StageRules
 from features.sources import TableSource
+from models.purchase_models import AUTO, PURCHASE_MODELS
 from serving.settings import ServingSettings
 
 DEFAULT_CONFIG = Path("lifecycle.toml")
@@ -43,6 +44,13 @@ class DuckDBSettings(BaseModel):
 
     memory_limit: str | None = Field(None, description="e.g. '2GB'; spills to the state folder beyond it")
     threads: int | None = Field(None, ge=1)
+
+
+class BTYDSettings(BaseModel):
+    """The purchase model: chosen on the holdout (``auto``) or forced."""
+
+    model: Literal[(AUTO, *PURCHASE_MODELS)] = Field(  # type: ignore[valid-type]
+        AUTO, description=f"{AUTO}: the highest holdout log-likelihood among {', '.join(PURCHASE_MODELS)}")
 
 
 class MlflowSettings(BaseModel):
@@ -73,6 +81,7 @@ class Settings(BaseSettings):
     inputs: Inputs = Field(default_factory=Inputs)
     features: FeatureParams = Field(default_factory=FeatureParams)
     stages: StageRules = Field(default_factory=StageRules)
+    btyd: BTYDSettings = Field(default_factory=BTYDSettings)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)

@@ -44,7 +44,8 @@ def run_training(settings: Settings, data: Dataset | None = None) -> TrainRun:
     """Validate, train out of time, log and register, gate, then move the aliases (only at the end)."""
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
-    result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed)
+    result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
+                   purchase_model=settings.btyd.model)
     drift = registry.drift_from_champion(client, result.features)
     first, last = data.date_range()
     report = data.report["transactions"]

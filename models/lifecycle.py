@@ -1,7 +1,8 @@
 """The whole scorer: feature rows in, the design's output records out.
 
-``LifecycleModel`` holds every fitted part (the feature builder's learned state, BG/NBD,
-Gamma-Gamma and the two classifiers), the horizons they were fitted for and the profile of the
+``LifecycleModel`` holds every fitted part (the feature builder's learned state, the purchase
+model, Gamma-Gamma and the two classifiers), the horizons they were fitted for, which of the churn
+classifier and the purchase model serves buyers' churn probability, and the profile of the
 features they were fitted on (for drift checks). BTYD applies to customers who bought: for
 prospects (no purchase yet) its outputs are missing, and the classifiers, trained on everyone
 known at the time, score them from their engagement.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,16 @@ from models.classifier import Classifier
 from models.drift import FeatureProfile
 
 DAYS_PER_MONTH = 365.25 / 12
+# Raised when this code can no longer use a model an older release fitted (2: three purchase models,
+# the churn source, interpolated calibration); a model records the format it was fitted in.
+MODEL_FORMAT = 2
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
     "r_score", "f_score", "m_score", "rfm_segment", "p_alive", "expected_purchases", "expected_order_value", "clv",
-    "churn_probability", "next_stage", "next_stage_probability", "churn_drivers", "next_stage_drivers",
+    "churn_probability", "btyd_churn_probability", "next_stage", "next_stage_probability", "churn_drivers",
+    "next_stage_drivers",
     "model_version",
 )
 
@@ -46,16 +51,18 @@ class Horizons:
 
 def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
                  horizons: Horizons) -> dict[str, np.ndarray]:
-    """P(alive), expected purchases, expected order value and CLV per row; missing for non-buyers."""
+    """P(alive), expected purchases (over the churn horizon), expected order value, CLV and the purchase
+    model's probability of no purchase over the churn horizon per row; missing for non-buyers."""
     buyers = np.asarray(features["orders"], dtype=float) > 0
     out = {name: np.full(len(buyers), np.nan) for name in ("p_alive", "expected_purchases", "expected_order_value",
-                                                          "clv")}
+                                                          "clv", "btyd_churn_probability")}
     if buyers.any():
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
         months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
         out["p_alive"][buyers] = purchases.p_alive(f, r, t)
         out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
+        out["btyd_churn_probability"][buyers] = purchases.p_no_purchase(horizons.churn_days, f, r, t)
         out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
         out["clv"][buyers] = clv(purchases, spend, f, r, t, m, months=months,
                                  monthly_discount=monthly_rate(horizons.annual_discount_rate),
@@ -82,6 +89,10 @@ class LifecycleModel:
     # registered before drift checks existed: they report no drift).
     profile: FeatureProfile | None = None
     version: str | None = None
+    # Which serves buyers' churn_probability: the classifier, or (when it did not beat it out of time)
+    # the purchase model's P(no purchase); prospects always get the classifier's.
+    churn_source: str = "classifier"
+    model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
         """Output records (one per feature row) in the order of ``OUTPUT_COLUMNS``; each row's ``drivers``
@@ -95,6 +106,11 @@ class LifecycleModel:
         btyd = btyd_columns(self.purchases, self.spend, features, self.horizons)
         inputs = classifier_inputs(features, btyd)
         churn, order, credit = self.churn.predict_with_drivers(inputs, drivers)
+        churn_drivers = drivers_json(self.churn.features_, order, credit)
+        if self.churn_source == "btyd":  # buyers get the purchase model's probability, which has no drivers
+            scored = ~np.isnan(btyd["btyd_churn_probability"])
+            churn = np.where(scored, btyd["btyd_churn_probability"], churn)
+            churn_drivers = np.where(scored, "[]", churn_drivers).astype(object)
         climbing = np.asarray(pd.notna(features["next_stage"]), dtype=bool)
         probability, reasons = np.full(rows, np.nan), np.full(rows, "[]", dtype=object)
         if climbing.any():
@@ -103,9 +119,14 @@ class LifecycleModel:
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
         out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
             "churn_probability": churn, "next_stage_probability": probability,
-            "churn_drivers": drivers_json(self.churn.features_, order, credit), "next_stage_drivers": reasons,
+            "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}
+
+
+def model_format(fitted: object) -> int:
+    """The format a fitted model or twin was saved in (1: before formats were recorded)."""
+    return vars(fitted).get("model_format", 1)
 
 
 def drivers_json(names: list[str], order: np.ndarray, credit: np.ndarray) -> np.ndarray:

@@ -7,4 +7,5 @@ from models.btyd import PurchaseModel
 from models.mbgnbd import MBGNBD
 from models.pareto_nbd import ParetoNBD
 
+AUTO = "auto"  # choose among them on the holdout (training.train.choose_purchase_model)
 PURCHASE_MODELS: dict[str, type[PurchaseModel]] = {model.name: model for model in (BGNBD, MBGNBD, ParetoNBD)}

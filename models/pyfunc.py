@@ -23,7 +23,8 @@ from mlflow.models import infer_signature
 
 import features
 import models
-from models.lifecycle import LifecycleModel
+from features.errors import LifecycleError
+from models.lifecycle import MODEL_FORMAT, LifecycleModel, model_format
 
 REQUIREMENTS = ("lifetimes", "setuptools", "numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "duckdb",
                 "pyarrow", "pydantic", "autograd")
@@ -88,11 +89,20 @@ class Registered:
     metadata: mlflow.models.Model  # MLflow's description of it: signature, flavours
 
 
+class IncompatibleModel(LifecycleError):
+    """A model an older release saved, which this code cannot use."""
+
+
 def load(uri: str) -> Registered:
     """Load the pyfunc at ``uri`` (from the current MLflow registry); the model's ``version`` is set to the
-    registered version holding its run, else the run id, else the URI."""
+    registered version holding its run, else the run id, else the URI. Raises IncompatibleModel for a
+    model saved by an older, incompatible release."""
     loaded = mlflow.pyfunc.load_model(uri)
     model: LifecycleModel = loaded.unwrap_python_model().model
+    if model_format(model) != MODEL_FORMAT:
+        raise IncompatibleModel(f"{uri} was saved by an older release of customer-lifecycle (model format "
+                                f"{model_format(model)}, this release reads {MODEL_FORMAT}): train a new version "
+                                "with `lifecycle train`")
     run_id = loaded.metadata.run_id
     found = mlflow.MlflowClient().search_model_versions(f"run_id='{run_id}'") if run_id else []
     version = found[0] if found else None

@@ -8,13 +8,14 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
-from models.classifier import Classifier
+from models.classifier import Classifier, calibrated, calibration
 from tests.conftest import load
 from training import evaluate
 
@@ -42,6 +43,7 @@ def split():
     for table in (train, test):
         table["p_alive"] = btyd.p_alive(table.frequency, table.recency, table["T"])
         table["expected_purchases"] = btyd.expected_purchases(HORIZON, table.frequency, table.recency, table["T"])
+        table["btyd_churn_probability"] = btyd.p_no_purchase(HORIZON, table.frequency, table.recency, table["T"])
     return train, test
 
 
@@ -50,15 +52,43 @@ def features(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_churn_model_beats_both_baselines_out_of_time(split):
+    """Recency, and BG/NBD's own probability of no purchase in the window (an input of the model)."""
     train, test = split
     model = Classifier(seed=1).fit(features(train), train.churned)
     y = test.churned.to_numpy()
-    auc = roc_auc_score(y, model.predict_proba(features(test)))
+    probability = model.predict_proba(features(test))
+    auc = roc_auc_score(y, probability)
     recency = roc_auc_score(y, test.recency_days)
-    not_alive = roc_auc_score(y, 1 - test.p_alive)
-    assert auc > max(recency, not_alive) + 0.01, (auc, recency, not_alive)
-    assert evaluate.expected_calibration_error(y, model.predict_proba(features(test))) < 0.05
+    btyd = roc_auc_score(y, test.btyd_churn_probability)
+    assert auc > max(recency, btyd) + 0.02, (auc, recency, btyd)
+    assert evaluate.classification(y, probability)["brier"] < 0.9 * evaluate.classification(
+        y, test.btyd_churn_probability)["brier"]
+    assert evaluate.expected_calibration_error(y, probability) < 0.03
     assert model.best_iteration_ < model.max_rounds  # early stopping stopped it
+
+
+def test_calibration_keeps_the_classifiers_order(split):
+    """The isotonic steps' centres are interpolated, so distinct scores stay distinct and in order."""
+    train, test = split
+    model = Classifier(seed=1).fit(features(train), train.churned)
+    matrix = model._matrix(features(test))
+    raw = model.booster_.predict(matrix, raw_score=True)
+    probability = model.predict_proba(features(test))
+    order = np.argsort(raw, kind="stable")
+    steps, rises = np.diff(raw[order]), np.diff(probability[order])
+    assert (rises[steps > 0] > 0).all() and (rises[steps == 0] == 0).all()
+    assert len(np.unique(probability)) == len(np.unique(raw))
+
+
+def test_calibration_map_by_hand():
+    """Scores 0..3 with outcomes 0, 1, 0, 1: isotonic steps 0 (at 0), 0.5 (1 and 2, centre 1.5) and 1 (at 3)."""
+    centres, values = calibration(np.array([0.0, 1.0, 2.0, 3.0]), np.array([0, 1, 0, 1]))
+    np.testing.assert_allclose(centres, [0, 1.5, 3])
+    np.testing.assert_allclose(values, [0, 0.5, 1])
+    probability = calibrated(np.array([0.75, 1.5, 2.25, -1.0, 4.0]), centres, values)
+    np.testing.assert_allclose(probability[:3], [0.25, 0.5, 0.75])
+    # beyond the outer centres, along the raw log-odds from 1e-6 and 1 - 1e-6
+    np.testing.assert_allclose(probability[3:], [expit(-1 + logit(1e-6)), expit(1 + logit(1 - 1e-6))])
 
 
 def test_same_seed_same_model(split):
@@ -79,7 +109,6 @@ def test_contributions_add_up_to_the_raw_score_and_name_the_drivers(split):
     np.testing.assert_allclose(many.head(50).to_numpy(), contributions.to_numpy(), rtol=0, atol=1e-12)
     probability, order, credit = model.predict_with_drivers(rows, top=3)
     np.testing.assert_array_equal(probability, model.predict_proba(rows))
-    np.testing.assert_allclose(probability, model.calibrator_.predict(raw), rtol=0, atol=1e-12)
     for i in (0, 17, 49):
         row = contributions.drop(columns="bias").iloc[i]
         largest = row.abs().sort_values(ascending=False, kind="stable").index[:3]

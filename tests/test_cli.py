@@ -95,6 +95,10 @@ def test_simulate_writes_tables_and_ground_truth(tmp_path):
     for name in ("transactions", "events", "customers", "truth"):
         assert (tmp_path / "sim" / f"{name}.parquet").is_file()
     assert '"seed": 2' in (tmp_path / "sim" / "truth.json").read_text()
+    pareto = run("data", "simulate", "--customers", "300", "--process", "pareto_nbd", "--out", "pareto", cwd=tmp_path)
+    assert pareto.returncode == 0 and '"process": "pareto_nbd"' in (tmp_path / "pareto" / "truth.json").read_text()
+    wrong = run("data", "simulate", "--process", "weibull", "--out", "w", cwd=tmp_path)
+    assert wrong.returncode == 2 and "--process must be bgnbd or pareto_nbd" in wrong.stderr
 
 
 def test_demo_runs_the_main_job_on_cdnow(tmp_path):
@@ -104,6 +108,10 @@ def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     assert "version 1: promoted to champion (first model)" in out
     assert "ten most valuable" in out and "Champions" in out and "Fader, Hardie & Lee (2005)" in out
     assert "│ r │ 0.2426 │ 0.243 │" in out and "-9582.43" in out
+    assert "Fader & Hardie (2005)" in out and "│ beta │ 11.6679 │ 11.66 │" in out and "-9594.97" in out
+    # the purchase models side by side, the one chosen, and what serves the churn probability
+    assert "│ BG/NBD │" in out and "│ MBG/NBD │" in out and "│ Pareto/NBD │" in out and "chosen" in out
+    assert "churn_probability: " in out
     scores = pd.read_parquet(tmp_path / ".lifecycle/output/cdnow_scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
 
@@ -135,6 +143,7 @@ def test_train_registers_and_gates_and_the_registry_commands(trained):
     assert (tmp_path / ".lifecycle" / "mlflow.db").is_file()
     listed = run("models", cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout
+    assert any(name in listed.stdout for name in ("bgnbd", "mbgnbd", "pareto_nbd"))
     assert run("rollback", cwd=tmp_path).returncode == 2  # nothing to roll back to yet
     missing = run("promote", "9", cwd=tmp_path)
     assert missing.returncode == 2 and "no version '9'" in missing.stderr

@@ -18,7 +18,7 @@ def lines(figure) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def test_calibration_vs_holdout_averages_by_calibration_frequency_with_a_pooled_tail():
     holdout = pd.DataFrame({"frequency": [0, 0, 1, 3, 9], "purchases": [0, 2, 1, 4, 6],
                             "predicted": [0.5, 0.5, 1.0, 3.0, 5.0], "past_rate": [0, 0, 2, 6, 20]})
-    drawn = lines(plots.calibration_vs_holdout(holdout, days=100, groups=3))
+    drawn = lines(plots.calibration_vs_holdout(holdout, days=100, model="BG/NBD", groups=3))
     # buckets: 0 -> rows 0-1, 1 -> row 2, 2+ -> rows 3-4
     np.testing.assert_array_equal(drawn["actual"][0], [0, 1, 2])
     np.testing.assert_allclose(drawn["actual"][1], [1, 1, 5])
@@ -27,17 +27,18 @@ def test_calibration_vs_holdout_averages_by_calibration_frequency_with_a_pooled_
 
 
 def test_cumulative_gain_of_a_perfect_and_of_a_reversed_ranking():
-    churn = pd.DataFrame({"churned": [1, 0, 1, 0], "probability": [0.9, 0.1, 0.8, 0.2],
-                          "recency": [1, 4, 2, 3], "not_alive": [0.5, 0.5, 0.5, 0.5]})
+    churn = pd.DataFrame({"churned": [1, 0, 1, 0], "served": [0.9, 0.1, 0.8, 0.2], "classifier": [0.9, 0.1, 0.8, 0.2],
+                          "recency": [1, 4, 2, 3], "btyd": [0.5, 0.5, 0.5, np.nan]})
     drawn = lines(plots.cumulative_gain(churn))
-    np.testing.assert_allclose(drawn["LightGBM churn model"][1], [0.5, 1, 1, 1])  # both churners first
+    np.testing.assert_allclose(drawn["served churn probability"][1], [0.5, 1, 1, 1])  # both churners first
     np.testing.assert_allclose(drawn["recency alone"][1], [0, 0, 0.5, 1])  # both churners last
-    np.testing.assert_allclose(drawn["1 - P(alive)"][1], [0.5, 0.5, 1, 1])  # ties keep the input order
+    # a prospect (no P(no purchase)) ranks first, then ties keep the input order
+    np.testing.assert_allclose(drawn["purchase model's P(no purchase)"][1], [0, 0.5, 0.5, 1])
 
 
 def test_reliability_curve_bins_probabilities():
-    churn = pd.DataFrame({"churned": [0, 1, 0, 1, 1], "probability": [0.05, 0.05, 0.95, 0.95, 0.95]})
-    predicted, observed = lines(plots.reliability(churn))["LightGBM churn model"]
+    churn = pd.DataFrame({"churned": [0, 1, 0, 1, 1], "served": [0.05, 0.05, 0.95, 0.95, 0.95]})
+    predicted, observed = lines(plots.reliability(churn))["served churn probability"]
     np.testing.assert_allclose(predicted, [0.05, 0.95])
     np.testing.assert_allclose(observed, [0.5, 2 / 3])
 

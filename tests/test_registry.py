@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import mlflow
@@ -9,6 +10,7 @@ import pytest
 
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
+from models import pyfunc
 from models.lifecycle import Horizons
 from tests.conftest import load
 from training import registry
@@ -45,12 +47,18 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     weak, decision = run_once(client, data, classifier_params=BROKEN)
-    assert not decision.promote and any(r.startswith("churn_roc_auc") for r in decision.reasons)
-    assert decision.champion["churn_roc_auc"] > decision.challenger["churn_roc_auc"] * 1.01
+    # classifiers that cannot split: the churn probability falls back to the purchase model's, so it is no
+    # worse than the champion's, but the next-stage probability is, and the gate holds the version back
+    assert decision.challenger["churn_roc_auc"] >= decision.champion["churn_roc_auc"] * 0.99
+    assert not decision.promote and [r.split()[0] for r in decision.reasons] == ["next_stage_roc_auc"]
+    assert decision.champion["next_stage_roc_auc"] > decision.challenger["next_stage_roc_auc"] * 1.01
     assert registry.alias_version(client, "champion") == first
     assert registry.alias_version(client, "challenger") == weak
     tags = client.get_model_version(registry.MODEL_NAME, weak).tags
     assert tags["gate_promoted"] == "False" and tags["gate_champion_version"] == first
+    assert tags["churn_source"] == "btyd" and tags["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd")
+    candidates = client.get_run(client.get_model_version(registry.MODEL_NAME, weak).run_id).data.metrics
+    assert {f"purchase_model_{m}_holdout_log_likelihood" for m in ("bgnbd", "mbgnbd", "pareto_nbd")} <= set(candidates)
     # the same data as the champion's: every feature's drift is logged, and none moved
     metrics = client.get_run(client.get_model_version(registry.MODEL_NAME, weak).run_id).data.metrics
     drift = {name: value for name, value in metrics.items() if name.startswith("drift_psi_")}
@@ -82,3 +90,20 @@ def test_rollback_without_a_previous_champion_is_a_clear_error(tmp_path):
     client = registry.connect(registry.local_tracking_uri(tmp_path))
     with pytest.raises(LifecycleError, match="no previous champion"):
         registry.rollback(client)
+
+
+def test_a_champion_from_an_older_release_is_replaced_not_compared(cdnow_run, tmp_path):
+    """A model saved before model formats were recorded cannot be loaded for scoring (a clear error), gives no
+    drift, and the gate promotes a new version over it with the reason instead of failing."""
+    data, result = cdnow_run
+    client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
+    old = copy.deepcopy(result)
+    del old.model.model_format, old.twin.model_format
+    _, version = registry.record(old, params={}, summary={}, drift={})
+    registry.conclude(client, version, registry.Decision(True, {}))
+    with pytest.raises(pyfunc.IncompatibleModel, match=r"older release of customer-lifecycle \(model format 1"):
+        pyfunc.load(f"models:/{registry.MODEL_NAME}/{version}")
+    assert registry.drift_from_champion(client, result.features) == {}
+    decision = registry.gate(client, data, result, tolerance=0.01)
+    assert decision.promote and decision.reasons == [
+        f"the champion (version {version}) was saved by an older, incompatible release"]

@@ -139,6 +139,8 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     status, about = server.request("POST", "/model", {})
     assert status == 200 and about["version"] == "1" and about["alias"] == "champion"
     assert about["gate"]["promoted"] == "True" and about["features"] == list(features.columns)
+    assert about["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd") and about["churn_source"] in (
+        "classifier", "btyd")
     for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
         assert server.request("GET", path, auth=False)[0] == 200, path
 

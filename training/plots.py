@@ -15,7 +15,9 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from models.btyd import PurchaseModel
 from training.train import TrainingResult
 
-CHURN_SCORES = {"LightGBM churn model": "probability", "recency alone": "recency", "1 - P(alive)": "not_alive"}
+# Prospects have no P(no purchase) from the purchase model: its curves rank them first (as certain churners).
+CHURN_SCORES = {"served churn probability": "served", "LightGBM churn classifier": "classifier",
+                "purchase model's P(no purchase)": "btyd", "recency alone": "recency"}
 MAX_FREQUENCY_SHOWN = 0.995  # quantile of calibration frequency the matrices reach (the rest is a sparse tail)
 
 
@@ -24,14 +26,15 @@ def figures(result: TrainingResult) -> dict[str, Figure]:
     evaluation, w = result.evaluation, result.windows
     age = (w.btyd_calibration_end - w.first).days
     top = max(1, int(np.quantile(evaluation.holdout.frequency, MAX_FREQUENCY_SHOWN)))
-    where = f"BG/NBD fitted to {w.btyd_calibration_end}"
     purchases = result.twin.holdout_purchases
+    where = f"{purchases.label} fitted to {w.btyd_calibration_end}"
     return {
         "expected_purchases_matrix": frequency_recency_matrix(
             purchases, top, age, w.btyd_holdout_days,
             f"{where}: expected purchases in the next {w.btyd_holdout_days} days"),
         "p_alive_matrix": frequency_recency_matrix(purchases, top, age, None, f"{where}: P(alive)"),
-        "calibration_vs_holdout_purchases": calibration_vs_holdout(evaluation.holdout, w.btyd_holdout_days),
+        "calibration_vs_holdout_purchases": calibration_vs_holdout(evaluation.holdout, w.btyd_holdout_days,
+                                                                   purchases.label),
         "churn_reliability": reliability(evaluation.churn),
         "churn_roc": churn_curves(evaluation.churn, "roc"),
         "churn_pr": churn_curves(evaluation.churn, "pr"),
@@ -61,14 +64,14 @@ def frequency_recency_matrix(model: PurchaseModel, max_frequency: int, age: floa
     return figure
 
 
-def calibration_vs_holdout(holdout: pd.DataFrame, days: int, groups: int = 8) -> Figure:
+def calibration_vs_holdout(holdout: pd.DataFrame, days: int, model: str, groups: int = 8) -> Figure:
     """Mean holdout purchases, actual and predicted, by purchases in the calibration period."""
     bucket = holdout.frequency.clip(upper=groups - 1).astype(int)
     means = holdout.groupby(bucket)[["purchases", "predicted", "past_rate"]].mean()
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     ax.plot(means.index, means.purchases, "o-", label="actual")
-    ax.plot(means.index, means.predicted, "s--", label="BG/NBD")
+    ax.plot(means.index, means.predicted, "s--", label=model)
     ax.plot(means.index, means.past_rate, "^:", label="past purchase rate")
     ax.set_xticks(means.index, [*map(str, means.index[:-1]), f"{means.index[-1]}+"])
     ax.set(xlabel="repeat purchases in the calibration period", ylabel=f"mean purchases in the next {days} days",
@@ -79,11 +82,11 @@ def calibration_vs_holdout(holdout: pd.DataFrame, days: int, groups: int = 8) ->
 
 def reliability(churn: pd.DataFrame, bins: int = 10) -> Figure:
     """Observed churn rate against the predicted probability (ten equal-width bins)."""
-    observed, predicted = calibration_curve(churn.churned, churn.probability, n_bins=bins)
+    observed, predicted = calibration_curve(churn.churned, churn.served, n_bins=bins)
     figure = Figure(figsize=(5.5, 5))
     ax = figure.subplots()
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
-    ax.plot(predicted, observed, "o-", label="LightGBM churn model")
+    ax.plot(predicted, observed, "o-", label="served churn probability")
     ax.set(xlabel="predicted churn probability", ylabel="observed churn rate", title="churn reliability curve",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend()
@@ -95,11 +98,12 @@ def churn_curves(churn: pd.DataFrame, kind: str) -> Figure:
     figure = Figure(figsize=(5.5, 5))
     ax = figure.subplots()
     for label, column in CHURN_SCORES.items():
+        score = churn[column].fillna(1.0)
         if kind == "roc":
-            fpr, tpr, _ = roc_curve(churn.churned, churn[column])
+            fpr, tpr, _ = roc_curve(churn.churned, score)
             ax.plot(fpr, tpr, label=label)
         else:
-            precision, recall, _ = precision_recall_curve(churn.churned, churn[column])
+            precision, recall, _ = precision_recall_curve(churn.churned, score)
             ax.plot(recall, precision, label=label)
     if kind == "roc":
         ax.plot([0, 1], [0, 1], ":", color="grey")
@@ -117,7 +121,7 @@ def cumulative_gain(churn: pd.DataFrame) -> Figure:
     ax = figure.subplots()
     share = np.arange(1, len(churn) + 1) / len(churn)
     for label, column in CHURN_SCORES.items():
-        ranked = churn.churned.to_numpy()[np.argsort(-churn[column].to_numpy(), kind="stable")]
+        ranked = churn.churned.to_numpy()[np.argsort(-churn[column].fillna(1.0).to_numpy(), kind="stable")]
         ax.plot(share, np.cumsum(ranked) / ranked.sum(), label=label)
     ax.plot([0, 1], [0, 1], ":", color="grey", label="random")
     ax.set(xlabel="share of customers contacted", ylabel="share of churners found", title="churn cumulative gain")

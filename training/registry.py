@@ -1,8 +1,10 @@
 """MLflow tracking, the model registry (aliases champion / challenger / previous) and the gate.
 
-Every training run is logged (parameters, data summary, metrics, baselines, plots, the pyfunc
-model and its evaluation twin, and each feature's drift from the champion's training population)
-and registered as a new version of ``customer-lifecycle``. The gate scores
+Every training run is logged (parameters, data summary, metrics, baselines, every candidate
+purchase model's holdout metrics, plots, the pyfunc model and its evaluation twin, and each
+feature's drift from the champion's training population) and registered as a new version of
+``customer-lifecycle``, tagged with the purchase model it uses and what serves its churn
+probability (``purchase_model``, ``churn_source``). The gate scores
 the challenger and the current champion on the challenger's (latest) out-of-time window: the
 champion through its evaluation twin, which saw nothing of that window. The challenger is
 promoted only if no gated metric is worse than the champion's by more than the tolerance; the
@@ -24,12 +26,15 @@ from mlflow.exceptions import MlflowException
 from features.errors import LifecycleError
 from features.sources import Dataset
 from models import pyfunc
+from models.lifecycle import MODEL_FORMAT, model_format
 from training.plots import figures
 from training.train import EvaluationTwin, TrainingResult, evaluate_twin
 
 MODEL_NAME = "customer-lifecycle"
 EXPERIMENT = "customer-lifecycle"
-GATED = {"churn_roc_auc": "higher", "clv_gini": "higher", "holdout_purchases_mae": "lower"}
+# Each served prediction's out-of-time metric: churn, next stage, CLV, purchases.
+GATED = {"churn_roc_auc": "higher", "next_stage_roc_auc": "higher", "clv_gini": "higher",
+         "holdout_purchases_mae": "lower"}
 TWIN_ARTIFACT = "evaluation/twin.pkl"
 PLOTS = "plots"
 
@@ -74,6 +79,9 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
         mlflow.log_metrics(evaluation.metrics)
         mlflow.log_metrics({f"baseline_{k}": v for k, v in evaluation.baselines.items()})
         mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in evaluation.next_stage_auc_by_stage.items()})
+        mlflow.log_metrics({f"purchase_model_{name}_{k}": v for name, row in evaluation.purchase_models.iterrows()
+                            for k, v in row.items()})
+        mlflow.set_tags(choices := served_by(result))
         with tempfile.TemporaryDirectory() as tmp:
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
             twin.write_bytes(pickle.dumps(result.twin))
@@ -81,7 +89,15 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
         for name, figure in figures(result).items():
             mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
         info = pyfunc.log(result.model, result.features.head(5), registered_name=MODEL_NAME)
-    return run.info.run_id, str(info.registered_model_version)
+    version = str(info.registered_model_version)
+    for key, value in choices.items():
+        MlflowClient().set_model_version_tag(MODEL_NAME, version, key, value)
+    return run.info.run_id, version
+
+
+def served_by(result: TrainingResult) -> dict[str, str]:
+    """What the model serves, as run and version tags: the purchase model and the churn probability's source."""
+    return {"purchase_model": result.model.purchases.name, "churn_source": result.model.churn_source}
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
@@ -91,6 +107,9 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     if champion is None:
         return Decision(True, ours, reasons=["first model"])
     twin = _load_twin(client, champion)
+    if model_format(twin) != MODEL_FORMAT:  # an older release's champion: nothing to compare it on
+        return Decision(True, ours, champion_version=champion,
+                        reasons=[f"the champion (version {champion}) was saved by an older, incompatible release"])
     theirs = evaluate_twin(data, twin, challenger.windows, challenger.model.horizons).metrics
     theirs = {name: theirs[name] for name in GATED}
     reasons = []
@@ -148,7 +167,10 @@ def drift_from_champion(client: MlflowClient, features: pd.DataFrame) -> dict[st
     """Each feature's PSI in ``features`` against the population the champion was fitted on, largest
     first (none without a champion, or for one registered before drift checks)."""
     champion = alias_version(client, "champion")
-    profile = pyfunc.load(f"models:/{MODEL_NAME}/{champion}").model.profile if champion else None
+    try:
+        profile = pyfunc.load(f"models:/{MODEL_NAME}/{champion}").model.profile if champion else None
+    except pyfunc.IncompatibleModel:  # an older release's champion
+        return {}
     return profile.psi(profile.counts(features)) if profile is not None else {}
 
 

@@ -1,16 +1,21 @@
 """The out-of-time training protocol.
 
 With h the churn horizon and ``end`` the last day of data:
+- the purchase models need no labels to fit, so they are judged over the longest window that fits
+  the data, up to the CLV horizon: fitted on the first half of the history and compared with what
+  customers did in the second (on CDNOW: weeks 1-39, then weeks 40-78, the published protocol).
+  Every candidate (BG/NBD, MBG/NBD, Pareto/NBD) is judged there; the configured one, or with
+  ``auto`` the one with the highest holdout log-likelihood (see ``choose_purchase_model``), is
+  used everywhere after. Its purchases and CLV are judged beside the baselines (each customer's past
+  purchase rate and spend rate);
 - classifiers are trained on features at t0 = end - 2h with labels from (t0, t0 + h], and
-  evaluated on features at t1 = end - h with labels from (t1, end], beside the baselines (recency
-  alone and 1 - P(alive) for churn);
-- the purchase and value models need no labels to fit, so they are evaluated over the longest
-  window that fits the data, up to the CLV horizon: fitted on the first half of the history and
-  compared with what customers did in the second (on CDNOW: weeks 1-39, then weeks 40-78, the
-  published protocol), beside the baselines (each customer's past purchase rate and spend rate);
+  evaluated on features at t1 = end - h with labels from (t1, end], beside the baselines: recency
+  alone and the purchase model's own probability of no purchase in h. The churn classifier is
+  served only if it beats that probability (ROC-AUC and Brier) on the buyers it scores; otherwise
+  the service serves the purchase model's probability to buyers (``LifecycleModel.churn_source``);
 - the model that scores at ``end`` is refitted with the classifiers' labels from (t1, end], and
-  BG/NBD, Gamma-Gamma and the RFM edges on all the data up to ``end``. RFM scores are always
-  relative to the population on the day they describe.
+  the purchase model, Gamma-Gamma and the RFM edges on all the data up to ``end``. RFM scores are
+  always relative to the population on the day they describe.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.sources import Dataset
-from models.bgnbd import BGNBD
 from models.btyd import PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
-from models.lifecycle import NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
+from models.lifecycle import MODEL_FORMAT, NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
+from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
 
 # Label columns joined to the features (orders renamed: the features have their own).
@@ -79,16 +84,20 @@ class EvaluationTwin:
     next_stage: Classifier
     holdout_purchases: PurchaseModel
     holdout_spend: SpendModel
+    churn_source: str = "classifier"  # what serves buyers' churn probability: "classifier" or "btyd"
+    model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
 
 @dataclass
 class Evaluation:
     """What a run was judged on, customer by customer, and the numbers computed from it.
 
-    ``churn``: at t1, each customer's outcome, the model's probability and the baselines' scores.
+    ``churn``: at t1, each customer's outcome, the classifier's probability, the purchase model's
+    P(no purchase) (missing for prospects), recency and the served probability.
     ``next_stage``: the customers who can climb, their stage, outcome and probability.
     ``holdout``: buyers at the BTYD calibration end, their calibration frequency, holdout purchases
     and spend, and what the holdout models and the baselines predicted for them.
+    ``purchase_models``: each candidate purchase model's holdout metrics (one row per model name).
     """
 
     churn: pd.DataFrame
@@ -97,6 +106,7 @@ class Evaluation:
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     next_stage_auc_by_stage: dict[str, float] = field(default_factory=dict)
+    purchase_models: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 @dataclass
@@ -112,50 +122,102 @@ class TrainingResult:
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
-          seed: int = 0, classifier_params: dict | None = None) -> TrainingResult:
+          seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO) -> TrainingResult:
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
 
-    ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS).
+    ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS);
+    ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout).
     """
     data.materialize()  # the protocol reads every table about ten times
     first, last = data.date_range()
     win = windows(first.date(), last.date(), horizons)
-    twin = fit_twin(data, new_builder, win, horizons, seed, classifier_params)
+    builder = new_builder()
+    at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
+    holdout = _holdout_table(data, builder, win, horizons)
+    fitted, compared, chosen = choose_purchase_model(holdout, win, horizons, purchase_model)
+    model_type = type(fitted[chosen])
+    twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout), horizons, builder, seed,
+                    classifier_params)
     evaluation = evaluate_twin(data, twin, win, horizons)
+    twin.churn_source = better_churn_source(evaluation.churn)
+    evaluation.metrics |= churn_metrics(evaluation.churn, twin.churn_source)
+    evaluation.purchase_models = compared
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
-    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final), horizons, seed, classifier_params)
+    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final, model_type), horizons, seed, classifier_params)
     # Population-relative state (RFM edges) is learned where the model will score: at the end.
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring), churn, next_stage, horizons, profile)
+    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type), churn, next_stage, horizons, profile,
+                           churn_source=twin.churn_source)
     return TrainingResult(model, twin, win, evaluation, scoring)
 
 
-def fit_twin(data: Dataset, new_builder: Callable[[], FeatureBuilder], win: Windows, horizons: Horizons,
-             seed: int = 0, classifier_params: dict | None = None) -> EvaluationTwin:
-    """Fit the models that ``evaluate_twin`` judges: classifiers at t0, BTYD at the calibration end."""
-    builder = new_builder()
-    at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
-    purchases, spend = _fit_btyd(at_t0)
+def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO
+                          ) -> tuple[dict[str, PurchaseModel], pd.DataFrame, str]:
+    """Fit every purchase model on the calibration window and judge it on the holdout.
+
+    Returns the fitted candidates, their metrics (one row per model) and the name chosen: ``forced``
+    unless it is ``"auto"``, else the highest holdout log-likelihood, the mean per customer of
+    log P(holdout purchases and their days | calibration history): a proper score of everything a
+    purchase model predicts (how many purchases, when, and who is gone), with which the generating
+    process wins on large enough data. A candidate that cannot be fitted is left out, with its reason.
+    """
+    columns = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
+    fitted, scores, failures = {}, {}, {}
+    for name, model in PURCHASE_MODELS.items():
+        if forced not in (AUTO, name):
+            continue
+        try:
+            fitted[name] = model().fit(*columns)
+        except LifecycleError as exc:
+            failures[name] = str(exc)
+            continue
+        scores[name] = _purchase_scores(fitted[name], holdout, win.btyd_holdout_days, horizons.churn_days)
+    if not fitted:
+        raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
+    chosen = forced if forced != AUTO else max(scores, key=lambda name: scores[name]["holdout_log_likelihood"])
+    return fitted, pd.DataFrame.from_dict(scores, orient="index"), chosen
+
+
+def better_churn_source(churn: pd.DataFrame) -> str:
+    """``"classifier"`` if it beats the purchase model's P(no purchase) on buyers in both ROC-AUC and Brier,
+    else ``"btyd"``."""
+    buyers = churn[churn.btyd.notna()]
+    ours = evaluate.classification(buyers.churned, buyers.classifier)
+    theirs = evaluate.classification(buyers.churned, buyers.btyd)
+    wins = ours["roc_auc"] > theirs["roc_auc"] and ours["brier"] < theirs["brier"]
+    return "classifier" if wins else "btyd"
+
+
+def churn_metrics(churn: pd.DataFrame, source: str) -> dict[str, float]:
+    """The served churn probability's metrics (``churn_*``) when ``source`` serves buyers; sets ``served``."""
+    churn["served"] = churn.btyd.where(churn.btyd.notna() & (source == "btyd"), churn.classifier)
+    return {f"churn_{k}": v for k, v in evaluate.classification(churn.churned, churn.served).items()}
+
+
+def fit_twin(at_t0: pd.DataFrame, model_type: type[PurchaseModel], holdout_purchases: PurchaseModel,
+             holdout_spend: SpendModel, horizons: Horizons, builder: FeatureBuilder, seed: int = 0,
+             classifier_params: dict | None = None) -> EvaluationTwin:
+    """Fit the models that ``evaluate_twin`` judges: classifiers (and the inputs' BTYD models) at t0."""
+    purchases, spend = _fit_btyd(at_t0, model_type)
     churn, next_stage = _fit_classifiers(at_t0, purchases, spend, horizons, seed, classifier_params)
-    calibration = builder.transform(data, win.btyd_calibration_end).df()
-    return EvaluationTwin(builder, purchases, spend, churn, next_stage, *_fit_btyd(calibration))
+    return EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend)
 
 
 def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> Evaluation:
     """Score ``twin`` on the windows ``win`` beside the baselines."""
-    holdout = _btyd_holdout(data, twin, win, horizons)
+    holdout = _btyd_holdout(_holdout_table(data, twin.builder, win, horizons), twin, win, horizons)
     test = _labelled(data, twin.builder, win.t1, horizons)
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
     churn = pd.DataFrame({
         "churned": test["churned"].astype(int),
-        "probability": twin.churn.predict_proba(inputs),
-        # A prospect has no recency: rank them as the longest-gone; BTYD's P(alive) does not apply to them.
+        "classifier": twin.churn.predict_proba(inputs),
+        "btyd": btyd["btyd_churn_probability"],  # missing for prospects: the purchase model does not apply
+        # A prospect has no recency: rank them as the longest-gone.
         "recency": test["recency_days"].fillna(1e9),
-        "not_alive": 1 - btyd["p_alive"].fillna(0),
     })
     climbing = test["next_stage"].notna().to_numpy()
     next_stage = pd.DataFrame({
@@ -163,12 +225,16 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
         "reached": test.loc[climbing, "reached_next_stage"].astype(int),
         "probability": twin.next_stage.predict_proba(inputs[climbing]),
     })
-    metrics = {f"churn_{k}": v for k, v in evaluate.classification(churn.churned, churn.probability).items()}
+    buyers = churn[churn.btyd.notna()]
+    metrics = churn_metrics(churn, twin.churn_source)
+    metrics |= {f"churn_buyers_classifier_{k}": v
+                for k, v in evaluate.classification(buyers.churned, buyers.classifier).items()}
     metrics["next_stage_roc_auc"] = evaluate.ranking(next_stage.reached, next_stage.probability)
     metrics |= {f"holdout_purchases_{k}": v for k, v in evaluate.counts(holdout.purchases, holdout.predicted).items()}
     metrics |= {f"clv_{k}": v for k, v in evaluate.value(holdout.spend, holdout.clv).items()}
-    baselines = {"churn_roc_auc_recency": evaluate.ranking(churn.churned, churn.recency),
-                 "churn_roc_auc_p_alive": evaluate.ranking(churn.churned, churn.not_alive)}
+    baselines = {"churn_roc_auc_recency": evaluate.ranking(churn.churned, churn.recency)}
+    baselines |= {f"churn_buyers_{k}_btyd": v
+                  for k, v in evaluate.classification(buyers.churned, buyers.btyd).items()}
     baselines |= {f"holdout_purchases_{k}_past_rate": v
                   for k, v in evaluate.counts(holdout.purchases, holdout.past_rate).items()}
     baselines |= {f"clv_{k}_spend_rate": v for k, v in evaluate.value(holdout.spend, holdout.spend_rate).items()}
@@ -188,10 +254,13 @@ def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Hor
     return table.sort_values("customer_id", ignore_index=True)
 
 
-def _fit_btyd(features: pd.DataFrame) -> tuple[PurchaseModel, SpendModel]:
+def _fit_btyd(features: pd.DataFrame, model_type: type[PurchaseModel]) -> tuple[PurchaseModel, SpendModel]:
     buyers = features[features["orders"] > 0]
-    purchases = BGNBD().fit(buyers["frequency"], buyers["recency"], buyers["T"])
-    return purchases, SpendModel().fit(buyers["frequency"], buyers["monetary_value"])
+    return model_type().fit(buyers["frequency"], buyers["recency"], buyers["T"]), _fit_spend(buyers)
+
+
+def _fit_spend(buyers: pd.DataFrame) -> SpendModel:
+    return SpendModel().fit(buyers["frequency"], buyers["monetary_value"])
 
 
 def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
@@ -206,15 +275,37 @@ def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: Spend
     return churn, next_stage
 
 
-def _btyd_holdout(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> pd.DataFrame:
+def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons) -> pd.DataFrame:
+    """Buyers at the BTYD calibration end: their features, what they did over the holdout (purchases,
+    spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
+    (``frequency_end``, ``recency_end``, ``T_end``), in customer order."""
+    calibration = builder.transform(data, win.btyd_calibration_end).df()
+    calibration = calibration[calibration["orders"] > 0]
+    holdout = builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
+    churn = builder.labels(data, win.btyd_calibration_end, horizons.churn_days).df()
+    end = builder.transform(data, win.end).df()[["customer_id", "frequency", "recency", "T"]]
+    table = (calibration.merge(holdout[["customer_id", "purchases", "spend"]], on="customer_id")
+             .merge(churn[["customer_id", "churned"]], on="customer_id")
+             .merge(end, on="customer_id", suffixes=("", "_end")))
+    return table.sort_values("customer_id", ignore_index=True)
+
+
+def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, churn_days: int) -> dict[str, float]:
+    """A calibration-window purchase model judged on the holdout (see ``choose_purchase_model``)."""
+    now = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
+    end = [holdout[f"{c}_end"].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
+    counts = evaluate.counts(holdout["purchases"], model.expected_purchases(days, *now))
+    silent = evaluate.classification(holdout["churned"], model.p_no_purchase(churn_days, *now))
+    return {"holdout_log_likelihood": float(np.mean(model.log_likelihood(*end) - model.log_likelihood(*now))),
+            **{f"holdout_purchases_{k}": v for k, v in counts.items()},
+            "churn_roc_auc": silent["roc_auc"], "churn_brier": silent["brier"]}
+
+
+def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> pd.DataFrame:
     """The twin's holdout BTYD predictions beside what buyers did after the calibration end.
 
     Baselines: each customer's past repeat-purchase rate and past spend rate, carried forward.
     """
-    calibration = twin.builder.transform(data, win.btyd_calibration_end).df()
-    holdout = twin.builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
-    table = calibration.merge(holdout[["customer_id", "purchases", "spend"]], on="customer_id")
-    table = table[table["orders"] > 0].sort_values("customer_id", ignore_index=True)
     f, r, t = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     days = win.btyd_holdout_days
     value_horizons = Horizons(horizons.churn_days, days, horizons.annual_discount_rate)
