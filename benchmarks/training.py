@@ -10,7 +10,7 @@
   plots, MLflow logging and registry, gate) on CDNOW, on a simulated shop of N customers (orders
   only) and on one of N / 10 customers with engagement events; wall time and peak memory.
 
-Usage: python -m benchmarks.training [--customers 1000000]
+Usage: python -m benchmarks.training [--customers 1000000] [--only fits|train]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def train_run(transactions: Path, events: Path | None, state: Path) -> tuple[flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--fits-only", action="store_true", help="skip the end-to-end `lifecycle train` runs")
+    parser.add_argument("--only", choices=["fits", "train"], help="run only the fits or only `lifecycle train`")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -116,14 +116,15 @@ def main() -> None:
     from features.simulator import SimulationParams, simulate
 
     console = Console()
-    with console.status(f"BTYD summary of {args.customers:,} simulated buyers..."):
-        summary = btyd_summary(args.customers)
-    with console.status("fits and CLV, ours and lifetimes'..."):
-        rows = compare_btyd(summary)
-    print_table(f"BTYD vs plain lifetimes, {args.customers:,} simulated customers ({machine()})",
-                ["step", "customers", "lifetimes s", "ours s", "speed-up", "max relative difference"], rows, console)
-
-    if args.fits_only:
+    if args.only != "train":
+        with console.status(f"BTYD summary of {args.customers:,} simulated buyers..."):
+            summary = btyd_summary(args.customers)
+        with console.status("fits and CLV, ours and lifetimes'..."):
+            rows = compare_btyd(summary)
+        print_table(f"BTYD vs plain lifetimes, {args.customers:,} simulated customers ({machine()})",
+                    ["step", "customers", "lifetimes s", "ours s", "speed-up", "max relative difference"], rows,
+                    console)
+    if args.only == "fits":
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -111,13 +111,19 @@ class Classifier:
         return self._probability(matrix), order, np.take_along_axis(credits, order, axis=1)
 
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
-        return calibrated(self._booster().predict(matrix, raw_score=True, num_threads=_threads(matrix)),
-                          *self.calibration_)
+        return calibrated(self._predict(matrix, raw_score=True), *self.calibration_)
+
+    def _predict(self, matrix: np.ndarray, **kind) -> np.ndarray:
+        """LightGBM's predict (which divides by the number of rows: nothing in, nothing out)."""
+        booster = self._booster()
+        if not len(matrix):
+            return np.empty(0, dtype=int)
+        return booster.predict(matrix, num_threads=_threads(matrix), **kind)
 
     def _credits(self, matrix: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""
-        leaves = self._booster().predict(matrix, pred_leaf=True, num_threads=_threads(matrix))
-        leaves = leaves.reshape(len(matrix), -1) + self.leaf_offsets_
+        trees = len(self.leaf_offsets_)
+        leaves = self._predict(matrix, pred_leaf=True).reshape(len(matrix), trees) + self.leaf_offsets_
         if len(matrix) <= FEW_ROWS:  # one gather: cheaper than a pass per tree for a few rows, not for many
             return self.credits_[leaves].sum(axis=1)
         out = np.zeros((len(matrix), self.credits_.shape[1]))

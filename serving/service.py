@@ -189,7 +189,11 @@ class LifecycleService:
         if rejected:
             reasons = "; ".join(f"{table}[{row - 1}]: {reason}" for table, row, reason in rejected)
             raise RequestError(f"rejected rows: {reasons}")
-        return _answer(_predict(served.model, served.model.builder.transform(data, as_of).df()))
+        features = served.model.builder.transform(data, as_of).df()
+        if features.empty:
+            raise RequestError(f"as_of {as_of} is before every order and event given: no customer to score",
+                               error_code=HTTPStatus.UNPROCESSABLE_ENTITY)
+        return _answer(_predict(served.model, features))
 
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:

@@ -91,6 +91,13 @@ def test_calibration_map_by_hand():
     np.testing.assert_allclose(probability[3:], [expit(-1 + logit(1e-6)), expit(1 + logit(1 - 1e-6))])
 
 
+def test_no_rows_in_no_rows_out(split):
+    train, _ = split
+    model = Classifier(seed=1).fit(features(train), train.churned)
+    probability, order, credit = model.predict_with_drivers(features(train).head(0), top=3)
+    assert probability.shape == (0,) and order.shape == credit.shape == (0, 3)
+
+
 def test_same_seed_same_model(split):
     train, test = split
     a = Classifier(seed=3).fit(features(train), train.churned).predict_proba(features(test))

@@ -286,6 +286,8 @@ def test_history_limits_and_dates(served):
     orders = history(folder, ["00005"])
     future = server.request("POST", "/score_history", {"orders": orders, "as_of": "2999-01-01"})
     assert future[0] == 400 and "in the future" in json.dumps(future[1])
+    before = server.request("POST", "/score_history", {"orders": orders, "as_of": "1970-01-01"})
+    assert before[0] == 422 and "before every order and event given" in json.dumps(before[1])
     many = [dict(orders[0], customer_id=str(i)) for i in range(1001)]
     assert server.request("POST", "/score_history", {"orders": many, "as_of": "1998-06-30"})[0] == 413
     assert server.request("POST", "/score_history", {"orders": [], "as_of": "1998-06-30"})[0] == 422
