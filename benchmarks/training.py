@@ -74,15 +74,15 @@ def compare_btyd(summary: pd.DataFrame) -> list[list[str]]:
                                         reference.params_[list(ours.parameters)])
         rows.append([f"{ours.label} fit", n, f"{their_fit:.2f}", f"{ours_fit:.2f}", f"{their_fit / ours_fit:.1f}x",
                      f"{difference:.1e}"])
-        fitted[name] = ours
+        print(" | ".join(rows[-1]), flush=True)  # a long run keeps what it measured
+        fitted[name] = ours, reference
     spend, ours_spend = timed(lambda: SpendModel().fit(f, m))
     their_spend, their_spend_fit = timed(lambda: GammaGammaFitter().fit(f[repeat], m[repeat]))
     gamma_gamma = largest_difference(list(spend.params_.values()), their_spend.params_[["p", "q", "v"]])
     rows.append(["Gamma-Gamma fit", f"{int(repeat.sum()):,}", f"{their_spend_fit:.2f}", f"{ours_spend:.2f}",
                  f"{their_spend_fit / ours_spend:.1f}x", f"{gamma_gamma:.1e}"])
     # CLV from the same parameters in both, so only the computation differs
-    purchases = fitted["bgnbd"]
-    their_purchases = BetaGeoFitter()
+    purchases, their_purchases = fitted["bgnbd"]
     their_purchases.params_ = pd.Series(purchases.params_)
     their_spend.params_ = pd.Series({"p": spend.params_["p"], "q": spend.params_["q"], "v": spend.params_["gamma"]})
     values, ours_clv = timed(lambda: clv(purchases, spend, f, r, t, m, MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS))
