@@ -135,11 +135,11 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
     holdout = _holdout_table(data, builder, win, horizons)
     fitted, compared, chosen = choose_purchase_model(holdout, win, horizons, purchase_model)
-    model_type = type(fitted[chosen])
+    model_type = PURCHASE_MODELS[chosen]
     twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout), horizons, builder, seed,
                     classifier_params)
-    evaluation = evaluate_twin(data, twin, win, horizons)
-    twin.churn_source = better_churn_source(evaluation.churn)
+    evaluation = evaluate_twin(data, twin, win, horizons, holdout)
+    twin.churn_source = better_churn_source(evaluation)
     evaluation.metrics |= churn_metrics(evaluation.churn, twin.churn_source)
     evaluation.purchase_models = compared
 
@@ -181,13 +181,12 @@ def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizon
     return fitted, pd.DataFrame.from_dict(scores, orient="index"), chosen
 
 
-def better_churn_source(churn: pd.DataFrame) -> str:
+def better_churn_source(evaluation: Evaluation) -> str:
     """``"classifier"`` if it beats the purchase model's P(no purchase) on buyers in both ROC-AUC and Brier,
-    else ``"btyd"``."""
-    buyers = churn[churn.btyd.notna()]
-    ours = evaluate.classification(buyers.churned, buyers.classifier)
-    theirs = evaluate.classification(buyers.churned, buyers.btyd)
-    wins = ours["roc_auc"] > theirs["roc_auc"] and ours["brier"] < theirs["brier"]
+    else ``"btyd"`` (from the numbers ``evaluate_twin`` reports)."""
+    m, b = evaluation.metrics, evaluation.baselines
+    wins = (m["churn_buyers_classifier_roc_auc"] > b["churn_buyers_roc_auc_btyd"]
+            and m["churn_buyers_classifier_brier"] < b["churn_buyers_brier_btyd"])
     return "classifier" if wins else "btyd"
 
 
@@ -206,9 +205,13 @@ def fit_twin(at_t0: pd.DataFrame, model_type: type[PurchaseModel], holdout_purch
     return EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend)
 
 
-def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> Evaluation:
-    """Score ``twin`` on the windows ``win`` beside the baselines."""
-    holdout = _btyd_holdout(_holdout_table(data, twin.builder, win, horizons), twin, win, horizons)
+def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons,
+                  holdout_table: pd.DataFrame | None = None) -> Evaluation:
+    """Score ``twin`` on the windows ``win`` beside the baselines; ``holdout_table`` is ``_holdout_table`` of
+    the twin's builder, when the caller has it already."""
+    if holdout_table is None:
+        holdout_table = _holdout_table(data, twin.builder, win, horizons)
+    holdout = _btyd_holdout(holdout_table, twin, win, horizons)
     test = _labelled(data, twin.builder, win.t1, horizons)
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
