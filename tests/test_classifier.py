@@ -76,8 +76,9 @@ def test_calibration_keeps_the_classifiers_order(split):
     probability = model.predict_proba(features(test))
     order = np.argsort(raw, kind="stable")
     steps, rises = np.diff(raw[order]), np.diff(probability[order])
-    assert (rises[steps > 0] > 0).all() and (rises[steps == 0] == 0).all()
-    assert len(np.unique(probability)) == len(np.unique(raw))
+    # every score step above float noise gives a higher probability (isotonic steps would give 0 over
+    # wide ranges); at the tails' joins the two expressions may round an ulp apart
+    assert (rises[steps > 1e-9] > 0).all() and (rises[steps == 0] == 0).all() and (rises > -1e-12).all()
 
 
 def test_calibration_map_by_hand():
