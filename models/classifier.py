@@ -170,9 +170,9 @@ def calibration(raw: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def calibrated(raw: np.ndarray, centres: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Probabilities of raw scores: linear between the steps' centres, along the raw log-odds beyond them."""
-    tails = np.clip(values[[0, -1]], TAIL_FLOOR, 1 - TAIL_FLOOR)
-    below = expit(raw - centres[0] + logit(tails[0]))
-    above = expit(raw - centres[-1] + logit(tails[1]))
+    values = np.clip(values, TAIL_FLOOR, 1 - TAIL_FLOOR)  # the tails start where the interpolation ends
+    below = expit(raw - centres[0] + logit(values[0]))
+    above = expit(raw - centres[-1] + logit(values[-1]))
     return np.where(raw < centres[0], below, np.where(raw > centres[-1], above, np.interp(raw, centres, values)))
 
 
