@@ -9,9 +9,10 @@ dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report
 from __future__ import annotations
 
 import glob
+import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
 from typing import Self
@@ -44,6 +45,8 @@ SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
     },
 }
 
+CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+COMPRESSIONS = (".gz", ".zst")  # what DuckDB's CSV reader decompresses by itself
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
              "amount": "DOUBLE", "number": "DOUBLE"}
@@ -94,6 +97,16 @@ class Dataset:
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_valid AS SELECT * FROM {table}")
                 self.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {table}_valid")
             self.materialized = True
+        return self
+
+    def until(self, day: date) -> Self:
+        """Hide every order, event and sign-up after ``day`` (materializing first): the data as it stood then."""
+        self.materialize()
+        bound = f"TIMESTAMP '{day + timedelta(days=1)}'"
+        for table, column in (("transactions", "timestamp"), ("events", "timestamp"), ("customers", "signup_date")):
+            if table in self.report:
+                self.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {table}_valid "
+                                 f"WHERE {column} IS NULL OR {column} < {bound}")
         return self
 
     def date_range(self) -> tuple[datetime | None, datetime | None]:
@@ -161,6 +174,8 @@ def load(
         raw, mapping, fmt = given[table]
         _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
+        if table == "transactions" and not report[table].rows:
+            raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
         reject_views.append(
@@ -190,14 +205,18 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
     if not files or not all(Path(f).is_file() for f in files):
         raise LifecycleError(f"{table}: no file matches {path!r}")
-    suffixes = {Path(f).suffix.lower() for f in files}
+    empty = [f for f in files if Path(f).stat().st_size == 0]
+    if empty:
+        raise LifecycleError(f"{table}: {empty[0]!r} is empty (0 bytes)")
+    suffixes = {_format_suffix(f) for f in files}
     if suffixes <= {".parquet", ".pq"}:
         quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
         reader = f"SELECT * FROM read_parquet({quoted}, union_by_name = true)"
-    elif suffixes <= {".csv", ".txt", ".tsv"}:
+    elif suffixes <= set(CSV_SUFFIXES):
         reader = _csv_reader(table, files)
     else:
-        raise LifecycleError(f"{table}: {path!r} is neither CSV nor Parquet (by extension)")
+        raise LifecycleError(f"{table}: {path!r} is neither CSV ({', '.join(CSV_SUFFIXES)}, optionally "
+                             f"{' or '.join(COMPRESSIONS)}) nor Parquet, by its extension")
     try:
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {reader}")
     except duckdb.Error as exc:
@@ -219,7 +238,20 @@ def _csv_reader(table: str, files: list[str]) -> str:
         "SELECT * FROM read_csv([" + ", ".join(sql_literal(f) for f in run) + f"], {options})" for _, run in runs)
 
 
+def _format_suffix(path: str) -> str:
+    """The extension that says a file's format, under a compression DuckDB reads: ``.csv`` for ``x.csv.gz``."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
 def _header_line(path: str) -> bytes:
+    if Path(path).suffix.lower() == ".gz":
+        with gzip.open(path, "rb") as file:
+            return file.readline().strip()
+    if Path(path).suffix.lower() == ".zst":  # no zstd reader in Python 3.11's standard library: ask DuckDB
+        return str(duckdb.execute("SELECT Columns FROM sniff_csv(?)", [path]).fetchone()[0]).encode()
     with open(path, "rb") as file:
         return file.readline().strip()
 
@@ -252,6 +284,7 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
                 )
             parsed.append(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {ours}")
             continue
+        _check_type(table, ours, kind, theirs, available[theirs])
         source, value, column_checks = _parse(ours, kind, f"raw.{_ident(theirs)}", available[theirs], fmt,
                                               required, future_limit, id_type)
         given.append(f"{source} AS _in_{ours}")
@@ -322,6 +355,17 @@ def _malformed_lines(con, table: str) -> None:
     """)
 
 
+def _check_type(table: str, ours: str, kind: str, theirs: str, dtype: str) -> None:
+    """A typed (Parquet) column whose type cannot hold our kind of value is the user's mistake, named as theirs."""
+    numeric = dtype in _INTEGER_TYPES or dtype.startswith(("DOUBLE", "FLOAT", "DECIMAL", "BIGINT", "HUGEINT",
+                                                           "UBIGINT", "UHUGEINT"))
+    fits = {"amount": numeric, "number": numeric, "timestamp": dtype.startswith(("TIMESTAMP", "DATE"))}
+    if dtype not in ("VARCHAR", '"NULL"') and not fits.get(kind, True):
+        wanted = "a date or timestamp" if kind == "timestamp" else "a number"
+        raise LifecycleError(f"{table}: column {theirs!r} (for {ours}) holds {dtype} values; it must be {wanted} "
+                             "(or text we can parse)")
+
+
 def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
     """How one column is parsed: (its input as given, its value, the (condition, reason) checks it adds).
 
@@ -382,11 +426,22 @@ def _columns(con, relation: str) -> tuple[list[str], list[str]]:
     return [row[0] for row in described], [row[1] for row in described]
 
 
+def output_format(path: str | Path) -> str:
+    """``"parquet"`` or ``"csv"`` by an output file's extension; any other is refused before anything is written."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    if suffix == ".csv":
+        return "csv"
+    raise LifecycleError(f"cannot write {str(path)!r}: name the output .parquet or .csv")
+
+
 def write_relation(relation: duckdb.DuckDBPyRelation, path: str | Path) -> None:
     """Write a relation to Parquet or CSV, chosen by the file extension."""
     path = Path(path)
+    parquet = output_format(path) == "parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if parquet:
         relation.write_parquet(str(path))
     else:
         relation.write_csv(str(path), header=True)

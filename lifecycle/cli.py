@@ -12,13 +12,14 @@ from typing import Annotated
 import duckdb
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from features import cdnow
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from features.sources import TableSource
-from lifecycle.config import Settings, load_settings
+from features.sources import TableSource, output_format
+from lifecycle.config import Settings, load_settings, unknown_variables
 from lifecycle.pipeline import FeatureRun, build_features, open_dataset
 
 
@@ -30,6 +31,8 @@ class Engine(StrEnum):
 
 
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one line per message, however narrow the terminal
+_log_dir: list[Path | None] = [None]  # the state folder, once a command has read the configuration
 if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = 120  # a log or a pipe: wide enough for every table (a terminal keeps its own width)
 app = typer.Typer(
@@ -66,7 +69,11 @@ def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
 
 
 def _settings(ctx: typer.Context, **overrides) -> Settings:
-    return load_settings(ctx.obj, **overrides)
+    for line in unknown_variables(os.environ):
+        errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+    settings = load_settings(ctx.obj, **overrides)
+    _log_dir[0] = settings.state_dir
+    return settings
 
 
 @config_app.command("show")
@@ -154,6 +161,10 @@ def train(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    as_of: Annotated[datetime | None, typer.Option(
+        formats=["%Y-%m-%d"], help="Train as of this day, on nothing later (backfills, reruns; default: the last "
+                                   "order day). A model older than the champion's data is never promoted by the "
+                                   "gate.")] = None,
 ) -> None:
     """Train out of time, log to MLflow, register a version and promote it if it passes the gate.
 
@@ -161,23 +172,31 @@ def train(
     """
     from lifecycle.training import run_training
 
-    settings = _settings(ctx)
+    settings = _settings(ctx, as_of=as_of.date() if as_of else None)
     _use_inputs(settings, transactions, events, customers)
-    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating..."):
-        run = run_training(settings)
+    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
+        run = run_training(settings, on_wait=lambda line: status.update(line))
     _print_training(run)
 
 
 @app.command()
-def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Registered version to promote.")]) -> None:
+def promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="Registered version to promote.")],
+    force: Annotated[bool, typer.Option(help="Also promote a version without a gate decision (its training was "
+                                             "interrupted).")] = False,
+) -> None:
     """Make a registered version the champion by hand (the current one becomes `previous`).
 
     Example: [bold]lifecycle promote 3[/bold]
     """
-    from lifecycle.training import open_registry, registry
+    from lifecycle.training import open_registry, registry, registry_lock
 
-    client, _ = open_registry(_settings(ctx))
-    registry.promote(client, version)
+    settings = _settings(ctx)
+    client, _ = open_registry(settings)
+    with registry_lock(settings, _say_waiting):
+        _print_cleaned(registry.clean_interrupted(client))
+        registry.promote(client, version, force=force)
     console.print(f"version {version} is the champion")
 
 
@@ -187,10 +206,22 @@ def rollback(ctx: typer.Context) -> None:
 
     Example: [bold]lifecycle rollback[/bold]
     """
-    from lifecycle.training import open_registry, registry
+    from lifecycle.training import open_registry, registry, registry_lock
 
-    client, _ = open_registry(_settings(ctx))
-    console.print(f"version {registry.rollback(client)} is the champion again")
+    settings = _settings(ctx)
+    client, _ = open_registry(settings)
+    with registry_lock(settings, _say_waiting):
+        _print_cleaned(registry.clean_interrupted(client))
+        console.print(f"version {registry.rollback(client)} is the champion again")
+
+
+def _say_waiting(line: str) -> None:
+    errors.print(line, highlight=False, markup=False)
+
+
+def _print_cleaned(lines: list[str]) -> None:
+    for line in lines:
+        errors.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
 
 
 @app.command()
@@ -208,7 +239,8 @@ def models(ctx: typer.Context) -> None:
     for number in sorted((int(v.version) for v in found), reverse=True):
         version = client.get_model_version(registry.MODEL_NAME, str(number))  # search leaves aliases out
         metrics = client.get_run(version.run_id).data.metrics
-        gate = {"True": "promoted", "False": "held back"}.get(version.tags.get("gate_promoted", ""), "-")
+        gate = {"True": "promoted", "False": "held back", registry.INTERRUPTED: "interrupted"}.get(
+            version.tags.get(registry.GATE_TAG, ""), "not yet")
         table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
                       *(version.tags.get(key, "-") for key in ("purchase_model", "churn_source")),
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
@@ -262,13 +294,13 @@ def serve(
     if alias and registry.alias_version(client, alias) is None:
         raise LifecycleError(f"{settings.serving.model_uri} does not exist yet: run `lifecycle train` first")
     serving = settings.serving
-    exported = serving.model_dump(exclude_none=True) | {"tracking_uri": uri}  # the service reads them back
+    exported = serving.model_dump(exclude_none=True)  # the service reads them back
     if serving.api_token is not None:
         exported["api_token"] = serving.api_token.get_secret_value()
     # OpenTelemetry off unless asked for (OTEL_SDK_DISABLED=false): BentoML records spans for every request
     # even when it exports none, which costs a busy server about a fifth of its time
     env = {"OTEL_SDK_DISABLED": "true", **os.environ, "BENTOML_DO_NOT_TRACK": "true",
-           "BENTOML_HOME": str(settings.state_dir / "bentoml"),
+           "BENTOML_HOME": str(settings.state_dir / "bentoml"), "LIFECYCLE_MLFLOW__TRACKING_URI": uri,
            **{f"LIFECYCLE_SERVING__{name.upper()}": str(value) for name, value in exported.items()}}
     console.print(f"serving {serving.model_uri} from {uri} on [bold]http://{host}:{port}[/bold] (Ctrl-C stops it)")
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:LifecycleService", "--host", host,
@@ -327,7 +359,7 @@ def score(
         help="MLflow model URI (default: models:/customer-lifecycle@champion).")] = None,
     engine: Annotated[Engine, typer.Option(
         help="local: DuckDB on this machine. spark: the same feature code in Spark partitions of customers "
-             "(pip install 'customer-lifecycle[spark]'; master from spark.master), output as a folder.")
+             "(pip install 'customer-lifecycle\\[spark]'; master from spark.master), output as a folder.")
     ] = Engine.local,
 ) -> None:
     """Score every customer (or a list) with the champion into a file, in chunks of bounded memory.
@@ -341,6 +373,8 @@ def score(
 
     settings = _settings(ctx, as_of=as_of.date() if as_of else None)
     _use_inputs(settings, transactions, events, customers)
+    if engine is Engine.local:
+        output_format(out)  # before anything is read or written
     if engine is Engine.spark:
         _score_on_spark(settings, out, customer_list, model_uri)
         return
@@ -350,6 +384,8 @@ def score(
         data = open_dataset(settings)
         listed = load_customer_list(data, customer_list) if customer_list else None
     day = settings.as_of or data.date_range()[1].date()
+    if listed is not None:
+        _warn_about_list(data, listed, customer_list)
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("building features...", total=None)
@@ -391,6 +427,18 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
     console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark: [bold]{run.out}[/bold]")
+
+
+def _warn_about_list(data, listed: int, path: str) -> None:
+    """A warning when fewer than half of the listed ids occur in the order log, with the likely cause."""
+    from serving.batch import list_matches
+
+    matched, without_zeros = list_matches(data)
+    if listed and matched < listed / 2:
+        cause = (f"; {without_zeros:,} would match without leading zeros (ids are compared as text: '1' is not "
+                 "'00001')" if without_zeros > matched else "")
+        errors.print(f"[yellow]warning:[/yellow] only {matched:,} of the {listed:,} ids in {escape(path)} occur in the "
+                     f"order log: the rest are scored as prospects we know nothing about{cause}", highlight=False)
 
 
 def _print_row_accounting(counts: dict[str, tuple[int, int, int]], rejects) -> None:
@@ -586,8 +634,46 @@ def main() -> None:
     try:
         app()
     except LifecycleError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc), 2)
     except duckdb.Error as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {str(exc).splitlines()[0]}", highlight=False)
-        sys.exit(2)
+        _fail(str(exc).splitlines()[0], 2)
+    except OSError as exc:  # the machine refused: a read-only or missing folder, a full disk
+        _fail(_os_problem(exc), 2)
+    except Exception as exc:  # a bug of ours: one line for the user, the trace for the report
+        where = _write_trace()
+        _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (the full trace "
+              f"is in {where}; please include it when you report this)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    sys.exit(code)
+
+
+def _os_problem(exc: OSError) -> str:
+    where = exc.filename or ""
+    line = f"{exc.strerror or exc}: {where}" if where else str(exc)
+    state = _log_dir[0]
+    if state is not None and where and Path(where).resolve().is_relative_to(state):
+        line += f" (the state folder {state} must be writable; set state_dir or LIFECYCLE_STATE_DIR to move it)"
+    return line
+
+
+def _write_trace() -> Path:
+    """Append the current exception's trace to the state folder's log (or a temporary file); its path."""
+    import tempfile
+    import traceback
+
+    text = f"--- {datetime.now():%Y-%m-%d %H:%M:%S} lifecycle {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    for folder in (_log_dir[0], Path(tempfile.gettempdir())):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "lifecycle.log"
+            with path.open("a") as log:
+                log.write(text)
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: no writable folder)")

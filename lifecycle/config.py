@@ -7,10 +7,12 @@ nested keys with ``__``: ``LIFECYCLE_INPUTS__TRANSACTIONS__PATH=orders.parquet``
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_origin
 
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError
@@ -58,6 +60,8 @@ class MlflowSettings(BaseModel):
 
     tracking_uri: str | None = Field(None, description="default: SQLite in the state folder")
     gate_tolerance: float = Field(0.01, ge=0, lt=1, description="relative slack before a gated metric is worse")
+    lock_timeout_seconds: float = Field(1800, ge=0, description="how long a command waits for another to finish "
+                                        "with the local registry")
 
 
 class SparkSettings(BaseModel):
@@ -125,6 +129,36 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         raise LifecycleError(f"cannot read {path}: {exc}") from None
     settings.state_dir = settings.state_dir.expanduser().resolve()
     return settings
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``LIFECYCLE_*`` environment variable that names no setting (and so is ignored), with the
+    closest real name when there is one."""
+    known = {"LIFECYCLE_CONFIG", *_variable_names(Settings, "LIFECYCLE_")}
+    open_maps = [name for name in known if name.endswith("__")]  # dictionaries: any key below them
+    lines = []
+    for name in sorted(n.upper() for n in environ if n.upper().startswith("LIFECYCLE_")):
+        if name in known or any(name.startswith(prefix) and len(name) > len(prefix) for prefix in open_maps):
+            continue
+        close = difflib.get_close_matches(name, sorted(n for n in known if not n.endswith("__")), n=1)
+        lines.append(f"{name} is not a setting and is ignored" + (f" (did you mean {close[0]}?)" if close else ""))
+    return lines
+
+
+def _variable_names(model: type[BaseModel], prefix: str) -> list[str]:
+    """The environment variable of every setting of ``model``: nested models' fields joined with ``__``;
+    a dictionary field as its prefix ending in ``__``."""
+    names = []
+    for field_name, info in model.model_fields.items():
+        name = f"{prefix}{field_name.upper()}"
+        kind = info.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            names += [name, *_variable_names(kind, f"{name}__")]
+        elif get_origin(kind) is dict:
+            names += [name, f"{name}__"]
+        else:
+            names.append(name)
+    return names
 
 
 def _drop_none(value: Any) -> Any:

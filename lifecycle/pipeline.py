@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from features.build import FeatureBuilder
-from features.sources import Dataset, connect, load, sql_literal, write_relation
+from features.sources import Dataset, connect, load, output_format, sql_literal, write_relation
 from lifecycle.config import Settings
 
 
@@ -46,6 +46,7 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
 
 def build_features(settings: Settings, out: Path) -> FeatureRun:
     """Build the feature table at the configured as-of date and write it (and the rejects) to ``out``."""
+    output_format(out)
     clock = _Clock()
     data = open_dataset(settings)
     as_of = settings.as_of or data.date_range()[1].date()

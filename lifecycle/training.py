@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from mlflow.exceptions import MlflowException
 
@@ -16,6 +21,9 @@ from training import registry
 from training.train import TrainingResult, train
 
 
+GATE_ATTEMPTS = 3  # gates against a champion that moved meanwhile (remote stores) before giving up
+
+
 @dataclass
 class TrainRun:
     """One `lifecycle train`: the result, where it was logged, and what the gate decided."""
@@ -26,6 +34,7 @@ class TrainRun:
     decision: registry.Decision
     tracking_uri: str
     drift: dict[str, float]  # each feature's PSI against the champion's training population, largest first
+    cleaned: list[str]  # what earlier, interrupted runs left behind and this one marked
 
 
 def horizons(settings: Settings) -> Horizons:
@@ -35,27 +44,79 @@ def horizons(settings: Settings) -> Horizons:
 
 def open_registry(settings: Settings):
     """An MLflow client on the configured store (default: SQLite and artifacts in the state folder)."""
-    uri = settings.mlflow.tracking_uri or registry.local_tracking_uri(settings.state_dir)
+    uri = tracking_uri(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     return registry.connect(uri, settings.state_dir / "mlartifacts"), uri
 
 
-def run_training(settings: Settings, data: Dataset | None = None) -> TrainRun:
-    """Validate, train out of time, log and register, gate, then move the aliases (only at the end)."""
+def tracking_uri(settings: Settings) -> str:
+    """The configured MLflow store, or the default SQLite file in the state folder."""
+    return settings.mlflow.tracking_uri or registry.local_tracking_uri(settings.state_dir)
+
+
+@contextmanager
+def registry_lock(settings: Settings, on_wait: Callable[[str], None] = print) -> Iterator[None]:
+    """Hold the local store's lock (a file next to its SQLite file) while a command writes the registry.
+
+    ``train``, ``promote`` and ``rollback`` hold it from the champion's first read to the last alias
+    move, so no gate decides against a champion that is about to change. A second command says it
+    is waiting (``on_wait``) and gives up after ``mlflow.lock_timeout_seconds``. A remote tracking
+    server has no lock here (see docs/models.md); ``run_training`` re-reads the champion before
+    moving an alias there.
+    """
+    uri = tracking_uri(settings)
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock, timeout = FileLock(path), settings.mlflow.lock_timeout_seconds
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        on_wait(f"waiting for another lifecycle command to finish with the registry (lock {path}, "
+                f"up to {timeout:.0f} s)...")
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise LifecycleError(f"the registry is still locked after {timeout:.0f} s by another lifecycle "
+                                 f"command ({path}); raise mlflow.lock_timeout_seconds or try later") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = print
+                 ) -> TrainRun:
+    """Validate, train out of time, then under the registry lock: log and register, gate, move the aliases.
+
+    Training itself runs outside the lock, so two runs overlap there and are gated one after the
+    other. The champion is read again just before the aliases move; if it moved (another host, on
+    a remote store), the gate is run again against the new one.
+    """
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
-                   purchase_model=settings.btyd.model)
-    drift = registry.drift_from_champion(client, result.features)
+                   purchase_model=settings.btyd.model, as_of=settings.as_of)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),
                "first_order": str(first), "last_order": str(last)}
     params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
-    run_id, version = registry.record(result, params, summary, drift)
-    decision = registry.gate(client, data, result, settings.mlflow.gate_tolerance)
-    registry.conclude(client, version, decision)
-    return TrainRun(result, run_id, version, decision, uri, drift)
+    with registry_lock(settings, on_wait):
+        cleaned = registry.clean_interrupted(client)
+        drift = registry.drift_from_champion(client, result.features)
+        run_id, version = registry.record(result, params, summary, drift)
+        for _ in range(GATE_ATTEMPTS):
+            decision = registry.gate(client, data, result, settings.mlflow.gate_tolerance)
+            if registry.alias_version(client, "champion") == decision.champion_version:
+                break
+        else:
+            raise LifecycleError(f"the champion kept moving while version {version} was gated: it is registered "
+                                 "without a gate decision; train again when the other writers are done")
+        registry.conclude(client, version, decision)
+    return TrainRun(result, run_id, version, decision, uri, drift, cleaned)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -71,7 +132,9 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 def load_model(settings: Settings, uri: str | None = None) -> LifecycleModel:
     """The model at an MLflow ``uri`` (default: the registered champion), its ``version`` set to the
     registered version that holds it (or its run id, for an unregistered model)."""
-    open_registry(settings)
+    client, _ = open_registry(settings)
+    if uri is None and registry.alias_version(client, "champion") is None:
+        raise LifecycleError("there is no champion model yet: run `lifecycle train` first")
     uri = uri or f"models:/{registry.MODEL_NAME}@champion"
     try:
         return pyfunc.load(uri).model

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.errors import LifecycleError
-from features.sources import Dataset, sql_literal, write_relation
+from features.sources import Dataset, output_format, sql_literal, write_relation
 from models.drift import add_counts
 from models.lifecycle import LifecycleModel
 
@@ -69,6 +69,17 @@ def load_customer_list(data: Dataset, path: str | Path) -> int:
     return data.con.execute(f"SELECT count(*) FROM {LIST_TABLE}").fetchall()[0][0]
 
 
+def list_matches(data: Dataset) -> tuple[int, int]:
+    """How many of the registered list's ids occur in the order log, and how many would with leading zeros
+    stripped from both (the commonest reason a list matches nothing: ``1`` against ``00001``)."""
+    matched = data.con.execute(f"SELECT count(*) FROM {LIST_TABLE} WHERE customer_id IN "
+                               "(SELECT customer_id FROM transactions)").fetchall()[0][0]
+    stripped = "ltrim(CAST(customer_id AS VARCHAR), '0')"
+    loose = data.con.execute(f"SELECT count(*) FROM {LIST_TABLE} WHERE {stripped} IN "
+                             f"(SELECT {stripped} FROM transactions)").fetchall()[0][0]
+    return matched, loose
+
+
 def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Path, customer_list: bool = False,
                 chunk_rows: int = 100_000, on_chunk: Callable[[int, int], None] | None = None) -> BatchRun:
     """Score every known customer at ``as_of`` (or the registered customer list) into ``out``.
@@ -79,6 +90,7 @@ def score_batch(model: LifecycleModel, data: Dataset, as_of: date, out: str | Pa
     few, not a population).
     """
     out = Path(out)
+    output_format(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rejects = out.with_name(f"{out.stem}.rejects{out.suffix}")
     rejects.unlink(missing_ok=True)
@@ -128,7 +140,7 @@ class _Writer:
 
     def __init__(self, path: Path):
         self.path, self.writer = path, None
-        self.parquet = path.suffix.lower() in (".parquet", ".pq")
+        self.parquet = output_format(path) == "parquet"
 
     def __enter__(self) -> _Writer:
         return self

@@ -11,8 +11,9 @@ follows the ``champion`` alias: a background thread polls the registry every
 with, so a swap never fails one in flight. Bad input is a 4xx with the reason, never a 500.
 
 Configured by environment (``lifecycle serve`` sets it from the project's configuration):
-``LIFECYCLE_SERVING__TRACKING_URI``, ``__MODEL_URI``, ``__POLL_SECONDS``, ``__MAX_CUSTOMERS``,
-``__WORKERS``, ``__API_TOKEN`` (when set, requests need ``Authorization: Bearer <token>``).
+``LIFECYCLE_MLFLOW__TRACKING_URI`` (the store, named as for every other command), and
+``LIFECYCLE_SERVING__MODEL_URI``, ``__POLL_SECONDS``, ``__MAX_CUSTOMERS``, ``__WORKERS``,
+``__API_TOKEN`` (when set, requests need ``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import threading
 import time
 from datetime import UTC, date, datetime
@@ -43,6 +45,7 @@ SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
 # What BG/NBD and Gamma-Gamma read: known for every customer with an order.
 BTYD_INPUTS = ("frequency", "recency", "T", "monetary_value")
 NUMBER_KINDS = ("double", "float", "long", "integer")  # MLflow's names for the signature's numeric columns
+TRACKING_URI_VARIABLE = "LIFECYCLE_MLFLOW__TRACKING_URI"
 SETTINGS = ServingSettings()  # read from the environment once, when a worker imports the service
 
 
@@ -144,9 +147,10 @@ class LifecycleService:
         import mlflow
 
         self.settings = SETTINGS
-        if self.settings.tracking_uri:
-            mlflow.set_tracking_uri(self.settings.tracking_uri)
-            mlflow.set_registry_uri(self.settings.tracking_uri)
+        tracking_uri = os.environ.get(TRACKING_URI_VARIABLE)
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
         self._serve(self.settings.model_uri)
         threading.Thread(target=self._follow_alias, daemon=True).start()
 

@@ -9,11 +9,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServingSettings(BaseSettings):
-    """How the API finds its model and what it accepts."""
+    """How the API finds its model and what it accepts (the MLflow store is ``mlflow.tracking_uri``, read by
+    the service from ``LIFECYCLE_MLFLOW__TRACKING_URI`` like every other command)."""
 
     model_config = SettingsConfigDict(env_prefix="LIFECYCLE_SERVING__", extra="ignore")
 
-    tracking_uri: str | None = Field(None, description="MLflow tracking and registry URI")
     model_uri: str = Field("models:/customer-lifecycle@champion", description="what to serve and follow")
     poll_seconds: float = Field(10.0, gt=0, description="how often to look for a new champion")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,

@@ -13,9 +13,12 @@ first model is promoted. Aliases move only at the very end, so a failed run move
 
 from __future__ import annotations
 
+import os
 import pickle
+import socket
 import tempfile
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import mlflow
@@ -36,6 +39,10 @@ EXPERIMENT = "customer-lifecycle"
 GATED = {"churn_roc_auc": "higher", "next_stage_roc_auc": "higher", "clv_gini": "higher",
          "holdout_purchases_mae": "lower"}
 TWIN_ARTIFACT = "evaluation/twin.pkl"
+GATE_TAG = "gate_promoted"  # on a version: "True" or "False" once gated; INTERRUPTED if it never was
+DECIDED = ("True", "False")
+INTERRUPTED = "interrupted"
+HOST_TAG, PID_TAG = "host", "pid"  # on a run: who logs it
 PLOTS = "plots"
 
 
@@ -70,8 +77,13 @@ class Decision:
 def record(result: TrainingResult, params: dict[str, object], summary: dict[str, object],
            drift: dict[str, float]) -> tuple[str, str]:
     """Log a training run (``drift``: each feature's PSI against the champion) and register its model,
-    with five of its feature rows as the input example; returns (run id, version)."""
+    with five of its feature rows as the input example; returns (run id, version).
+
+    The run is tagged with the host and process that log it, so that a later command can tell a run
+    whose process died (``clean_interrupted``) from one still going.
+    """
     with mlflow.start_run() as run:
+        mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
         mlflow.log_metrics({f"drift_psi_{k}": v for k, v in drift.items()})
         mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
@@ -101,11 +113,21 @@ def served_by(result: TrainingResult) -> dict[str, str]:
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
-    """Compare the challenger with the champion on the challenger's window (relative ``tolerance``)."""
+    """Compare the challenger with the champion on the challenger's window (relative ``tolerance``).
+
+    A challenger trained on older data than the champion (a backfill: ``train --as-of``) is held
+    back: the champion's twin may have seen its window, so no fair comparison exists.
+    """
     ours = {name: challenger.evaluation.metrics[name] for name in GATED}
     champion = alias_version(client, "champion")
     if champion is None:
         return Decision(True, ours, reasons=["first model"])
+    run = client.get_run(client.get_model_version(MODEL_NAME, champion).run_id)
+    champion_end = run.data.params.get("window_end")
+    if champion_end and challenger.windows.end < date.fromisoformat(champion_end):
+        return Decision(False, ours, champion_version=champion,
+                        reasons=[f"trained as of {challenger.windows.end}, before the champion's data "
+                                 f"(up to {champion_end}): promote it by hand if it is meant to serve"])
     twin = _load_twin(client, champion)
     if model_format(twin) != MODEL_FORMAT:  # an older release's champion: nothing to compare it on
         return Decision(True, ours, champion_version=champion,
@@ -123,7 +145,7 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
 
 def conclude(client: MlflowClient, version: str, decision: Decision) -> None:
     """Write the decision on the version and move the aliases accordingly."""
-    for key, value in {"gate_promoted": decision.promote, "gate_reasons": "; ".join(decision.reasons),
+    for key, value in {GATE_TAG: decision.promote, "gate_reasons": "; ".join(decision.reasons),
                        "gate_champion_version": decision.champion_version or "",
                        **{f"gate_challenger_{k}": v for k, v in decision.challenger.items()},
                        **{f"gate_champion_{k}": v for k, v in decision.champion.items()}}.items():
@@ -134,13 +156,17 @@ def conclude(client: MlflowClient, version: str, decision: Decision) -> None:
         client.set_registered_model_alias(MODEL_NAME, "challenger", version)
 
 
-def promote(client: MlflowClient, version: str) -> None:
-    """Make ``version`` the champion; the one it replaces becomes ``previous``."""
+def promote(client: MlflowClient, version: str, force: bool = False) -> None:
+    """Make ``version`` the champion; the one it replaces becomes ``previous``. A version without a gate
+    decision (its training was interrupted) is refused unless ``force``."""
     try:
-        client.get_model_version(MODEL_NAME, str(version))
+        found = client.get_model_version(MODEL_NAME, str(version))
     except MlflowException:
         raise LifecycleError(f"{MODEL_NAME} has no version {str(version)!r}") from None
-    current = alias_version(client, "champion")
+    if found.tags.get(GATE_TAG) not in DECIDED and not force:
+        raise LifecycleError(f"version {version} has no gate decision (its training was interrupted before the "
+                             "gate): promote it with --force if you have checked it")
+    current = alias_version(client, "champion")  # read now, just before the move
     if current is not None and current != str(version):
         client.set_registered_model_alias(MODEL_NAME, "previous", current)
     client.set_registered_model_alias(MODEL_NAME, "champion", str(version))
@@ -153,6 +179,46 @@ def rollback(client: MlflowClient) -> str:
         raise LifecycleError("there is no previous champion to roll back to")
     promote(client, previous)
     return previous
+
+
+def clean_interrupted(client: MlflowClient) -> list[str]:
+    """Mark what a killed ``train`` left behind; returns one line per thing marked.
+
+    A run still ``RUNNING`` that was started on this host by a process that no longer exists is
+    ended as ``FAILED``; a registered version with no gate decision whose run is not running is
+    tagged ``gate_promoted = interrupted`` (``promote`` refuses it unless forced). Runs of other
+    hosts are left to them.
+    """
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    lines = []
+    if experiment is not None:
+        running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+        for run in running:
+            tags = run.data.tags
+            if tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(tags.get(PID_TAG, "0"))):
+                client.set_tag(run.info.run_id, "interrupted", "true")
+                client.set_terminated(run.info.run_id, "FAILED")
+                lines.append(f"run {run.info.run_id} was interrupted (its process {tags[PID_TAG]} is gone): "
+                             "marked FAILED")
+    for version in client.search_model_versions(f"name='{MODEL_NAME}'"):
+        if GATE_TAG in version.tags:
+            continue
+        if client.get_run(version.run_id).info.status != "RUNNING":
+            client.set_model_version_tag(MODEL_NAME, version.version, GATE_TAG, INTERRUPTED)
+            lines.append(f"version {version.version} was registered but never gated: tagged {INTERRUPTED}")
+    return lines
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def alias_version(client: MlflowClient, alias: str) -> str | None:

@@ -122,15 +122,21 @@ class TrainingResult:
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
-          seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO) -> TrainingResult:
+          seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO,
+          as_of: date | None = None) -> TrainingResult:
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
 
     ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS);
-    ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout).
+    ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout);
+    ``as_of`` trains as of that day, on nothing later (default: the last order day).
     """
     data.materialize()  # the protocol reads every table about ten times
+    if as_of is not None:
+        data.until(as_of)
     first, last = data.date_range()
-    win = windows(first.date(), last.date(), horizons)
+    if first is None:
+        raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
+    win = windows(first.date(), as_of or last.date(), horizons)
     builder = new_builder()
     at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
     holdout = _holdout_table(data, builder, win, horizons)
