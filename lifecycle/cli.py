@@ -556,6 +556,10 @@ def _print_training(run) -> None:
                       f"{evaluation.baselines[key]:.4f}" if key else "")
     console.print(table)
     console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
+    for line in run.cleaned:
+        console.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
     if run.drift:

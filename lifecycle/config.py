@@ -53,6 +53,8 @@ class BTYDSettings(BaseModel):
 
     model: Literal[(AUTO, *PURCHASE_MODELS)] = Field(  # type: ignore[valid-type]
         AUTO, description=f"{AUTO}: the highest holdout log-likelihood among {', '.join(PURCHASE_MODELS)}")
+    penalizer: float = Field(0.0, ge=0, description="L2 penalty on the BTYD parameters; a fit that fails is "
+                             "retried with 0.001, 0.01, 0.1 (the run's notes say so)")
 
 
 class MlflowSettings(BaseModel):

@@ -98,7 +98,8 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
-                   purchase_model=settings.btyd.model, as_of=settings.as_of)
+                   purchase_model=settings.btyd.model, as_of=settings.as_of,
+                   penalizer=settings.btyd.penalizer)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),

@@ -41,6 +41,10 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 
+class FitFailed(LifecycleError):
+    """A fit that found no usable maximum (no convergence, or Gamma-Gamma's q <= 1): a penalizer may help."""
+
+
 # An objective of the optimizer: (log-parameters, x, t_x, T, weights, penalizer) -> (value, gradient).
 Objective = Callable[..., tuple[float, np.ndarray]]
 
@@ -157,8 +161,8 @@ class SpendModel:
                                            (ux, um), counts, self.penalizer, 3)
         params = {"p": p, "q": q, "gamma": gamma}
         if params["q"] <= 1:
-            raise LifecycleError(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
-                                 "check the amounts for outliers or use a penalizer")
+            raise FitFailed(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
+                            "check the amounts for outliers or use a penalizer")
         _warn_at_boundary("Gamma-Gamma", params)
         self.params_ = params
         return self
@@ -228,7 +232,7 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
 
         result = minimize(total, jac=True, x0=np.full(size, 0.1), tol=1e-7)
     if not result.success:
-        raise LifecycleError(f"{model} did not converge: {result.message}")
+        raise FitFailed(f"{model} did not converge: {result.message}")
     return [float(v) for v in np.exp(result.x)]
 
 
@@ -283,5 +287,6 @@ def _warn_at_boundary(model: str, params: dict[str, float]) -> None:
     low, high = BOUNDARY
     edges = {k: v for k, v in params.items() if not low < v < high}
     if edges:
-        warnings.warn(f"{model} parameters at the edge of their range {edges}: the data barely identify them",
-                      stacklevel=3)
+        shown = ", ".join(f"{k} ({v:.3g})" for k, v in edges.items())
+        warnings.warn(f"{model}: {shown} is at the edge of what the data identify (read it as about 0 or very "
+                      "large, not as an estimate)", stacklevel=3)

@@ -44,6 +44,7 @@ DECIDED = ("True", "False")
 INTERRUPTED = "interrupted"
 HOST_TAG, PID_TAG = "host", "pid"  # on a run: who logs it
 PLOTS = "plots"
+NOTES_ARTIFACT = "fit_notes.txt"  # what the BTYD fits needed (a penalizer) or found (parameters at an edge)
 
 
 def local_tracking_uri(state_dir: Path) -> str:
@@ -94,6 +95,10 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
         mlflow.log_metrics({f"purchase_model_{name}_{k}": v for name, row in evaluation.purchase_models.iterrows()
                             for k, v in row.items()})
         mlflow.set_tags(choices := served_by(result))
+        mlflow.log_params({"fitted_purchase_penalizer": result.model.purchases.penalizer,
+                           "fitted_spend_penalizer": result.model.spend.penalizer})
+        if result.notes:
+            mlflow.log_text("\n".join(result.notes), NOTES_ARTIFACT)
         with tempfile.TemporaryDirectory() as tmp:
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
             twin.write_bytes(pickle.dumps(result.twin))

@@ -20,6 +20,8 @@ With h the churn horizon and ``end`` the last day of data:
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -30,12 +32,15 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.sources import Dataset
-from models.btyd import PurchaseModel, SpendModel
+from models.btyd import FitFailed, PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
 from models.lifecycle import MODEL_FORMAT, NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
+
+# Penalizers tried, in order, when a fit fails at the configured one (see ``Fitter``).
+RETRY_PENALIZERS = (0.001, 0.01, 0.1)
 
 # Label columns joined to the features (orders renamed: the features have their own).
 _LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
@@ -65,6 +70,48 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
                              f"two churn horizons ({2 * horizons.churn_days} days)")
     holdout = min(horizons.clv_days, ((end - first).days + 1) // 2)
     return Windows(first, end, t0, t1, end - timedelta(days=holdout))
+
+
+@dataclass
+class Fitter:
+    """Fits BTYD models, recovering from failure with a penalizer, and keeps notes for the user.
+
+    A fit that finds no usable maximum (``FitFailed``) at the configured ``penalizer`` is tried
+    again with each larger one of ``RETRY_PENALIZERS``; the notes say which model needed which.
+    Warnings from the fits (parameters at the edge of their range) become notes too, once each.
+    """
+
+    penalizer: float = 0.0
+    found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
+
+    def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
+        """``model_type(penalizer).fit(*columns)``, with the retries; ``what`` names the fit in the notes."""
+        failures = []
+        for penalizer in (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer)):
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    model = model_type(penalizer).fit(*columns)
+            except FitFailed as exc:
+                failures.append(f"{exc} (penalizer {penalizer:g})")
+                continue
+            for warning in caught:
+                self._note(str(warning.message), what)
+            if failures:
+                self._note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
+                           "first one tried)", what)
+            return model
+        raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer up to {RETRY_PENALIZERS[-1]} helped; "
+                             "check the order log for one customer or amount that dwarfs the rest")
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per distinct note, with the fits it is about."""
+        return [f"{note} [{', '.join(whats)}]" for note, whats in self.found.items()]
+
+    def _note(self, line: str, what: str) -> None:
+        line = re.sub(r" \([-+.e\d]+\)", "", line)  # the values at the edge: one note per parameter
+        self.found.setdefault(line, []).append(what)
 
 
 @dataclass
@@ -119,17 +166,20 @@ class TrainingResult:
     windows: Windows
     evaluation: Evaluation
     features: pd.DataFrame
+    notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
           seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO,
-          as_of: date | None = None) -> TrainingResult:
+          as_of: date | None = None, penalizer: float = 0.0) -> TrainingResult:
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
 
     ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS);
     ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout);
-    ``as_of`` trains as of that day, on nothing later (default: the last order day).
+    ``as_of`` trains as of that day, on nothing later (default: the last order day); ``penalizer``
+    is the BTYD fits' first penalizer (see ``Fitter``).
     """
+    fitter = Fitter(penalizer)
     data.materialize()  # the protocol reads every table about ten times
     if as_of is not None:
         data.until(as_of)
@@ -140,49 +190,54 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     builder = new_builder()
     at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
     holdout = _holdout_table(data, builder, win, horizons)
-    fitted, compared, chosen = choose_purchase_model(holdout, win, horizons, purchase_model)
+    fitted, compared, chosen = choose_purchase_model(holdout, win, horizons, purchase_model, fitter)
     model_type = PURCHASE_MODELS[chosen]
-    twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout), horizons, builder, seed,
-                    classifier_params)
+    twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout, fitter, "holdout"), horizons, builder,
+                    seed, classifier_params, fitter)
     evaluation = evaluate_twin(data, twin, win, horizons, holdout)
     twin.churn_source = better_churn_source(evaluation)
     evaluation.metrics |= churn_metrics(evaluation.churn, twin.churn_source)
     evaluation.purchase_models = compared
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
-    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final, model_type), horizons, seed, classifier_params)
+    churn, next_stage = _fit_classifiers(final, *_fit_btyd(final, model_type, fitter, f"at {win.t1}"), horizons,
+                                         seed, classifier_params)
     # Population-relative state (RFM edges) is learned where the model will score: at the end.
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type), churn, next_stage, horizons, profile,
-                           churn_source=twin.churn_source)
-    return TrainingResult(model, twin, win, evaluation, scoring)
+    model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
+                           next_stage, horizons, profile, churn_source=twin.churn_source)
+    return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes)
 
 
-def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO
-                          ) -> tuple[dict[str, PurchaseModel], pd.DataFrame, str]:
+def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO,
+                          fitter: Fitter | None = None) -> tuple[dict[str, PurchaseModel], pd.DataFrame, str]:
     """Fit every purchase model on the calibration window and judge it on the holdout.
 
     Returns the fitted candidates, their metrics (one row per model) and the name chosen: ``forced``
     unless it is ``"auto"``, else the highest holdout log-likelihood, the mean per customer of
     log P(holdout purchases and their days | calibration history): a proper score of everything a
     purchase model predicts (how many purchases, when, and who is gone), with which the generating
-    process wins on large enough data. A candidate that cannot be fitted is left out, with its reason.
+    process wins on large enough data. A candidate that cannot be fitted, even penalized, is left out,
+    with its reason.
     """
+    fitter = fitter or Fitter()
     columns = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     fitted, scores, failures = {}, {}, {}
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
             continue
         try:
-            fitted[name] = model().fit(*columns)
+            fitted[name] = fitter.fit(model, *columns, what=f"calibration to {win.btyd_calibration_end}")
         except LifecycleError as exc:
             failures[name] = str(exc)
             continue
         scores[name] = _purchase_scores(fitted[name], holdout, win.btyd_holdout_days, horizons.churn_days)
     if not fitted:
         raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
+    for name, why in failures.items():
+        fitter.found[f"{PURCHASE_MODELS[name].label} left out of the choice: {why}"] = ["calibration"]
     chosen = forced if forced != AUTO else max(scores, key=lambda name: scores[name]["holdout_log_likelihood"])
     return fitted, pd.DataFrame.from_dict(scores, orient="index"), chosen
 
@@ -204,9 +259,9 @@ def churn_metrics(churn: pd.DataFrame, source: str) -> dict[str, float]:
 
 def fit_twin(at_t0: pd.DataFrame, model_type: type[PurchaseModel], holdout_purchases: PurchaseModel,
              holdout_spend: SpendModel, horizons: Horizons, builder: FeatureBuilder, seed: int = 0,
-             classifier_params: dict | None = None) -> EvaluationTwin:
+             classifier_params: dict | None = None, fitter: Fitter | None = None) -> EvaluationTwin:
     """Fit the models that ``evaluate_twin`` judges: classifiers (and the inputs' BTYD models) at t0."""
-    purchases, spend = _fit_btyd(at_t0, model_type)
+    purchases, spend = _fit_btyd(at_t0, model_type, fitter or Fitter(), "at t0")
     churn, next_stage = _fit_classifiers(at_t0, purchases, spend, horizons, seed, classifier_params)
     return EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend)
 
@@ -263,13 +318,15 @@ def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Hor
     return table.sort_values("customer_id", ignore_index=True)
 
 
-def _fit_btyd(features: pd.DataFrame, model_type: type[PurchaseModel]) -> tuple[PurchaseModel, SpendModel]:
+def _fit_btyd(features: pd.DataFrame, model_type: type[PurchaseModel], fitter: Fitter, what: str
+              ) -> tuple[PurchaseModel, SpendModel]:
     buyers = features[features["orders"] > 0]
-    return model_type().fit(buyers["frequency"], buyers["recency"], buyers["T"]), _fit_spend(buyers)
+    purchases = fitter.fit(model_type, buyers["frequency"], buyers["recency"], buyers["T"], what=what)
+    return purchases, _fit_spend(buyers, fitter, what)
 
 
-def _fit_spend(buyers: pd.DataFrame) -> SpendModel:
-    return SpendModel().fit(buyers["frequency"], buyers["monetary_value"])
+def _fit_spend(buyers: pd.DataFrame, fitter: Fitter, what: str) -> SpendModel:
+    return fitter.fit(SpendModel, buyers["frequency"], buyers["monetary_value"], what=what)
 
 
 def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
