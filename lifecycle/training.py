@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
-
 from mlflow.exceptions import MlflowException
 
 from features.errors import LifecycleError
@@ -19,7 +18,6 @@ from models import pyfunc
 from models.lifecycle import Horizons, LifecycleModel
 from training import registry
 from training.train import TrainingResult, train
-
 
 GATE_ATTEMPTS = 3  # gates against a champion that moved meanwhile (remote stores) before giving up
 

@@ -25,12 +25,13 @@ parameters that autograd knows).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, gammaln, hyp2f1
+from scipy.special import expit, gamma, gammaln, hyp2f1
 
 from models.btyd import FEW_ROWS, Objective, PurchaseModel, _unique_rows
 
 STEP = 1e-5  # of the central differences, in log-parameters
 SCIPY_UP_TO = 2.0  # scipy's hyp2f1(1, c; d; w) is accurate for |w| up to this
+FAR, SMALL_C, GAP = 1e3, 4.0, 0.01  # where _log_far replaces the continued fraction (see there)
 
 
 class ParetoNBD(PurchaseModel):
@@ -121,9 +122,39 @@ def log_hyp2f1_one(c, d, w) -> np.ndarray:
     out = np.full(len(u), np.nan)
     easy = u <= SCIPY_UP_TO
     out[easy] = np.log(hyp2f1(1.0, c[easy], d[easy], -u[easy]))
+    far = ~np.isfinite(out) & (u >= FAR) & (c < SMALL_C)
+    out[far] = _log_far(c[far], d[far], u[far])
     hard = ~np.isfinite(out)
     out[hard] = -np.log(_continued_fraction(c[hard], d[hard], u[hard]))
     return out.reshape(shape)
+
+
+def _log_far(c, d, u) -> np.ndarray:
+    """log 2F1(1, c; d; -u) for large u and small c, where the continued fraction needs thousands of steps.
+
+    DLMF 15.8.2 with a = 1, b = c (its second 2F1 is then (1 + 1/u)^(d - c - 1) exactly):
+    ``(d - 1) / ((c - 1) u) 2F1(1, 2 - d; 2 - c; -1/u) + Gamma(1 - c) Gamma(d) / Gamma(d - c) u^-c
+    (1 + 1/u)^(d - c - 1)``; within 1e-11 of mpmath for c < 4, u >= 1e3, c at least ``GAP`` from 1, 2, 3
+    (the two terms' poles). Nearer, a cubic through the values at ``n +/- GAP``, ``n +/- 2 GAP``.
+    """
+    n = np.round(c)
+    near = (np.abs(c - n) < GAP) & (n >= 1)
+    out = np.empty_like(u)
+    out[~near] = _log_far_exact(c[~near], d[~near], u[~near])
+    if near.any():
+        nodes = np.array([-2, -1, 1, 2]) * GAP
+        at = c[near] - n[near]
+        values = [_log_far_exact(n[near] + node, d[near], u[near]) for node in nodes]
+        weights = [np.prod([(at - other) / (node - other) for other in nodes if other != node], axis=0)
+                   for node in nodes]
+        out[near] = sum(w * v for w, v in zip(weights, values, strict=True))
+    return out
+
+
+def _log_far_exact(c, d, u) -> np.ndarray:
+    first = (d - 1) / ((c - 1) * u) * hyp2f1(1.0, 2 - d, 2 - c, -1 / u)
+    second = gamma(1 - c) * np.exp(gammaln(d) - gammaln(d - c) - c * np.log(u) + (d - c - 1) * np.log1p(1 / u))
+    return np.log(first + second)
 
 
 def _continued_fraction(c, d, u) -> np.ndarray:
@@ -144,6 +175,6 @@ def _continued_fraction(c, d, u) -> np.ndarray:
         front[going] = 1 + k * uu / front[going]
         step = front[going] * back[going]
         value[going] *= step
-        going = going[np.abs(step - 1) > 1e-16]
+        going = going[np.abs(step - 1) > 1e-15]
         j += 1
     return value
