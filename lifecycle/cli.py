@@ -32,7 +32,7 @@ class Engine(StrEnum):
 
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one line per message, however narrow the terminal
-_log_dir: list[Path | None] = [None]  # the state folder, once a command has read the configuration
+_state: dict[str, Path] = {}  # "folder": the state folder, once a command has read the configuration
 if not console.is_terminal and "COLUMNS" not in os.environ:
     console.width = 120  # a log or a pipe: wide enough for every table (a terminal keeps its own width)
 app = typer.Typer(
@@ -72,7 +72,7 @@ def _settings(ctx: typer.Context, **overrides) -> Settings:
     for line in unknown_variables(os.environ):
         errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
     settings = load_settings(ctx.obj, **overrides)
-    _log_dir[0] = settings.state_dir
+    _state["folder"] = settings.state_dir
     return settings
 
 
@@ -657,7 +657,7 @@ def _fail(message: str, code: int) -> None:
 def _os_problem(exc: OSError) -> str:
     where = exc.filename or ""
     line = f"{exc.strerror or exc}: {where}" if where else str(exc)
-    state = _log_dir[0]
+    state = _state.get("folder")
     if state is not None and where and Path(where).resolve().is_relative_to(state):
         line += f" (the state folder {state} must be writable; set state_dir or LIFECYCLE_STATE_DIR to move it)"
     return line
@@ -669,7 +669,7 @@ def _write_trace() -> Path:
     import traceback
 
     text = f"--- {datetime.now():%Y-%m-%d %H:%M:%S} lifecycle {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
-    for folder in (_log_dir[0], Path(tempfile.gettempdir())):
+    for folder in (_state.get("folder"), Path(tempfile.gettempdir())):
         if folder is None:
             continue
         try:

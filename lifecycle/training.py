@@ -52,6 +52,18 @@ def tracking_uri(settings: Settings) -> str:
     return settings.mlflow.tracking_uri or registry.local_tracking_uri(settings.state_dir)
 
 
+def lock_path(settings: Settings) -> Path | None:
+    """The local store's lock file, created if missing (so an unwritable state folder fails here, before any
+    work); None for a remote store."""
+    uri = tracking_uri(settings)
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
 @contextmanager
 def registry_lock(settings: Settings, on_wait: Callable[[str], None] = print) -> Iterator[None]:
     """Hold the local store's lock (a file next to its SQLite file) while a command writes the registry.
@@ -62,12 +74,10 @@ def registry_lock(settings: Settings, on_wait: Callable[[str], None] = print) ->
     server has no lock here (see docs/models.md); ``run_training`` re-reads the champion before
     moving an alias there.
     """
-    uri = tracking_uri(settings)
-    if not uri.startswith("sqlite:///"):
+    path = lock_path(settings)
+    if path is None:
         yield
         return
-    path = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock, timeout = FileLock(path), settings.mlflow.lock_timeout_seconds
     try:
         lock.acquire(timeout=0)
@@ -93,6 +103,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     other. The champion is read again just before the aliases move; if it moved (another host, on
     a remote store), the gate is run again against the new one.
     """
+    lock_path(settings)  # a read-only state folder stops the run now, not after the training
     data = data or open_dataset(settings)
     client, uri = open_registry(settings)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,

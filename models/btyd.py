@@ -288,5 +288,5 @@ def _warn_at_boundary(model: str, params: dict[str, float]) -> None:
     edges = {k: v for k, v in params.items() if not low < v < high}
     if edges:
         shown = ", ".join(f"{k} ({v:.3g})" for k, v in edges.items())
-        warnings.warn(f"{model}: {shown} is at the edge of what the data identify (read it as about 0 or very "
-                      "large, not as an estimate)", stacklevel=3)
+        warnings.warn(f"{model}: {shown} at the edge of what the data identify (read as about 0 or very large, "
+                      "not as estimates)", stacklevel=3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from urllib.request import urlopen
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -65,13 +67,94 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
     (["--config", "nowhere.toml", "config", "show"], "config file 'nowhere.toml' not found"),
     (["data", "simulate", "--out", "x", "--format", "xlsx"], "--format must be parquet or csv"),
     (["schedule", "--cron", "0 3 * *"], "needs five fields"),
+    (["features", "--transactions", "empty.csv", "--out", "f.csv"], "transactions: 'empty.csv' is empty (0 bytes)"),
+    (["train", "--transactions", "header.csv"], "transactions: no rows (the file has a header and nothing else)"),
+    (["features", "--transactions", "header.csv", "--out", "f.csv"], "no rows (the file has a header and nothing"),
+    (["-c", "map.toml", "features", "--transactions", "typed.parquet", "--out", "f.csv"],
+     "transactions: column 'paid' (for amount) holds DATE values; it must be a number"),
+    (["features", "--transactions", "orders.csv", "--out", "features.txt"],
+     "cannot write 'features.txt': name the output .parquet or .csv"),
+    (["score", "--transactions", "orders.csv", "--out", "scores.txt"], "name the output .parquet or .csv"),
+    (["score", "--transactions", "orders.csv", "--out", "scores.csv"],
+     "there is no champion model yet: run `lifecycle train` first"),
+    (["train", "--transactions", "header.csv", "--as-of", "1998-13-01"], "Invalid value"),
 ])
 def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "header.csv").write_text("customer_id,timestamp,amount\n")
+    pd.DataFrame({"id": [1], "at": pd.to_datetime(["2024-01-01"]), "paid": pd.to_datetime(["2024-01-02"]).date}
+                 ).to_parquet(tmp_path / "typed.parquet")
+    (tmp_path / "map.toml").write_text('[inputs.transactions.columns]\ncustomer_id = "id"\ntimestamp = "at"\n'
+                                       'amount = "paid"\n')
     result = run(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())
+    assert len(result.stderr.strip().splitlines()) == 1 or "Invalid value" in message  # click draws a box
     assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "features.txt").exists() and not (tmp_path / "scores.txt").exists()
+
+
+def test_compressed_csv_is_read(tmp_path):
+    pd.DataFrame({"customer_id": list("abcdef"), "timestamp": ["2024-01-01"] * 6, "amount": [1.0] * 6}).to_csv(
+        tmp_path / "orders.csv.gz", index=False, compression="gzip")
+    result = run("features", "--transactions", "orders.csv.gz", "--out", "f.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "f.csv")) == 6
+
+
+def test_unknown_environment_variables_are_reported_with_the_likely_name(tmp_path):
+    result = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON": "60",
+                                                     "LIFECYCLE_INPUTS__TRANSACTION__PATH": "x.csv",
+                                                     "LIFECYCLE_INPUTS__TRANSACTIONS__COLUMNS__AMOUNT": "paid"})
+    assert result.returncode == 0
+    err = " ".join(result.stderr.split())
+    assert "LIFECYCLE_CHURN_HORIZON is not a setting and is ignored (did you mean LIFECYCLE_CHURN_HORIZON_DAYS?)" in err
+    assert "(did you mean LIFECYCLE_INPUTS__TRANSACTIONS__PATH?)" in err
+    assert "COLUMNS__AMOUNT" not in err and 'amount = "paid"' in result.stdout  # a column map: any key is fine
+
+
+def test_help_keeps_square_brackets():
+    result = run("score", "--help", cwd=Path.cwd())
+    assert "customer-lifecycle[spark]" in "".join(result.stdout.split()).replace("│", "")
+
+
+def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_state_log(tmp_path, monkeypatch, capsys):
+    """The top-level handler, around a command that fails with an error of ours (a bug, not a user mistake)."""
+    from lifecycle import cli
+
+    def broken() -> None:
+        {}["missing"]
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.setitem(cli._state, "folder", tmp_path / "state")
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    log = tmp_path / "state" / "lifecycle.log"
+    assert err.strip() == f"error: unexpected KeyError: 'missing' (the full trace is in {log}; please include it " \
+                          "when you report this)"
+    assert "Traceback (most recent call last)" in log.read_text() and "in broken" in log.read_text()
+
+
+def test_a_read_only_state_folder_is_one_line(tmp_path):
+    """`train` and `rollback` with the state folder on a read-only mount (a user namespace of its own: root
+    writes through permission bits, so chmod proves nothing where the suite runs as root)."""
+    orders = pd.DataFrame({"customer_id": list("abcdef"), "timestamp": ["2024-01-01"] * 6, "amount": [1.0] * 6})
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    assert run("models", cwd=tmp_path).returncode == 0  # creates the store
+    state = tmp_path / ".lifecycle"
+    read_only = ["unshare", "-rm", "sh", "-c", 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && '
+                 'shift && exec "$@"', "sh", str(state)]
+    if subprocess.run([*read_only, "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine allows no private read-only mount (unshare -rm)")
+    for args in (["train", "--transactions", "orders.csv"], ["rollback"], ["promote", "1"]):
+        result = subprocess.run([*read_only, sys.executable, "-m", "lifecycle", *args], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == f"error: Read-only file system: {state / 'mlflow.lock'} (the state folder {state} " \
+                                "must be writable; set state_dir or LIFECYCLE_STATE_DIR to move it)\n"
 
 
 def test_configuration_file_column_map_and_environment(tmp_path):
@@ -170,6 +253,17 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
     missing = run("score", "--transactions", "data/transactions.csv", "--out", "x.csv", "--model-uri",
                   "models:/customer-lifecycle/9", cwd=folder)
     assert missing.returncode == 2 and "cannot load the model" in missing.stderr
+    (folder / "header.csv").write_text("customer_id,timestamp,amount\n")
+    empty = run("score", "--transactions", "header.csv", "--out", "x.csv", cwd=folder)
+    assert empty.returncode == 2
+    assert empty.stderr == "error: transactions: no rows (the file has a header and nothing else)\n"
+    pd.DataFrame({"customer_id": ["5", "6", "7"]}).to_csv(folder / "unpadded.csv", index=False)
+    unpadded = run("score", "--transactions", "data/transactions.csv", "--customer-list", "unpadded.csv",
+                   "--out", "out/unpadded.csv", cwd=folder)
+    assert unpadded.returncode == 0, unpadded.stderr
+    assert " ".join(unpadded.stderr.split()) == (
+        "warning: only 0 of the 3 ids in unpadded.csv occur in the order log: the rest are scored as prospects we "
+        "know nothing about; 3 would match without leading zeros (ids are compared as text: '1' is not '00001')")
 
 
 def test_ui_serves_the_local_store(trained):
@@ -199,3 +293,61 @@ def test_ui_serves_the_local_store(trained):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_train_as_of_a_past_day_is_never_promoted_over_newer_data(trained):
+    """A backfill: trained on the data up to a day, judged on the windows before it, held back by the gate
+    (the champion's twin may have seen its window). LIFECYCLE_AS_OF means the same."""
+    folder, _ = trained
+    result = run("train", "--transactions", "data/transactions.csv", cwd=folder, env={"LIFECYCLE_AS_OF": "1998-03-31"})
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "judged on 1998-01-01..1998-03-31" in out
+    assert ("version 2: held back as challenger (trained as of 1998-03-31, before the champion's data (up to "
+            "1998-06-30): promote it by hand if it is meant to serve)") in out
+    listed = " ".join(run("models", cwd=folder).stdout.split())
+    assert "│ 2 │ challenger │ held back │" in listed and "│ 1 │ champion │ promoted │" in listed
+
+
+def _never_leaving(customers: int, seed: int = 0) -> pd.DataFrame:
+    """Buyers who never drop out (Poisson purchases for two years) and order values with no difference between
+    customers: BG/NBD's a and Pareto/NBD's beta run to their edges, and Gamma-Gamma finds no maximum."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, (rate, joined) in enumerate(zip(rng.gamma(0.8, 1 / 30, customers), rng.uniform(0, 365, customers),
+                                           strict=True)):
+        days = joined + np.cumsum(np.r_[0, rng.exponential(1 / rate, 400)])
+        rows += [(f"c{i}", day) for day in days[days < 730]]
+    orders = pd.DataFrame(rows, columns=["customer_id", "day"])
+    return pd.DataFrame({"customer_id": orders.customer_id,
+                         "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(orders.day, unit="D"),
+                         "amount": rng.gamma(2, 20, len(orders)).round(2)})
+
+
+@pytest.mark.parametrize("shop", ["never leaving", "one heavy buyer", "one day"])
+def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop, tmp_path):
+    orders = _never_leaving(600)
+    if shop == "one heavy buyer":  # 5,000 orders over two years beside the rest
+        minutes = np.sort(np.random.default_rng(1).uniform(0, 730 * 1440, 5000))
+        orders = pd.concat([orders, pd.DataFrame({"customer_id": "heavy", "amount": 5.0,
+                                                  "timestamp": pd.Timestamp("2024-01-01")
+                                                  + pd.to_timedelta(minutes, unit="min")})])
+    if shop == "one day":
+        orders["timestamp"] = pd.Timestamp("2024-05-01 10:00")
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    result = run("train", "--transactions", "orders.csv", cwd=tmp_path)
+    out, err = " ".join(result.stdout.split()), " ".join(result.stderr.split())
+    assert "Traceback" not in out + err
+    if shop == "one day":
+        assert result.returncode == 2
+        assert err == ("error: the data span 2024-05-01..2024-05-01; the out-of-time protocol needs more than two "
+                       "churn horizons (180 days)")
+        return
+    assert result.returncode == 0, err
+    assert "version 1: promoted to champion (first model)" in out
+    assert re.search(r"note: (BG/NBD|MBG/NBD|Pareto/NBD): (a|beta) at the edge of what the data identify", out)
+    if shop == "never leaving":  # the fits that failed were fitted again, penalized, and the run says so
+        failed = re.findall(r"note: ((?:BG/NBD|MBG/NBD|Pareto/NBD|Gamma-Gamma) did not converge: [^[]*fitted with "
+                            r"penalizer [0-9.]+)", out)
+        assert any(line.startswith("Gamma-Gamma") for line in failed), out
+        assert len(list(tmp_path.glob(".lifecycle/mlartifacts/**/fit_notes.txt"))) == 1  # logged with the run
