@@ -190,12 +190,12 @@ def promote(
 
     Example: [bold]lifecycle promote 3[/bold]
     """
-    from lifecycle.training import open_registry, registry, registry_lock
+    from lifecycle.training import lock_path, open_registry, registry, registry_lock
 
     settings = _settings(ctx)
     client, _ = open_registry(settings)
     with registry_lock(settings, _say_waiting):
-        _print_cleaned(registry.clean_interrupted(client))
+        _print_cleaned(registry.clean_interrupted(client, exclusive=lock_path(settings) is not None))
         registry.promote(client, version, force=force)
     console.print(f"version {version} is the champion")
 
@@ -206,12 +206,12 @@ def rollback(ctx: typer.Context) -> None:
 
     Example: [bold]lifecycle rollback[/bold]
     """
-    from lifecycle.training import open_registry, registry, registry_lock
+    from lifecycle.training import lock_path, open_registry, registry, registry_lock
 
     settings = _settings(ctx)
     client, _ = open_registry(settings)
     with registry_lock(settings, _say_waiting):
-        _print_cleaned(registry.clean_interrupted(client))
+        _print_cleaned(registry.clean_interrupted(client, exclusive=lock_path(settings) is not None))
         console.print(f"version {registry.rollback(client)} is the champion again")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,16 +36,22 @@ class TrainRun:
     cleaned: list[str]  # what earlier, interrupted runs left behind and this one marked
 
 
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def horizons(settings: Settings) -> Horizons:
     """What the predictions are about, from the configuration."""
     return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate)
 
 
-def open_registry(settings: Settings):
-    """An MLflow client on the configured store (default: SQLite and artifacts in the state folder)."""
+def open_registry(settings: Settings, on_wait: Callable[[str], None] = _to_stderr):
+    """An MLflow client on the configured store (default: SQLite and artifacts in the state folder), connected
+    under the registry lock: the first connection creates and migrates the store, which two at once break."""
     uri = tracking_uri(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    return registry.connect(uri, settings.state_dir / "mlartifacts"), uri
+    with registry_lock(settings, on_wait):
+        return registry.connect(uri, settings.state_dir / "mlartifacts"), uri
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -65,7 +72,7 @@ def lock_path(settings: Settings) -> Path | None:
 
 
 @contextmanager
-def registry_lock(settings: Settings, on_wait: Callable[[str], None] = print) -> Iterator[None]:
+def registry_lock(settings: Settings, on_wait: Callable[[str], None] = _to_stderr) -> Iterator[None]:
     """Hold the local store's lock (a file next to its SQLite file) while a command writes the registry.
 
     ``train``, ``promote`` and ``rollback`` hold it from the champion's first read to the last alias
@@ -95,7 +102,7 @@ def registry_lock(settings: Settings, on_wait: Callable[[str], None] = print) ->
         lock.release()
 
 
-def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = print
+def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = _to_stderr
                  ) -> TrainRun:
     """Validate, train out of time, then under the registry lock: log and register, gate, move the aliases.
 
@@ -105,7 +112,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     """
     lock_path(settings)  # a read-only state folder stops the run now, not after the training
     data = data or open_dataset(settings)
-    client, uri = open_registry(settings)
+    client, uri = open_registry(settings, on_wait)
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
                    purchase_model=settings.btyd.model, as_of=settings.as_of,
                    penalizer=settings.btyd.penalizer)
@@ -115,7 +122,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
                "first_order": str(first), "last_order": str(last)}
     params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
     with registry_lock(settings, on_wait):
-        cleaned = registry.clean_interrupted(client)
+        cleaned = registry.clean_interrupted(client, exclusive=lock_path(settings) is not None)
         drift = registry.drift_from_champion(client, result.features)
         run_id, version = registry.record(result, params, summary, drift)
         for _ in range(GATE_ATTEMPTS):

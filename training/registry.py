@@ -83,8 +83,7 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
     The run is tagged with the host and process that log it, so that a later command can tell a run
     whose process died (``clean_interrupted``) from one still going.
     """
-    with mlflow.start_run() as run:
-        mlflow.set_tags({HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+    with mlflow.start_run(tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}) as run:
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
         mlflow.log_metrics({f"drift_psi_{k}": v for k, v in drift.items()})
         mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
@@ -186,13 +185,14 @@ def rollback(client: MlflowClient) -> str:
     return previous
 
 
-def clean_interrupted(client: MlflowClient) -> list[str]:
+def clean_interrupted(client: MlflowClient, exclusive: bool) -> list[str]:
     """Mark what a killed ``train`` left behind; returns one line per thing marked.
 
-    A run still ``RUNNING`` that was started on this host by a process that no longer exists is
-    ended as ``FAILED``; a registered version with no gate decision whose run is not running is
-    tagged ``gate_promoted = interrupted`` (``promote`` refuses it unless forced). Runs of other
-    hosts are left to them.
+    A run still ``RUNNING`` is ended as ``FAILED`` when its process is gone: every such run when
+    the caller holds the store's lock (``exclusive``: runs are logged only under it), else one
+    started on this host by a process that no longer exists (runs of other hosts are left to
+    them). A registered version with no gate decision whose run is not running is tagged
+    ``gate_promoted = interrupted`` (``promote`` refuses it unless forced).
     """
     experiment = client.get_experiment_by_name(EXPERIMENT)
     lines = []
@@ -200,11 +200,12 @@ def clean_interrupted(client: MlflowClient) -> list[str]:
         running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
         for run in running:
             tags = run.data.tags
-            if tags.get(HOST_TAG) == socket.gethostname() and not _alive(int(tags.get(PID_TAG, "0"))):
+            gone = exclusive or (tags.get(HOST_TAG) == socket.gethostname()
+                                 and not _alive(int(tags.get(PID_TAG, "0"))))
+            if gone:
                 client.set_tag(run.info.run_id, "interrupted", "true")
                 client.set_terminated(run.info.run_id, "FAILED")
-                lines.append(f"run {run.info.run_id} was interrupted (its process {tags[PID_TAG]} is gone): "
-                             "marked FAILED")
+                lines.append(f"run {run.info.run_id} was interrupted (its process is gone): marked FAILED")
     for version in client.search_model_versions(f"name='{MODEL_NAME}'"):
         if GATE_TAG in version.tags:
             continue
