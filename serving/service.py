@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import math
 import os
+import re
 import threading
 import time
 from datetime import UTC, date, datetime
@@ -32,7 +34,7 @@ import bentoml
 import duckdb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, BeforeValidator, RootModel
+from pydantic import BaseModel, BeforeValidator, RootModel, StrictInt, StringConstraints, ValidationError
 
 from features.errors import LifecycleError
 from features.sources import SCHEMAS, connect, load
@@ -47,32 +49,37 @@ BTYD_INPUTS = ("frequency", "recency", "T", "monetary_value")
 NUMBER_KINDS = ("double", "float", "long", "integer")  # MLflow's names for the signature's numeric columns
 TRACKING_URI_VARIABLE = "LIFECYCLE_MLFLOW__TRACKING_URI"
 SETTINGS = ServingSettings()  # read from the environment once, when a worker imports the service
+# What our routes answer besides 200 (401 too when a token is set)
+DECLARED_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                   HTTPStatus.UNPROCESSABLE_ENTITY)
+MAX_TEXT = 256  # the longest id, event type or other text a request may carry
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 
 
 class Order(BaseModel):
     """One order, as in the order log."""
 
-    customer_id: str | int
+    customer_id: Text | StrictInt
     timestamp: datetime
     amount: float
-    order_id: str | int | None = None
+    order_id: Text | StrictInt | None = None
 
 
 class Event(BaseModel):
     """One engagement event (docs/data.md lists the types)."""
 
-    customer_id: str | int
+    customer_id: Text | StrictInt
     timestamp: datetime
-    event_type: str
+    event_type: Text
     value: float | None = None
 
 
 class Customer(BaseModel):
     """One row of the customer table."""
 
-    customer_id: str | int
+    customer_id: Text | StrictInt
     signup_date: datetime | None = None
-    acquisition_channel: str | None = None
+    acquisition_channel: Text | None = None
     acquisition_cost: float | None = None
 
 
@@ -110,7 +117,7 @@ class FeatureRecord(RootModel[dict[str, Any]]):
 
 
 class BearerToken:
-    """ASGI middleware: the API's routes need ``Authorization: Bearer <token>`` (health and metrics do not)."""
+    """ASGI middleware: the API's routes and the metrics need ``Authorization: Bearer <token>`` (not health)."""
 
     def __init__(self, app, token: str, routes: tuple[str, ...]):
         self.app, self.expected, self.routes = app, f"Bearer {token}".encode(), routes
@@ -124,6 +131,125 @@ class BearerToken:
                                                                          }).encode()})
             return
         await self.app(scope, receive, send)
+
+
+class RequestLimits:
+    """ASGI middleware in front of every route: a body over ``max_bytes`` is a 413 before any of it is parsed
+    (by its Content-Length, or counted as it streams in), and a POST body that is not JSON a 415 (a multipart
+    body without a boundary was a 500 inside the framework)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.max_bytes:
+            await _refuse(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {self.max_bytes} bytes")
+            return
+        kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if scope["method"] == "POST" and kind not in (b"application/json", b""):
+            await _refuse(send, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the request body as application/json")
+            return
+        seen, refused = 0, False
+
+        async def counted():
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes and not refused:
+                    refused = True
+                    await _refuse(send, HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                  f"request body over {self.max_bytes} bytes")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, unless_refused)
+
+
+async def _refuse(send, status: HTTPStatus, reason: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps({"error": reason}).encode()})
+
+
+class PublicDocs:
+    """ASGI middleware that makes what BentoML publishes match the API: ``/docs.json`` declares every error
+    status our routes answer (400, 401, 413, 415, 422, with the body they carry) and the bearer scheme when
+    a token is set; the docs page at ``/`` is served without BentoML's third-party tag manager (its own
+    Swagger UI files are local)."""
+
+    def __init__(self, app, secured: tuple[str, ...]):
+        self.app, self.secured = app, secured
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in ("/", "/docs.json"):
+            await self.app(scope, receive, send)
+            return
+        start, chunks = {}, []
+
+        async def keep(message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                chunks.append(message.get("body", b""))
+
+        await self.app(scope, receive, keep)
+        body = b"".join(chunks)
+        if start.get("status") == HTTPStatus.OK:
+            body = self._amended(json.loads(body)) if scope["path"] == "/docs.json" else _without_tag_manager(body)
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _amended(self, spec: dict) -> bytes:
+        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Error"] = {"type": "object", "required": ["error"], "description": "Why the request was refused",
+                            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
+        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        for path in ("/score", "/score_history", "/model"):
+            responses = spec["paths"][path]["post"]["responses"]
+            for status in DECLARED_ERRORS:
+                responses[str(int(status))] = {"description": status.phrase, "content": error}
+            if path in self.secured:
+                spec["paths"][path]["post"]["security"] = [{"bearer": []}]
+                responses["401"] = {"description": "Missing or wrong bearer token", "content": error}
+        if self.secured:
+            spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            spec["paths"]["/metrics"]["get"]["security"] = [{"bearer": []}]
+        return json.dumps(spec).encode()
+
+
+def _without_tag_manager(page: bytes) -> bytes:
+    """BentoML's docs page without the Google Tag Manager script and its noscript frame."""
+    page = re.sub(rb"<script>(?:(?!</script>).)*googletagmanager(?:(?!</script>).)*</script>", b"", page, flags=re.S)
+    return re.sub(rb"<noscript>(?:(?!</noscript>).)*googletagmanager(?:(?!</noscript>).)*</noscript>", b"", page,
+                  flags=re.S)
+
+
+class ClientErrorsInOneLine(logging.Filter):
+    """BentoML logs every failed request at ERROR with its traceback; a client's mistake (a 4xx) becomes one
+    WARNING line with the status and the reason, cut to ``MAX_TEXT`` characters (a 5xx keeps its trace)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValidationError):
+            status, reason = HTTPStatus.BAD_REQUEST, "; ".join(e["msg"] for e in error.errors()[:3])
+        elif isinstance(error, bentoml.exceptions.BentoMLException) and error.error_code < 500:
+            status, reason = error.error_code, str(error)
+        else:
+            return True
+        record.msg, record.args = f"client error on %s [%s]: {int(status)} {reason[:MAX_TEXT]}", record.args
+        record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
+        return True
 
 
 class ServedModel:
@@ -241,9 +367,13 @@ class LifecycleService:
 
 for _api in LifecycleService.apis.values():  # every answer is JSON: saves BentoML a JSON schema per response
     _api.output_spec.media_type = "application/json"
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsInOneLine())
+LifecycleService.add_asgi_middleware(RequestLimits, max_bytes=SETTINGS.max_body_bytes)
+# With a token, the metrics need it too: any path a client sends is a label there (see docs/serving.md)
+SECURED = ("/score", "/score_history", "/model", "/metrics") if SETTINGS.api_token is not None else ()
+LifecycleService.add_asgi_middleware(PublicDocs, secured=SECURED)
 if SETTINGS.api_token is not None:
-    LifecycleService.add_asgi_middleware(BearerToken, token=SETTINGS.api_token.get_secret_value(),
-                                         routes=("/score", "/score_history", "/model"))
+    LifecycleService.add_asgi_middleware(BearerToken, token=SETTINGS.api_token.get_secret_value(), routes=SECURED)
 
 
 def _check(customers: list[Any], columns: dict[str, str]) -> None:
@@ -277,8 +407,10 @@ def _check(customers: list[Any], columns: dict[str, str]) -> None:
                     raise RequestError(f"{where} must be a date like 2025-06-30, not {value!r}") from None
                 if day > today:
                     raise RequestError(f"{where} {day} is in the future")
-            elif kind == "string" and not isinstance(value, str | int):
-                raise RequestError(f"{where} must be text, not {value!r}")
+            elif kind == "string" and (isinstance(value, bool) or not isinstance(value, str | int)):
+                raise RequestError(f"{where} must be text, not {str(value)[:MAX_TEXT]!r}")
+            elif kind == "string" and isinstance(value, str) and len(value) > MAX_TEXT:
+                raise RequestError(f"{where} is longer than {MAX_TEXT} characters")
         if isinstance(record.get("orders"), int | float) and record["orders"] > 0:
             unknown = [name for name in BTYD_INPUTS if name in columns and record[name] is None]
             if unknown:

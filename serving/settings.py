@@ -19,4 +19,6 @@ class ServingSettings(BaseSettings):
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                          description="server processes, each with the model and its own batching")
     max_customers: int = Field(1000, ge=1, description="most customers per request (more: 413)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (more: 413, before "
+                                "any parsing)")
     api_token: SecretStr | None = Field(None, description="bearer token the requests must carry")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -17,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
+import schemathesis
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 TOKEN = "s3cret"
 POLL_SECONDS = 1.0
@@ -141,8 +149,51 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     assert about["gate"]["promoted"] == "True" and about["features"] == list(features.columns)
     assert about["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd") and about["churn_source"] in (
         "classifier", "btyd")
-    for path in ("/livez", "/readyz", "/metrics", "/docs.json"):
+    for path in ("/livez", "/readyz", "/docs.json"):
         assert server.request("GET", path, auth=False)[0] == 200, path
+    # with a token the metrics need it too: every path a client sends becomes a label there
+    assert server.request("GET", "/metrics", auth=False)[0] == 401
+    status, metrics = server.request("GET", "/metrics")
+    assert status == 200 and "request_total" in metrics
+    for _ in range(20):
+        server.request("GET", f"/{os.urandom(8).hex()}", auth=False)
+    assert len(server.request("GET", "/metrics")[1]) < len(metrics) + 64 * 1024
+
+
+def test_the_published_schema_and_docs_page_match_the_api(served):
+    _, server, _ = served
+    status, spec = server.request("GET", "/docs.json", auth=False)
+    assert status == 200 and spec["components"]["securitySchemes"] == {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path in ("/score", "/score_history", "/model"):
+        operation = spec["paths"][path]["post"]
+        assert operation["security"] == [{"bearer": []}]
+        assert {"400", "401", "413", "415", "422"} <= set(operation["responses"]), path
+        assert operation["responses"]["422"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"}
+    order_id = spec["components"]["schemas"]["Order"]["properties"]["order_id"]["anyOf"]
+    assert {"maxLength": 256, "type": "string"} in order_id and {"type": "boolean"} not in order_id
+    status, page = server.request("GET", "/", auth=False)
+    assert status == 200 and "swagger-ui" in page and "googletagmanager" not in page and "https://" not in page
+
+
+@pytest.fixture(scope="module")
+def published(served):
+    """The API's own OpenAPI document, read from the live server."""
+    _, server, _ = served
+    return schemathesis.openapi.from_url(f"http://127.0.0.1:{server.port}/docs.json")
+
+
+fuzzed = schemathesis.pytest.from_fixture("published")
+
+
+@fuzzed.parametrize()
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_requests_generated_from_the_published_schema_get_what_it_declares(case):
+    """Schemathesis against the live server: no 5xx, and every status, media type and body as /docs.json
+    declares them (a bounded run: 30 generated examples per operation, the same in every CI run)."""
+    case.call_and_validate(headers={"authorization": f"Bearer {TOKEN}"},
+                           checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                   response_schema_conformance])
 
 
 def one(features: pd.DataFrame, **changes) -> dict:
@@ -279,6 +330,40 @@ def test_bad_history_is_a_400_naming_the_row_and_reason(served, change, status, 
     got, answer = server.request("POST", "/score_history",
                                  json.dumps({"orders": orders, "as_of": "1998-06-30"}).encode())
     assert got == status and reason in json.dumps(answer), answer
+
+
+def test_no_request_is_too_big_to_refuse_or_breaks_the_server_and_4xx_are_logged_in_one_line(served):
+    folder, server, features = served
+    # a body larger than serving.max_body_bytes (4 MiB) is refused by its length, before a byte of it is read
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/score")
+    for name, value in (("content-type", "application/json"), ("authorization", f"Bearer {TOKEN}"),
+                        ("content-length", str(20 * 1024 * 1024))):
+        connection.putheader(name, value)
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read()) == {"error": "request body over 4194304 bytes"}
+    connection.close()
+    # a multipart body without a boundary (was a 500 inside the framework) and other media types
+    for kind in ("multipart/form-data", "application/x-www-form-urlencoded", "text/plain"):
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}/score", data=b"--x", method="POST",
+                                         headers={"content-type": kind, "authorization": f"Bearer {TOKEN}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 415, kind
+    # text longer than 256 characters is refused, not echoed; false is not an order id
+    orders = history(folder, ["00005"])
+    long_id = [order | {"customer_id": "x" * 10_000} for order in orders]
+    status, answer = server.request("POST", "/score_history", {"orders": long_id, "as_of": "1998-06-30"})
+    assert status == 400 and "at most 256 characters" in json.dumps(answer) and "x" * 300 not in json.dumps(answer)
+    status, answer = server.request("POST", "/score", one(features, customer_id="y" * 300))
+    assert status == 400 and "customer_id is longer than 256 characters" in answer["error"]
+    status, _ = server.request("POST", "/score_history", {"orders": [orders[0] | {"order_id": False}],
+                                                         "as_of": "1998-06-30"})
+    assert status == 400
+    log = (folder / "serve.log").read_text()
+    assert "Traceback" not in log
+    assert "client error on /score [POST]: 400 customers[0].customer_id is longer than 256 characters" in log
 
 
 def test_history_limits_and_dates(served):
