@@ -174,7 +174,7 @@ def load(
         raw, mapping, fmt = given[table]
         _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
-        if table == "transactions" and not report[table].rows:
+        if table == "transactions" and not report[table].rows and not isinstance(sources[table], pd.DataFrame):
             raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")

@@ -181,6 +181,57 @@ async def _refuse(send, status: HTTPStatus, reason: str) -> None:
     await send({"type": "http.response.body", "body": json.dumps({"error": reason}).encode()})
 
 
+class ErrorBodies:
+    """ASGI middleware: every 4xx and 5xx body is ``{"error": text}`` (plus ``"detail"``: text), as /docs.json
+    declares. BentoML answers a refused request with a one-element list, a validation error with a list of
+    objects as its detail, and an unknown path with plain text."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, chunks = {}, []
+
+        async def rewritten(message) -> None:
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                start.update(message)
+            elif not start:
+                await send(message)
+            else:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    body = json.dumps(_error_body(b"".join(chunks))).encode()
+                    headers = [(k, v) for k, v in start.get("headers", [])
+                               if k.lower() not in (b"content-length", b"content-type")]
+                    await send({**start, "headers": [*headers, (b"content-type", b"application/json"),
+                                                     (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, rewritten)
+
+
+def _error_body(raw: bytes) -> dict[str, str]:
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return {"error": raw.decode(errors="replace")[:MAX_TEXT]}
+    if isinstance(found, list) and len(found) == 1:
+        found = found[0]
+    if not isinstance(found, dict):
+        return {"error": str(found)[:MAX_TEXT]}
+    body = {"error": str(found.get("error", ""))}
+    detail = found.get("detail")
+    if isinstance(detail, list):
+        detail = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" if isinstance(e, dict)
+                           else str(e) for e in detail[:5])
+    if detail:
+        body["detail"] = str(detail)
+    return body
+
+
 class PublicDocs:
     """ASGI middleware that makes what BentoML publishes match the API: ``/docs.json`` declares every error
     status our routes answer (400, 401, 413, 415, 422, with the body they carry) and the bearer scheme when
@@ -368,6 +419,7 @@ class LifecycleService:
 for _api in LifecycleService.apis.values():  # every answer is JSON: saves BentoML a JSON schema per response
     _api.output_spec.media_type = "application/json"
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsInOneLine())
+LifecycleService.add_asgi_middleware(ErrorBodies)
 LifecycleService.add_asgi_middleware(RequestLimits, max_bytes=SETTINGS.max_body_bytes)
 # With a token, the metrics need it too: any path a client sends is a label there (see docs/serving.md)
 SECURED = ("/score", "/score_history", "/model", "/metrics") if SETTINGS.api_token is not None else ()
