@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -155,6 +156,14 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     assert server.request("GET", "/metrics", auth=False)[0] == 401
     status, metrics = server.request("GET", "/metrics")
     assert status == 200 and "request_total" in metrics
+    # made-up paths are one series, not one each (they grew the metrics without bound)
+    for _ in range(30):
+        assert server.request("GET", f"/{os.urandom(8).hex()}", auth=False)[0] == 404
+    grown = server.request("GET", "/metrics")[1]
+    assert 'endpoint="/unknown"' in grown and not re.search(r'endpoint="/[0-9a-f]{16}"', grown)
+    for _ in range(30):
+        server.request("GET", f"/{os.urandom(8).hex()}", auth=False)
+    assert len(server.request("GET", "/metrics")[1]) < len(grown) + 200  # the counts' digits, nothing more
 
 
 def test_the_published_schema_and_docs_page_match_the_api(served):
@@ -338,6 +347,23 @@ def test_no_request_is_too_big_to_refuse_or_breaks_the_server_and_4xx_are_logged
                         ("content-length", str(20 * 1024 * 1024))):
         connection.putheader(name, value)
     connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read()) == {"error": "request body over 4194304 bytes"}
+    connection.close()
+    # a chunked body (no Content-Length) is counted as it streams in
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.putrequest("POST", "/score")
+    for name, value in (("content-type", "application/json"), ("authorization", f"Bearer {TOKEN}"),
+                        ("transfer-encoding", "chunked")):
+        connection.putheader(name, value)
+    connection.endheaders()
+    chunk = b"x" * 65536
+    try:
+        for _ in range(4 * 16 + 1):  # 4 MiB and one chunk more
+            connection.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        connection.send(b"0\r\n\r\n")
+    except OSError:  # the server answered and closed before the last bytes: the answer is still there to read
+        pass
     response = connection.getresponse()
     assert response.status == 413 and json.loads(response.read()) == {"error": "request body over 4194304 bytes"}
     connection.close()

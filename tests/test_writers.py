@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def shop(tmp_path_factory) -> Path:
     """A folder with a small simulated order log (trains in seconds)."""
     folder = tmp_path_factory.mktemp("writers")
-    made = run("data", "simulate", "--customers", "1500", "--no-events", "--format", "csv", "--out", "sim",
+    made = run("data", "simulate", "--customers", "800", "--no-events", "--format", "csv", "--out", "sim",
                cwd=folder)
     assert made.returncode == 0, made.stderr
     return folder
