@@ -45,6 +45,24 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_server(folder: Path, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """`lifecycle serve` in ``folder`` on a free port of 127.0.0.1, returned once it is ready (stop it with
+    ``os.killpg(server.pid, 15)``)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--port", str(port)], cwd=folder,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
+            return server, port
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                os.killpg(server.pid, 15)
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.5)
+
+
 class Client(threading.local):
     """One keep-alive connection per client thread, as an app's HTTP client pools them."""
 
@@ -110,20 +128,9 @@ def main() -> None:
         features = pd.read_parquet(folder / "features.parquet").sample(frac=1.0, random_state=0, ignore_index=True)
         bodies = [json.dumps({"customers": json.loads(features.iloc[[i % len(features)]].to_json(
             orient="records", date_format="iso"))}).encode() for i in range(args.requests)]
-        port = free_port()
-        server = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--port", str(port)], cwd=folder,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        with console.status("waiting for the server..."):
+            server, port = start_server(folder)
         try:
-            with console.status("waiting for the server..."):
-                deadline = time.monotonic() + 180
-                while True:
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).read()
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline or server.poll() is not None:
-                            raise SystemExit("the server did not start") from None
-                        time.sleep(0.5)
             rows = [in_process_row(folder, features, args.requests)]
             gc.collect()  # this process now holds a model: keep its full collections out of the timings
             gc.freeze()

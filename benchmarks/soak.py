@@ -22,8 +22,6 @@ import http.client
 import json
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,7 +33,7 @@ import pandas as pd
 import psutil
 
 from benchmarks.report import machine, print_table
-from benchmarks.serving import free_port, lifecycle
+from benchmarks.serving import lifecycle, start_server
 
 TOKEN = "soak"
 
@@ -166,23 +164,11 @@ def main() -> None:
         bodies = [json.dumps({"customers": json.loads(features.iloc[[i]].to_json(orient="records",
                                                                                  date_format="iso"))}).encode()
                   for i in range(0, len(features), 7)]
-        port = free_port()
         env = {**os.environ, "LIFECYCLE_SERVING__API_TOKEN": TOKEN, "LIFECYCLE_SERVING__POLL_SECONDS": "2"}
-        server = subprocess.Popen([sys.executable, "-m", "lifecycle", "serve", "--port", str(port)], cwd=folder,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
+        with console.status("waiting for the server..."):
+            server, port = start_server(folder, env)
         rows = []
         try:
-            with console.status("waiting for the server..."):
-                deadline = time.monotonic() + 180
-                while True:
-                    try:
-                        get(port, "/readyz")
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline or server.poll() is not None:
-                            raise SystemExit("the server did not start") from None
-                        time.sleep(0.5)
             watched = psutil.Process(server.pid)
             load = Load(port, bodies, args.fuzz_every)
             threads = [threading.Thread(target=load.run, args=(seed,), daemon=True)
