@@ -247,10 +247,11 @@ def _format_suffix(path: str) -> str:
 
 
 def _header_line(path: str) -> bytes:
-    if Path(path).suffix.lower() == ".gz":
+    compression = Path(path).suffix.lower()
+    if compression == ".gz":
         with gzip.open(path, "rb") as file:
             return file.readline().strip()
-    if Path(path).suffix.lower() == ".zst":  # no zstd reader in Python 3.11's standard library: ask DuckDB
+    if compression == ".zst":  # no zstd reader in Python 3.11's standard library: ask DuckDB
         return str(duckdb.execute("SELECT Columns FROM sniff_csv(?)", [path]).fetchone()[0]).encode()
     with open(path, "rb") as file:
         return file.readline().strip()
@@ -357,8 +358,8 @@ def _malformed_lines(con, table: str) -> None:
 
 def _check_type(table: str, ours: str, kind: str, theirs: str, dtype: str) -> None:
     """A typed (Parquet) column whose type cannot hold our kind of value is the user's mistake, named as theirs."""
-    numeric = dtype in _INTEGER_TYPES or dtype.startswith(("DOUBLE", "FLOAT", "DECIMAL", "BIGINT", "HUGEINT",
-                                                           "UBIGINT", "UHUGEINT"))
+    numeric = dtype in _INTEGER_TYPES or dtype.startswith(("DOUBLE", "FLOAT", "DECIMAL", "HUGEINT", "UBIGINT",
+                                                           "UHUGEINT"))
     fits = {"amount": numeric, "number": numeric, "timestamp": dtype.startswith(("TIMESTAMP", "DATE"))}
     if dtype not in ("VARCHAR", '"NULL"') and not fits.get(kind, True):
         wanted = "a date or timestamp" if kind == "timestamp" else "a number"

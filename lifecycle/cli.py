@@ -190,12 +190,12 @@ def promote(
 
     Example: [bold]lifecycle promote 3[/bold]
     """
-    from lifecycle.training import lock_path, open_registry, registry, registry_lock
+    from lifecycle.training import open_registry, registry, writing
 
     settings = _settings(ctx)
     client, _ = open_registry(settings)
-    with registry_lock(settings, _say_waiting):
-        _print_cleaned(registry.clean_interrupted(client, exclusive=lock_path(settings) is not None))
+    with writing(settings, client, _say_waiting) as cleaned:
+        _print_notes(cleaned, errors)
         registry.promote(client, version, force=force)
     console.print(f"version {version} is the champion")
 
@@ -206,12 +206,12 @@ def rollback(ctx: typer.Context) -> None:
 
     Example: [bold]lifecycle rollback[/bold]
     """
-    from lifecycle.training import lock_path, open_registry, registry, registry_lock
+    from lifecycle.training import open_registry, registry, writing
 
     settings = _settings(ctx)
     client, _ = open_registry(settings)
-    with registry_lock(settings, _say_waiting):
-        _print_cleaned(registry.clean_interrupted(client, exclusive=lock_path(settings) is not None))
+    with writing(settings, client, _say_waiting) as cleaned:
+        _print_notes(cleaned, errors)
         console.print(f"version {registry.rollback(client)} is the champion again")
 
 
@@ -219,9 +219,9 @@ def _say_waiting(line: str) -> None:
     errors.print(line, highlight=False, markup=False)
 
 
-def _print_cleaned(lines: list[str]) -> None:
+def _print_notes(lines: list[str], to: Console) -> None:
     for line in lines:
-        errors.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
+        to.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
 
 
 @app.command()
@@ -556,10 +556,7 @@ def _print_training(run) -> None:
                       f"{evaluation.baselines[key]:.4f}" if key else "")
     console.print(table)
     console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
-    for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {escape(note)}", highlight=False)
-    for line in run.cleaned:
-        console.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
+    _print_notes([*result.notes, *run.cleaned], console)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
     if run.drift:

@@ -72,8 +72,9 @@ def lock_path(settings: Settings) -> Path | None:
 
 
 @contextmanager
-def registry_lock(settings: Settings, on_wait: Callable[[str], None] = _to_stderr) -> Iterator[None]:
-    """Hold the local store's lock (a file next to its SQLite file) while a command writes the registry.
+def registry_lock(settings: Settings, on_wait: Callable[[str], None] = _to_stderr) -> Iterator[bool]:
+    """Hold the local store's lock (a file next to its SQLite file) while a command writes the registry;
+    yields whether this command is now the store's only writer (False for a remote store: no lock).
 
     ``train``, ``promote`` and ``rollback`` hold it from the champion's first read to the last alias
     move, so no gate decides against a champion that is about to change. A second command says it
@@ -83,7 +84,7 @@ def registry_lock(settings: Settings, on_wait: Callable[[str], None] = _to_stder
     """
     path = lock_path(settings)
     if path is None:
-        yield
+        yield False
         return
     lock, timeout = FileLock(path), settings.mlflow.lock_timeout_seconds
     try:
@@ -97,9 +98,17 @@ def registry_lock(settings: Settings, on_wait: Callable[[str], None] = _to_stder
             raise LifecycleError(f"the registry is still locked after {timeout:.0f} s by another lifecycle "
                                  f"command ({path}); raise mlflow.lock_timeout_seconds or try later") from None
     try:
-        yield
+        yield True
     finally:
         lock.release()
+
+
+@contextmanager
+def writing(settings: Settings, client, on_wait: Callable[[str], None] = _to_stderr) -> Iterator[list[str]]:
+    """Hold the registry lock and first mark what interrupted runs left behind (``registry.clean_interrupted``);
+    yields one line per thing marked."""
+    with registry_lock(settings, on_wait) as exclusive:
+        yield registry.clean_interrupted(client, exclusive)
 
 
 def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = _to_stderr
@@ -121,8 +130,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),
                "first_order": str(first), "last_order": str(last)}
     params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
-    with registry_lock(settings, on_wait):
-        cleaned = registry.clean_interrupted(client, exclusive=lock_path(settings) is not None)
+    with writing(settings, client, on_wait) as cleaned:
         drift = registry.drift_from_champion(client, result.features)
         run_id, version = registry.record(result, params, summary, drift)
         for _ in range(GATE_ATTEMPTS):

@@ -96,9 +96,9 @@ class Fitter:
                 failures.append(f"{exc} (penalizer {penalizer:g})")
                 continue
             for warning in caught:
-                self._note(str(warning.message), what)
+                self.note(str(warning.message), what)
             if failures:
-                self._note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
+                self.note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
                            "first one tried)", what)
             return model
         raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer up to {RETRY_PENALIZERS[-1]} helped; "
@@ -109,7 +109,8 @@ class Fitter:
         """One line per distinct note, with the fits it is about."""
         return [f"{note} [{', '.join(whats)}]" for note, whats in self.found.items()]
 
-    def _note(self, line: str, what: str) -> None:
+    def note(self, line: str, what: str) -> None:
+        """Keep ``line`` as a note about the fit ``what`` (one note per line, whatever the values at an edge)."""
         line = re.sub(r" \([-+.e\d]+\)", "", line)  # the values at the edge: one note per parameter
         self.found.setdefault(line, []).append(what)
 
@@ -237,7 +238,7 @@ def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizon
     if not fitted:
         raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
     for name, why in failures.items():
-        fitter.found[f"{PURCHASE_MODELS[name].label} left out of the choice: {why}"] = ["calibration"]
+        fitter.note(f"{PURCHASE_MODELS[name].label} left out of the choice: {why}", "calibration")
     chosen = forced if forced != AUTO else max(scores, key=lambda name: scores[name]["holdout_log_likelihood"])
     return fitted, pd.DataFrame.from_dict(scores, orient="index"), chosen
 
