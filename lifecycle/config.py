@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     clv_horizon_days: int = Field(365, ge=1)
     churn_horizon_days: int = Field(90, ge=1)
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
+    prediction_interval: float = Field(0.8, gt=0, lt=1, description="level of the purchase and spend intervals")
     future_tolerance_days: int = Field(1, ge=0, description="timestamps later than now + this are rejected")
     inputs: Inputs = Field(default_factory=Inputs)
     features: FeatureParams = Field(default_factory=FeatureParams)

@@ -42,7 +42,8 @@ def _to_stderr(line: str) -> None:
 
 def horizons(settings: Settings) -> Horizons:
     """What the predictions are about, from the configuration."""
-    return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate)
+    return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate,
+                    settings.prediction_interval)
 
 
 def open_registry(settings: Settings, on_wait: Callable[[str], None] = _to_stderr):

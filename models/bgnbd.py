@@ -12,6 +12,12 @@ longer grow with x (the papers' form overflows for customers with hundreds of pu
 
 The fit maximizes ``lifetimes``' own likelihood with its gradient (autograd): the same estimates
 as ``BetaGeoFitter``, which tests/test_btyd.py guards against the published CDNOW numbers.
+
+The distribution of future purchases: given alive and the history, ``lambda ~ Gamma(r + x, alpha
++ T)`` and ``p ~ Beta(a, b~ + 1 + x)``, independent. The next t holds N ~ NB(r + x, (alpha + T) /
+(alpha + T + t)) arrivals, and the k-th is made if N >= k and the customer stayed after the k - 1
+before it: ``P(X >= k | alive) = I_z(k, r + x) B(a, b~ + x + k) / B(a, b~ + x + 1)``, with I the
+regularized incomplete beta function.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import ClassVar
 import numpy as np
 from autograd import value_and_grad
 from lifetimes import BetaGeoFitter
-from scipy.special import expit, gammaln, hyp2f1
+from scipy.special import betainc, betaln, expit, gammaln, hyp2f1
 
 from models.btyd import Objective, PurchaseModel
 
@@ -65,3 +71,9 @@ class BGNBD(PurchaseModel):
         z = t / (alpha + T + t)
         hyp = hyp2f1(a + b_ - r, a - 1, a + b_ + x, z)
         return (a + b_ + x) / (a - 1) * (1 - (1 - z) ** (a - 1) * hyp) * self._p_alive(params, x, t_x, T)
+
+    def _alive_tail(self, params, t, x, T, k):
+        r, alpha, a, b = params
+        stays = b + self._first_purchase_chance + x  # the posterior's b: one more per drop-out chance survived
+        arrivals = betainc(k, r + x, t / (alpha + T + t))
+        return arrivals * np.exp(betaln(a, stays + k - 1) - betaln(a, stays))

@@ -16,6 +16,11 @@ customer with x repeat purchases of mean m shrinks m towards the population mean
 + p x / (p x + q - 1) * m``. Customers without a repeat purchase (x = 0), and repeat buyers
 whose repeat orders were all free (m = 0, which Gamma-Gamma cannot fit), get that formula's
 value: the population mean, or the mean shrunk towards 0.
+
+Prediction intervals (docs/models.md): each model also gives the whole distribution of a
+customer's purchases in the next t, ``P(X >= k) = P(alive) P(X >= k | alive)``, from the
+posterior of their own rates given their history (``FuturePurchases``); Gamma-Gamma turns it into
+the distribution of their spend (``FutureSpend``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import ClassVar, Self
 
@@ -32,6 +38,7 @@ import pandas as pd
 from autograd import value_and_grad
 from lifetimes import GammaGammaFitter
 from scipy.optimize import minimize
+from scipy.special import gammainc, gammaincinv
 
 from features.errors import LifecycleError
 
@@ -40,6 +47,7 @@ BOUNDARY = (1e-6, 1e6)  # parameters outside are at the edge of what the data id
 MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
+TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
 
 class FitFailed(LifecycleError):
     """A fit that found no usable maximum (no convergence, or Gamma-Gamma's q <= 1): a penalizer may help."""
@@ -116,6 +124,30 @@ class PurchaseModel:
 
         return _per_unique(silent, frequency, recency, T, squeeze=np.ndim(t) == 0)
 
+    def future_purchases(self, t: float, frequency, recency, T, p_alive=None) -> FuturePurchases:
+        """Each customer's distribution of purchases in the next ``t`` (``p_alive``: theirs, if known already).
+
+        Given alive, it depends on (x, T) alone: it is tabulated once per distinct pair, counts k = 1, 2, ...
+        in blocks until every pair's ``P(X >= k | alive)`` is below ``TAIL``.
+        """
+        x, t_x, age = _as_arrays(frequency, recency, T)
+        if len(x) <= FEW_ROWS:
+            (ux, uage), row = (x, age), np.arange(len(x))
+        else:
+            (ux, uage), _, row = _unique_rows(x, age)
+        values, blocks, live, first, size = self._values(), [], np.arange(len(ux)), 1, 8
+        while live.size:
+            block = np.zeros((len(ux), size))
+            k = np.arange(first, first + size, dtype=float)
+            with np.errstate(divide="ignore", under="ignore"):
+                block[live] = self._alive_tail(values, float(t), ux[live, None], uage[live, None], k)
+            blocks.append(block)
+            live = live[block[live, -1] > TAIL]
+            first, size = first + size, min(size * 2, 128)
+        tail = np.minimum.accumulate(np.clip(np.hstack(blocks), 0.0, 1.0), axis=1)  # no bump from rounding
+        alive = self.p_alive(x, t_x, age) if p_alive is None else np.asarray(p_alive, dtype=float)
+        return FuturePurchases(alive, tail, row)
+
     def _values(self) -> tuple[float, ...]:
         if self.params_ is None:
             raise LifecycleError(f"{type(self).__name__} is not fitted: call fit() first")
@@ -132,6 +164,57 @@ class PurchaseModel:
 
     def _expected_purchases(self, params: Sequence[float], t, x, t_x, T) -> np.ndarray:
         raise NotImplementedError
+
+    def _alive_tail(self, params: Sequence[float], t: float, x, T, k) -> np.ndarray:
+        """P(X >= k | alive) for purchases X in the next t: rows of (x, T) by a row of counts k >= 1."""
+        raise NotImplementedError
+
+
+@dataclass
+class FuturePurchases:
+    """Customers' distributions of purchases X in a horizon: ``P(X >= k) = p_alive * tail[row, k - 1]``.
+
+    ``tail`` holds ``P(X >= k | alive)``, k = 1, 2, ..., for each distinct (x, T) (0 where negligible);
+    ``row`` is each customer's row of it.
+    """
+
+    p_alive: np.ndarray
+    tail: np.ndarray
+    row: np.ndarray
+
+    def quantile(self, level: float) -> np.ndarray:
+        """The smallest m with P(X <= m) >= level, per customer: the count of k with p_alive P(X >= k | alive)
+        > 1 - level (a binary search along each customer's decreasing tail)."""
+        with np.errstate(divide="ignore"):
+            threshold = (1 - level) / self.p_alive
+        low, high = np.zeros(len(self.row), dtype=np.int64), np.full(len(self.row), self.tail.shape[1])
+        while (open_ := low < high).any():
+            middle = (low + high) // 2
+            above = open_ & (self.tail[self.row, np.minimum(middle, self.tail.shape[1] - 1)] > threshold)
+            low = np.where(above, middle + 1, low)
+            high = np.where(open_ & ~above, middle, high)
+        return low.astype(float)
+
+    def cdf(self, counts) -> np.ndarray:
+        """P(X <= counts) per customer (counts >= 0)."""
+        k = np.asarray(counts, dtype=np.int64) + 1
+        inside = k <= self.tail.shape[1]
+        tail = np.where(inside, self.tail[self.row, np.minimum(k, self.tail.shape[1]) - 1], 0.0)
+        return 1 - self.p_alive * tail
+
+    def below(self, counts) -> np.ndarray:
+        """P(X < counts) per customer."""
+        counts = np.asarray(counts, dtype=float)
+        return np.where(counts > 0, self.cdf(np.maximum(counts - 1, 0)), 0.0)
+
+    def mean(self) -> np.ndarray:
+        """E[X] = sum over k of P(X >= k)."""
+        return self.p_alive * self.tail.sum(axis=1)[self.row]
+
+    def second_moment(self) -> np.ndarray:
+        """E[X^2] = sum over k of (2k - 1) P(X >= k)."""
+        odd = 2 * np.arange(1, self.tail.shape[1] + 1) - 1
+        return self.p_alive * (self.tail @ odd)[self.row]
 
 
 
@@ -180,10 +263,59 @@ class SpendModel:
         weight = p * x / (p * x + q - 1)
         return (1 - weight) * self.population_mean + weight * m
 
+    def future_spend(self, purchases: FuturePurchases, frequency, monetary_value) -> FutureSpend:
+        """The distribution of each customer's spend over the horizon of ``purchases`` (see ``FutureSpend``)."""
+        p, q, gamma = self._params()
+        x, m = _as_arrays(frequency, monetary_value)
+        posterior_q, scale = q + p * x, gamma + x * m  # nu | history ~ Gamma(q + p x, gamma + x m)
+        mean_x, square_x = purchases.mean(), purchases.second_moment()
+        buys = 1 - purchases.cdf(np.zeros(len(x)))
+        # Spend / scale given X = k is BetaPrime(p k, q'); its variance needs q' > 2 (2.05 where it is not).
+        q1, q2 = posterior_q - 1, np.maximum(posterior_q, 2.05) - 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = p * mean_x / q1 / buys
+            variance = (p * p * square_x + p * mean_x) / (q1 * q2) / buys - mean ** 2
+            shape = mean ** 2 / variance
+        return FutureSpend(buys, shape, scale * variance / mean, scale * p / q1 * mean_x)
+
     def _params(self) -> tuple[float, float, float]:
         if self.params_ is None:
             raise LifecycleError("SpendModel is not fitted: call fit() first")
         return self.params_["p"], self.params_["q"], self.params_["gamma"]
+
+
+@dataclass
+class FutureSpend:
+    """Customers' distributions of spend S over a horizon: nothing with probability ``1 - buys``, else
+    (approximately) Gamma(``shape``, ``scale``).
+
+    Given k purchases, Gamma-Gamma makes S / (gamma + x m) a BetaPrime(p k, q + p x) (the order values'
+    rate has its posterior given the history); the mixture over k given X >= 1 is matched by the Gamma
+    with the same mean and variance (docs/models.md measures how close).
+    """
+
+    buys: np.ndarray
+    shape: np.ndarray
+    scale: np.ndarray
+    mean: np.ndarray  # E[S] = E[X] E[order value]
+
+    def quantile(self, level: float) -> np.ndarray:
+        """The smallest s with P(S <= s) >= level, per customer."""
+        nothing = 1 - self.buys
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spent = self.scale * gammaincinv(self.shape, (level - nothing) / self.buys)
+        return np.where(level <= nothing, 0.0, spent)
+
+    def cdf(self, amount) -> np.ndarray:
+        """P(S <= amount) per customer (amount >= 0)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spent = np.where(self.buys > 0, gammainc(self.shape, np.asarray(amount, dtype=float) / self.scale), 1.0)
+        return 1 - self.buys + self.buys * spent
+
+    def below(self, amount) -> np.ndarray:
+        """P(S < amount) per customer: continuous but for the mass at 0."""
+        amount = np.asarray(amount, dtype=float)
+        return np.where(amount > 0, self.cdf(amount), 0.0)
 
 
 def monthly_rate(annual_rate: float) -> float:

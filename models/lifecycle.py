@@ -27,13 +27,15 @@ from models.drift import FeatureProfile
 
 DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
-# the churn source, interpolated calibration); a model records the format it was fitted in.
-MODEL_FORMAT = 2
+# the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
+# intervals); a model records the format it was fitted in.
+MODEL_FORMAT = 3
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
     "r_score", "f_score", "m_score", "rfm_segment", "p_alive", "expected_purchases", "expected_order_value", "clv",
+    "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low", "clv_spend_high",
     "churn_probability", "btyd_churn_probability", "next_stage", "next_stage_probability", "churn_drivers",
     "next_stage_drivers",
     "model_version",
@@ -42,26 +44,44 @@ OUTPUT_COLUMNS = (
 
 @dataclass
 class Horizons:
-    """What the predictions are about: the churn window, the CLV window and the discount rate."""
+    """What the predictions are about: the churn window, the CLV window, the discount rate and the level of
+    the prediction intervals."""
 
     churn_days: int = 90
     clv_days: int = 365
     annual_discount_rate: float = 0.10
+    interval: float = 0.8
+
+    @property
+    def interval_levels(self) -> tuple[float, float]:
+        """The quantiles that bound the central interval: (0.1, 0.9) for 80 %."""
+        return (1 - self.interval) / 2, (1 + self.interval) / 2
+
+
+BTYD_COLUMNS = ("p_alive", "expected_purchases", "expected_order_value", "clv", "btyd_churn_probability",
+                "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low",
+                "clv_spend_high")
 
 
 def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
                  horizons: Horizons) -> dict[str, np.ndarray]:
-    """P(alive), expected purchases (over the churn horizon), expected order value, CLV and the purchase
-    model's probability of no purchase over the churn horizon per row; missing for non-buyers."""
+    """Per row, missing for non-buyers: P(alive), expected purchases (over the churn horizon), expected order
+    value, CLV, the purchase model's probability of no purchase over the churn horizon, and purchases and
+    (undiscounted) spend over the CLV horizon with the bounds of their prediction intervals."""
     buyers = np.asarray(features["orders"], dtype=float) > 0
-    out = {name: np.full(len(buyers), np.nan) for name in ("p_alive", "expected_purchases", "expected_order_value",
-                                                          "clv", "btyd_churn_probability")}
+    out = {name: np.full(len(buyers), np.nan) for name in BTYD_COLUMNS}
     if buyers.any():
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
         months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
-        out["p_alive"][buyers] = purchases.p_alive(f, r, t)
+        out["p_alive"][buyers] = alive = purchases.p_alive(f, r, t)
         out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
+        counts = purchases.future_purchases(horizons.clv_days, f, r, t, p_alive=alive)
+        money = spend.future_spend(counts, f, m)
+        low, high = horizons.interval_levels
+        for name, distribution, mean in (("clv_purchases", counts, counts.mean()), ("clv_spend", money, money.mean)):
+            out[name][buyers], out[f"{name}_low"][buyers] = mean, distribution.quantile(low)
+            out[f"{name}_high"][buyers] = distribution.quantile(high)
         out["btyd_churn_probability"][buyers] = purchases.p_no_purchase(horizons.churn_days, f, r, t)
         out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
         out["clv"][buyers] = clv(purchases, spend, f, r, t, m, months=months,

@@ -17,6 +17,14 @@ customer with 144 repeat purchases) overflows. Then, with ``K = (alpha + T)^(r +
 - expected purchases in the next t: ``(r + x) (beta + T) / ((alpha + T) (s - 1))
   [1 - ((beta + T) / (beta + T + t))^(s - 1)] P(alive)``.
 
+The distribution of future purchases: given alive and the history, ``lambda ~ Gamma(r + x, alpha
++ T)`` and ``mu ~ Gamma(s, beta + T)``, independent. The k-th purchase of the next t comes at
+``S_k``, with ``v = S_k / (alpha + T + S_k) ~ Beta(k, r + x)``, and is made if the customer is still
+there, which they are with probability ``g(v) = ((beta + T) / (beta + T + S_k))^s``. So
+``P(X >= k | alive) = integral from 0 to z of Beta(v; k, r + x) g(v) dv``, z = t / (alpha + T + t):
+Gauss-Legendre in ``y = -log(1 - v)`` over where the density has its mass (y's mean +/- 12 sd, and
+to at least 24 / (r + x) above the mean for its exponential right tail; within [0, -log(1 - z)]).
+
 ``lifetimes``' ``ParetoNBDFitter`` searches with Nelder-Mead on every customer; here BFGS on the
 unique rows, with central differences for the gradient (the 2F1 has no derivative in its
 parameters that autograd knows).
@@ -25,13 +33,14 @@ parameters that autograd knows).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit, gamma, gammaln, hyp2f1
+from scipy.special import betaln, digamma, expit, gamma, gammaln, hyp2f1, polygamma
 
 from models.btyd import FEW_ROWS, Objective, PurchaseModel, _unique_rows
 
 STEP = 1e-5  # of the central differences, in log-parameters
 SCIPY_UP_TO = 2.0  # scipy's hyp2f1(1, c; d; w) is accurate for |w| up to this
 FAR, SMALL_C, GAP = 1e3, 4.0, 0.01  # where _log_far replaces the continued fraction (see there)
+NODES, SPREAD, EXPONENTIAL_TAIL = np.polynomial.legendre.leggauss(48), 12.0, 24.0  # the tail's quadrature
 
 
 class ParetoNBD(PurchaseModel):
@@ -59,6 +68,24 @@ class ParetoNBD(PurchaseModel):
         # [1 - e^(-(s - 1) L)] / (s - 1), which tends to L as s -> 1
         lifetime = stretch if abs(s - 1) < 1e-10 else -np.expm1(-(s - 1) * stretch) / (s - 1)
         return (r + x) * (beta + T) / (alpha + T) * lifetime * self._p_alive(params, x, t_x, T)
+
+    def _alive_tail(self, params, t, x, T, k):
+        r, alpha, s, beta = params
+        shape = r + x
+        z = t / (alpha + T + t)
+        # In y = -log(1 - v) the density's (1 - v)^(r + x - 1), steep near 1 for few purchases, is smooth;
+        # 1 - v ~ Beta(r + x, k), so y has mean psi(r + x + k) - psi(r + x) and variance psi'(r + x) - psi'(r + x + k).
+        mean = digamma(shape + k) - digamma(shape)
+        sd = np.sqrt(polygamma(1, shape) - polygamma(1, shape + k))
+        # Its right tail falls like exp(-(r + x) y): a window of 12 sd is too short for a low-variance exponential.
+        low = np.clip(mean - SPREAD * sd, 0, -np.log1p(-z))
+        high = np.clip(mean + np.maximum(SPREAD * sd, EXPONENTIAL_TAIL / shape), 0, -np.log1p(-z))
+        nodes, weights = NODES
+        y = low + (high - low) * (nodes[:, None, None] + 1) / 2  # nodes x rows x counts
+        v = -np.expm1(-y)
+        density = (k - 1) * np.log(v) - shape * y - betaln(k, shape)  # Beta(v; k, r + x) dv / dy
+        stays = s * (np.log(beta + T) - y - np.log((beta + T) * np.exp(-y) + (alpha + T) * v))
+        return (high - low) / 2 * np.tensordot(weights, np.exp(density + stays), axes=1)
 
 
 def _log_likelihood(params, x, t_x, T) -> np.ndarray:

@@ -17,7 +17,7 @@ from training import registry
 from training.train import train
 
 PLOTS = ["expected_purchases_matrix", "p_alive_matrix", "calibration_vs_holdout_purchases", "churn_reliability",
-         "churn_roc", "churn_pr", "churn_cumulative_gain", "clv_deciles", "feature_importance"]
+         "churn_roc", "churn_pr", "churn_cumulative_gain", "clv_deciles", "interval_coverage", "feature_importance"]
 BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can split
 
 

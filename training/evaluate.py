@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
@@ -66,6 +67,36 @@ def value(actual, predicted, groups: int = 10) -> dict[str, float]:
         "top_decile_capture": float(a[order[:top]].sum() / a.sum()),
         "decile_mape": float(np.mean(errors)),
     }
+
+
+def intervals(distribution, actual, level: float) -> pd.DataFrame:
+    """Per customer, the central interval at ``level`` from ``distribution`` (a ``FuturePurchases`` or
+    ``FutureSpend``) and how it did on the ``actual`` value.
+
+    low, high: the interval; inside: whether the actual value fell in it; stated: the probability the
+    distribution gives its own interval, above ``level`` where it has atoms ([0, 0] holds all of
+    P(nothing)); pit: the chance that a randomized probability integral transform (uniform between
+    P(X < y) and P(X <= y)) lands in the central ``level``, whose mean is ``level`` for calibrated
+    distributions, atoms or not.
+    """
+    y = np.asarray(actual, dtype=float)
+    low_level, high_level = (1 - level) / 2, (1 + level) / 2
+    low, high = distribution.quantile(low_level), distribution.quantile(high_level)
+    below, at = distribution.below(y), distribution.cdf(y)
+    width = at - below
+    overlap = np.clip(np.minimum(at, high_level) - np.maximum(below, low_level), 0, None)
+    pit = np.where(width > 1e-12, overlap / np.maximum(width, 1e-12), (at >= low_level) & (at <= high_level))
+    return pd.DataFrame({"low": low, "high": high, "inside": (y >= low) & (y <= high),
+                         "stated": distribution.cdf(high) - distribution.below(low), "pit": pit})
+
+
+def coverage(table: pd.DataFrame) -> dict[str, float]:
+    """An ``intervals`` table summed up: coverage (share inside) beside what the intervals stated, coverage
+    among intervals that are not one point, and the mean PIT coverage (the level, if calibrated)."""
+    spread = table.high > table.low
+    return {"coverage": float(table.inside.mean()), "stated": float(table.stated.mean()),
+            "coverage_spread": float(table.inside[spread].mean()) if spread.any() else float("nan"),
+            "pit": float(table.pit.mean())}
 
 
 def _gini(actual: np.ndarray, predicted: np.ndarray) -> float:

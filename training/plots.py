@@ -40,6 +40,8 @@ def figures(result: TrainingResult) -> dict[str, Figure]:
         "churn_pr": churn_curves(evaluation.churn, "pr"),
         "churn_cumulative_gain": cumulative_gain(evaluation.churn),
         "clv_deciles": clv_deciles(evaluation.holdout),
+        "interval_coverage": interval_coverage(evaluation.holdout, result.model.horizons.interval,
+                                               w.btyd_holdout_days),
         "feature_importance": feature_importance({"churn": result.model.churn.importance(),
                                                   "next stage": result.model.next_stage.importance()}),
     }
@@ -144,6 +146,28 @@ def clv_deciles(holdout: pd.DataFrame, groups: int = 10) -> Figure:
     ax.set(xlabel="decile of predicted CLV (1 = most valuable)", ylabel="mean per customer",
            title="CLV deciles: predicted vs actual")
     ax.legend()
+    return figure
+
+
+def interval_coverage(holdout: pd.DataFrame, level: float, days: int, groups: int = 10) -> Figure:
+    """Share of customers whose holdout purchases and spend fell in their prediction interval, beside the
+    probability the intervals stated, per decile of expected purchases (atoms at 0 lift both above the level)."""
+    ranked = holdout.iloc[np.argsort(-holdout.predicted.to_numpy(), kind="stable")]
+    decile = np.repeat(np.arange(1, groups + 1), [len(part) for part in np.array_split(np.arange(len(ranked)),
+                                                                                          groups)])
+    figure = Figure(figsize=(10, 4.5))
+    for ax, name in zip(figure.subplots(1, 2, sharey=True), ("purchases", "spend"), strict=True):
+        means = ranked.groupby(decile)[[f"{name}_interval_inside", f"{name}_interval_stated"]].mean()
+        pit = ranked[f"{name}_interval_pit"].mean()
+        ax.plot(means.index, means.iloc[:, 0], "o-", label="actual coverage")
+        ax.plot(means.index, means.iloc[:, 1], "s--", label="stated by the intervals")
+        ax.axhline(level, linestyle=":", color="grey", label=f"level {level:.0%}")
+        ax.set_xticks(means.index)
+        ax.set(xlabel="decile of expected purchases (1 = most)", ylim=(0, 1.02),
+               title=f"{name} in the next {days} days (PIT coverage {pit:.3f})")
+        ax.title.set_fontsize(10)
+    figure.axes[0].set_ylabel("share of customers inside their interval")
+    figure.axes[0].legend(loc="lower left")
     return figure
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 
 import numpy as np
@@ -297,6 +297,9 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
     metrics["next_stage_roc_auc"] = evaluate.ranking(next_stage.reached, next_stage.probability)
     metrics |= {f"holdout_purchases_{k}": v for k, v in evaluate.counts(holdout.purchases, holdout.predicted).items()}
     metrics |= {f"clv_{k}": v for k, v in evaluate.value(holdout.spend, holdout.clv).items()}
+    for name in ("purchases", "spend"):
+        table = holdout.filter(like=f"{name}_interval_").rename(columns=lambda c: c.split("_interval_")[1])
+        metrics |= {f"holdout_{name}_interval_{k}": v for k, v in evaluate.coverage(table).items()}
     baselines = {"churn_roc_auc_recency": evaluate.ranking(churn.churned, churn.recency)}
     baselines |= {f"churn_buyers_{k}_btyd": v
                   for k, v in evaluate.classification(buyers.churned, buyers.btyd).items()}
@@ -369,19 +372,24 @@ def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, chu
 
 
 def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> pd.DataFrame:
-    """The twin's holdout BTYD predictions beside what buyers did after the calibration end.
+    """The twin's holdout BTYD predictions beside what buyers did after the calibration end, with the
+    prediction intervals of purchases and spend over the holdout and how they did (``purchases_interval_*``,
+    ``spend_interval_*``: the columns of ``evaluate.intervals``).
 
     Baselines: each customer's past repeat-purchase rate and past spend rate, carried forward.
     """
-    f, r, t = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    f, r, t, m = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
     days = win.btyd_holdout_days
-    value_horizons = Horizons(horizons.churn_days, days, horizons.annual_discount_rate)
-    return pd.DataFrame({
+    counts = twin.holdout_purchases.future_purchases(days, f, r, t)
+    money = twin.holdout_spend.future_spend(counts, f, m)
+    purchases, spend = table["purchases"].to_numpy(dtype=float), table["spend"].to_numpy(dtype=float)
+    return pd.concat([pd.DataFrame({
         "frequency": f,
-        "purchases": table["purchases"].to_numpy(dtype=float),
+        "purchases": purchases,
         "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),
         "past_rate": f / np.maximum(t, 1) * days,
-        "spend": table["spend"].to_numpy(dtype=float),
-        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, value_horizons)["clv"],
+        "spend": spend,
+        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, replace(horizons, clv_days=days))["clv"],
         "spend_rate": table["total_spend"].to_numpy() / (t + 1) * days,
-    })
+    }), evaluate.intervals(counts, purchases, horizons.interval).add_prefix("purchases_interval_"),
+        evaluate.intervals(money, spend, horizons.interval).add_prefix("spend_interval_")], axis=1)
