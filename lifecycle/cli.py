@@ -491,12 +491,28 @@ def _print_scores(scores, out: Path) -> None:
     top = clv.iloc[: max(1, len(clv) // 10)].sum()
     console.print(f"expected CLV over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of customers "
                   f"hold {top:,.0f} ({top / clv.sum():.0%})")
-    best = Table("customer", "segment", "stage", "CLV", "P(alive)", "churn probability", title="ten most valuable")
+    best = Table("customer", "segment", "stage", "CLV", "purchases (interval)", "spend (interval)", "P(alive)",
+                 "churn probability", title="ten most valuable (purchases and spend: the CLV horizon)")
     for row in scores.nlargest(10, "clv").itertuples():
-        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.clv:,.2f}", f"{row.p_alive:.2f}",
-                     f"{row.churn_probability:.2f}")
+        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.clv:,.2f}",
+                     f"{row.clv_purchases:.1f} ({row.clv_purchases_low:.0f}-{row.clv_purchases_high:.0f})",
+                     f"{row.clv_spend:,.0f} ({row.clv_spend_low:,.0f}-{row.clv_spend_high:,.0f})",
+                     f"{row.p_alive:.2f}", f"{row.churn_probability:.2f}")
     console.print(best)
     console.print(f"every customer's record: [bold]{out}[/bold]")
+
+
+def _print_forecast(forecast, horizons) -> None:
+    """The base's totals over the CLV horizon with their intervals, overall and per stage."""
+    level = f"{horizons.interval:.0%}"
+    table = Table("buyers", "customers", "purchases", f"{level} interval", "spend", f"{level} interval",
+                  title=f"forecast for the next {horizons.clv_days} days (undiscounted; customer and parameter "
+                        "uncertainty)")
+    for row in forecast[forecast.group.isin(["all", "stage"])].itertuples():
+        table.add_row(row.value, f"{row.customers:,}", f"{row.purchases:,.0f}",
+                      f"{row.purchases_low:,.0f} - {row.purchases_high:,.0f}", f"{row.spend:,.0f}",
+                      f"{row.spend_low:,.0f} - {row.spend_high:,.0f}")
+    console.print(table)
 
 
 def _print_published_models() -> None:
@@ -550,11 +566,18 @@ def _print_training(run) -> None:
             ("CLV normalized Gini", "clv_gini", "past spend rate", "clv_gini_spend_rate"),
             ("CLV top-decile capture", "clv_top_decile_capture", "past spend rate",
              "clv_top_decile_capture_spend_rate"),
-            ("CLV decile MAPE", "clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate")]
+            ("CLV decile MAPE", "clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate"),
+            ("purchases in their interval", "holdout_purchases_interval_coverage", "stated by the intervals",
+             "holdout_purchases_interval_stated"),
+            ("purchases interval, PIT coverage", "holdout_purchases_interval_pit", "", ""),
+            ("spend in its interval", "holdout_spend_interval_coverage", "stated by the intervals",
+             "holdout_spend_interval_stated"),
+            ("spend interval, PIT coverage", "holdout_spend_interval_pit", "", "")]
+    values = evaluation.metrics | evaluation.baselines
     for label, metric, baseline, key in rows:
-        table.add_row(label, f"{evaluation.metrics[metric]:.4f}", baseline,
-                      f"{evaluation.baselines[key]:.4f}" if key else "")
+        table.add_row(label, f"{values[metric]:.4f}", baseline, f"{values[key]:.4f}" if key else "")
     console.print(table)
+    _print_forecast(result.forecast, result.model.horizons)
     console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
     _print_notes([*result.notes, *run.cleaned], console)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"

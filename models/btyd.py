@@ -25,6 +25,7 @@ the distribution of their spend (``FutureSpend``).
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -123,6 +124,19 @@ class PurchaseModel:
             return np.exp(np.minimum(later - now, 0.0))  # a ratio <= 1, whatever the last bits of the two terms
 
         return _per_unique(silent, frequency, recency, T, squeeze=np.ndim(t) == 0)
+
+    def parameter_draws(self, draws: int, frequency, recency, T, seed: int = 0) -> list[Self]:
+        """Copies of the model with parameters drawn from the fit's asymptotic normal on the data it was fitted
+        to (``frequency``, ``recency``, ``T``): what the data leave unsure about the parameters."""
+        x, t_x, age = _as_arrays(frequency, recency, T)
+        (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
+        scale = 1 / uage.max()  # the fit's time unit (the covariance of log-parameters does not depend on it)
+        point = np.log([self._values()[i] * (scale if name in self.time_parameters else 1)
+                        for i, name in enumerate(self.parameters)])
+        drawn = _log_parameter_draws(self._objective(), (ux, ut_x * scale, uage * scale), counts, self.penalizer,
+                                     point, draws, seed)
+        return [_holding(self, {name: value / scale if name in self.time_parameters else value
+                                for name, value in zip(self.parameters, row, strict=True)}) for row in np.exp(drawn)]
 
     def future_purchases(self, t: float, frequency, recency, T, p_alive=None) -> FuturePurchases:
         """Each customer's distribution of purchases in the next ``t`` (``p_alive``: theirs, if known already).
@@ -263,6 +277,15 @@ class SpendModel:
         weight = p * x / (p * x + q - 1)
         return (1 - weight) * self.population_mean + weight * m
 
+    def parameter_draws(self, draws: int, frequency, monetary_value, seed: int = 0) -> list[Self]:
+        """Copies of the model with parameters drawn from the fit's asymptotic normal on the data it was fitted to."""
+        x, m = _as_arrays(frequency, monetary_value)
+        usable = (x > 0) & (m > 0)
+        (ux, um), counts, _ = _unique_rows(x[usable], m[usable])
+        drawn = _log_parameter_draws(value_and_grad(GammaGammaFitter._negative_log_likelihood), (ux, um), counts,
+                                     self.penalizer, np.log(self._params()), draws, seed)
+        return [_holding(self, dict(zip(("p", "q", "gamma"), row, strict=True))) for row in np.exp(drawn)]
+
     def future_spend(self, purchases: FuturePurchases, frequency, monetary_value) -> FutureSpend:
         """The distribution of each customer's spend over the horizon of ``purchases`` (see ``FutureSpend``)."""
         p, q, gamma = self._params()
@@ -274,9 +297,11 @@ class SpendModel:
         q1, q2 = posterior_q - 1, np.maximum(posterior_q, 2.05) - 2
         with np.errstate(divide="ignore", invalid="ignore"):
             mean = p * mean_x / q1 / buys
-            variance = (p * p * square_x + p * mean_x) / (q1 * q2) / buys - mean ** 2
+            square = (p * p * square_x + p * mean_x) / (q1 * q2)  # E[(S / scale)^2]
+            variance = square / buys - mean ** 2
             shape = mean ** 2 / variance
-        return FutureSpend(buys, shape, scale * variance / mean, scale * p / q1 * mean_x)
+        spent = scale * p / q1 * mean_x
+        return FutureSpend(buys, shape, scale * variance / mean, spent, scale ** 2 * square - spent ** 2)
 
     def _params(self) -> tuple[float, float, float]:
         if self.params_ is None:
@@ -298,6 +323,7 @@ class FutureSpend:
     shape: np.ndarray
     scale: np.ndarray
     mean: np.ndarray  # E[S] = E[X] E[order value]
+    variance: np.ndarray  # Var[S], of the mixture itself
 
     def quantile(self, level: float) -> np.ndarray:
         """The smallest s with P(S <= s) >= level, per customer."""
@@ -369,6 +395,30 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
 
 
 FEW_ROWS = 1000
+
+
+def _holding(model, params: dict[str, float]):
+    twin = copy.copy(model)
+    twin.params_ = params
+    return twin
+
+
+def _log_parameter_draws(objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
+                         penalizer: float, point: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """Log-parameters drawn from N(point, H^-1), H the Hessian of the total negative log-likelihood at the
+    maximum ``point`` (central differences of the objective's gradient; see ``_maximize_likelihood``).
+    Directions the data do not identify (eigenvalues ~0) get a large but finite variance."""
+    step = 1e-4
+
+    def gradient(at: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            return objective(at, *columns, weights, penalizer)[1]
+
+    hessian = np.column_stack([(gradient(point + h) - gradient(point - h)) / (2 * step)
+                               for h in step * np.eye(len(point))]) * weights.sum()
+    values, vectors = np.linalg.eigh((hessian + hessian.T) / 2)
+    covariance = (vectors / np.maximum(values, 1e-9 * values.max())) @ vectors.T
+    return np.random.default_rng(seed).multivariate_normal(point, covariance, draws)
 
 
 def _as_arrays(*columns) -> list[np.ndarray]:

@@ -16,9 +16,11 @@ import pytest
 from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
 from models.btyd import SpendModel
+from models.lifecycle import Horizons
 from models.purchase_models import PURCHASE_MODELS
 from tests.conftest import load
 from training import evaluate
+from training.forecast import forecast
 
 PARAMS = {"bgnbd": {"r": 0.243, "alpha": 4.414 * 7, "a": 0.793, "b": 2.426},
           "mbgnbd": {"r": 0.525, "alpha": 6.183 * 7, "a": 0.891, "b": 1.614},
@@ -128,3 +130,24 @@ def test_the_totals_match_what_the_simulated_base_did(held_out):
     money = spend.future_spend(counts, table.frequency, table.monetary_value)
     assert counts.mean().sum() == pytest.approx(table.purchases.sum(), rel=0.05)
     assert money.mean.sum() == pytest.approx(table.spend.sum(), rel=0.08)
+
+
+def test_the_base_forecast_covers_the_simulated_totals_at_its_level():
+    """30 shops simulated afresh: the 80 % interval of the base's total purchases and spend over the next
+    year holds the real total in about 80 % of them (binomial sd over 30: 0.07)."""
+    hits = []
+    for seed in range(30):
+        sim = simulate(SimulationParams(customers=1500, seed=100 + seed, events=False, prospect_share=0))
+        data = load(transactions=sim.transactions)
+        cut = data.date_range()[1].date() - timedelta(days=365)
+        builder = FeatureBuilder()
+        table = builder.fit_transform(data, cut).df()
+        real = builder.labels(data, cut, 365).df()[["purchases", "spend"]].sum()
+        buyers = table[table.orders > 0]
+        purchases = PURCHASE_MODELS["bgnbd"]().fit(buyers.frequency, buyers.recency, buyers["T"])
+        spend = SpendModel().fit(buyers.frequency, buyers.monetary_value)
+        total = forecast(purchases, spend, Horizons(), table).iloc[0]
+        assert total.value == "all buyers" and total.customers == len(buyers)
+        hits.append([total[f"{name}_low"] <= real[name] <= total[f"{name}_high"] for name in ("purchases", "spend")])
+    share = np.mean(hits, axis=0)
+    assert share.min() >= 0.7 and share.max() <= 0.93, share

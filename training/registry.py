@@ -45,6 +45,7 @@ INTERRUPTED = "interrupted"
 HOST_TAG, PID_TAG = "host", "pid"  # on a run: who logs it
 PLOTS = "plots"
 NOTES_ARTIFACT = "fit_notes.txt"  # what the BTYD fits needed (a penalizer) or found (parameters at an edge)
+FORECAST_ARTIFACT = "forecast.csv"  # the base's totals over the CLV horizon with intervals (training.forecast)
 
 
 def local_tracking_uri(state_dir: Path) -> str:
@@ -98,6 +99,10 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
                            "fitted_spend_penalizer": result.model.spend.penalizer})
         if result.notes:
             mlflow.log_text("\n".join(result.notes), NOTES_ARTIFACT)
+        mlflow.log_text(result.forecast.to_csv(index=False), FORECAST_ARTIFACT)
+        base = result.forecast.iloc[0]
+        mlflow.log_metrics({f"forecast_{k}": float(base[k]) for k in base.index
+                            if k.startswith(("purchases", "spend"))})
         with tempfile.TemporaryDirectory() as tmp:
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
             twin.write_bytes(pickle.dumps(result.twin))

@@ -38,6 +38,7 @@ from models.drift import FeatureProfile
 from models.lifecycle import MODEL_FORMAT, NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
+from training.forecast import forecast
 
 # Penalizers tried, in order, when a fit fails at the configured one (see ``Fitter``).
 RETRY_PENALIZERS = (0.001, 0.01, 0.1)
@@ -168,6 +169,7 @@ class TrainingResult:
     evaluation: Evaluation
     features: pd.DataFrame
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
+    forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``training.forecast``)
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
@@ -209,7 +211,8 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source)
-    return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes)
+    totals = forecast(model.purchases, model.spend, horizons, scoring, seed=seed)
+    return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
 
 def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO,
