@@ -75,5 +75,13 @@ class BGNBD(PurchaseModel):
     def _alive_tail(self, params, t, x, T, k):
         r, alpha, a, b = params
         stays = b + self._first_purchase_chance + x  # the posterior's b: one more per drop-out chance survived
-        arrivals = betainc(k, r + x, t / (alpha + T + t))
-        return arrivals * np.exp(betaln(a, stays + k - 1) - betaln(a, stays))
+        shape, z, first, steps = r + x, t / (alpha + T + t), k[0], k[:-1]
+        one = np.ones_like(shape + z)
+        # P(N >= k): the incomplete beta at the block's first count, then less P(N = k) for each k (a running
+        # product); the Beta factor likewise, each term the last times (b' + k - 1) / (a + b' + k - 1).
+        mass = np.exp(gammaln(shape + first) - gammaln(shape) - gammaln(first + 1) + shape * np.log1p(-z)
+                      + first * np.log(z)) * np.cumprod(np.hstack([one, (shape + steps) / (steps + 1) * z]), axis=1)
+        arrivals = betainc(first, shape, z) - np.hstack([0 * one, np.cumsum(mass[:, :-1], axis=1)])
+        staying = np.exp(betaln(a, stays + first - 1) - betaln(a, stays)) * np.cumprod(
+            np.hstack([one, (stays + steps - 1) / (a + stays + steps - 1)]), axis=1)
+        return np.maximum(arrivals, 0) * staying

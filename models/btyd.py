@@ -125,18 +125,16 @@ class PurchaseModel:
 
         return _per_unique(silent, frequency, recency, T, squeeze=np.ndim(t) == 0)
 
-    def parameter_draws(self, draws: int, frequency, recency, T, seed: int = 0) -> list[Self]:
-        """Copies of the model with parameters drawn from the fit's asymptotic normal on the data it was fitted
-        to (``frequency``, ``recency``, ``T``): what the data leave unsure about the parameters."""
+    def log_parameter_covariance(self, frequency, recency, T) -> np.ndarray:
+        """The covariance of the log-parameters (in the order of ``parameters``) from the fit's curvature on the
+        data it was fitted to (``frequency``, ``recency``, ``T``): what the data leave unsure about them."""
         x, t_x, age = _as_arrays(frequency, recency, T)
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
         scale = 1 / uage.max()  # the fit's time unit (the covariance of log-parameters does not depend on it)
         point = np.log([self._values()[i] * (scale if name in self.time_parameters else 1)
                         for i, name in enumerate(self.parameters)])
-        drawn = _log_parameter_draws(self._objective(), (ux, ut_x * scale, uage * scale), counts, self.penalizer,
-                                     point, draws, seed)
-        return [_holding(self, {name: value / scale if name in self.time_parameters else value
-                                for name, value in zip(self.parameters, row, strict=True)}) for row in np.exp(drawn)]
+        return _log_parameter_covariance(self._objective(), (ux, ut_x * scale, uage * scale), counts, self.penalizer,
+                                         point)
 
     def future_purchases(self, t: float, frequency, recency, T, p_alive=None) -> FuturePurchases:
         """Each customer's distribution of purchases in the next ``t`` (``p_alive``: theirs, if known already).
@@ -180,7 +178,8 @@ class PurchaseModel:
         raise NotImplementedError
 
     def _alive_tail(self, params: Sequence[float], t: float, x, T, k) -> np.ndarray:
-        """P(X >= k | alive) for purchases X in the next t: rows of (x, T) by a row of counts k >= 1."""
+        """P(X >= k | alive) for purchases X in the next t: rows of (x, T) (columns) by a block of consecutive
+        counts k >= 1 (a row)."""
         raise NotImplementedError
 
 
@@ -277,14 +276,13 @@ class SpendModel:
         weight = p * x / (p * x + q - 1)
         return (1 - weight) * self.population_mean + weight * m
 
-    def parameter_draws(self, draws: int, frequency, monetary_value, seed: int = 0) -> list[Self]:
-        """Copies of the model with parameters drawn from the fit's asymptotic normal on the data it was fitted to."""
+    def log_parameter_covariance(self, frequency, monetary_value) -> np.ndarray:
+        """The covariance of the log-parameters (p, q, gamma) from the fit's curvature on the data it was fitted to."""
         x, m = _as_arrays(frequency, monetary_value)
         usable = (x > 0) & (m > 0)
         (ux, um), counts, _ = _unique_rows(x[usable], m[usable])
-        drawn = _log_parameter_draws(value_and_grad(GammaGammaFitter._negative_log_likelihood), (ux, um), counts,
-                                     self.penalizer, np.log(self._params()), draws, seed)
-        return [_holding(self, dict(zip(("p", "q", "gamma"), row, strict=True))) for row in np.exp(drawn)]
+        return _log_parameter_covariance(value_and_grad(GammaGammaFitter._negative_log_likelihood), (ux, um), counts,
+                                         self.penalizer, np.log(self._params()))
 
     def future_spend(self, purchases: FuturePurchases, frequency, monetary_value) -> FutureSpend:
         """The distribution of each customer's spend over the horizon of ``purchases`` (see ``FutureSpend``)."""
@@ -397,17 +395,18 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
 FEW_ROWS = 1000
 
 
-def _holding(model, params: dict[str, float]):
+def holding(model, params: dict[str, float]):
+    """A copy of a fitted model holding other parameter values."""
     twin = copy.copy(model)
     twin.params_ = params
     return twin
 
 
-def _log_parameter_draws(objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
-                         penalizer: float, point: np.ndarray, draws: int, seed: int) -> np.ndarray:
-    """Log-parameters drawn from N(point, H^-1), H the Hessian of the total negative log-likelihood at the
-    maximum ``point`` (central differences of the objective's gradient; see ``_maximize_likelihood``).
-    Directions the data do not identify (eigenvalues ~0) get a large but finite variance."""
+def _log_parameter_covariance(objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
+                              penalizer: float, point: np.ndarray) -> np.ndarray:
+    """H^-1, H the Hessian of the total negative log-likelihood in log-parameters at the maximum ``point``
+    (central differences of the objective's gradient; see ``_maximize_likelihood``). Directions the data do
+    not identify (eigenvalues ~0) get a large but finite variance."""
     step = 1e-4
 
     def gradient(at: np.ndarray) -> np.ndarray:
@@ -417,8 +416,7 @@ def _log_parameter_draws(objective: Objective, columns: tuple[np.ndarray, ...], 
     hessian = np.column_stack([(gradient(point + h) - gradient(point - h)) / (2 * step)
                                for h in step * np.eye(len(point))]) * weights.sum()
     values, vectors = np.linalg.eigh((hessian + hessian.T) / 2)
-    covariance = (vectors / np.maximum(values, 1e-9 * values.max())) @ vectors.T
-    return np.random.default_rng(seed).multivariate_normal(point, covariance, draws)
+    return (vectors / np.maximum(values, 1e-9 * values.max())) @ vectors.T
 
 
 def _as_arrays(*columns) -> list[np.ndarray]:

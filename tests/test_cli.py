@@ -289,7 +289,7 @@ def test_ui_serves_the_local_store(trained):
         version = json.load(urlopen(f"{base}/model-versions/get?name=customer-lifecycle&version=1", timeout=5))
         run_id = version["model_version"]["run_id"]
         listed = json.load(urlopen(f"{base}/artifacts/list?run_id={run_id}&path=plots", timeout=5))
-        assert len([f for f in listed["files"] if f["path"].endswith(".png")]) == 9
+        assert len([f for f in listed["files"] if f["path"].endswith(".png")]) == 10
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -15,15 +15,14 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from models.btyd import PurchaseModel, SpendModel
+from models.btyd import PurchaseModel, SpendModel, holding
 from models.lifecycle import Horizons
 
 GROUPINGS = ("rfm_segment", "stage")
-DRAWS = 100
+STEP = 1e-4  # of the central differences, in log-parameters
 
 
-def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, features: pd.DataFrame,
-             draws: int = DRAWS, seed: int = 0) -> pd.DataFrame:
+def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, features: pd.DataFrame) -> pd.DataFrame:
     """One row per group (``all`` buyers, then each RFM segment and stage): its customers, and their total
     purchases and spend over the CLV horizon with ``*_low`` / ``*_high`` at the interval level of ``horizons``.
 
@@ -40,22 +39,42 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
         return np.concatenate([np.bincount(c, weights=values, minlength=len(g)) for c, g in zip(codes, labels,
                                                                                               strict=True)])
 
-    drawn_purchases, drawn_spend = [], []
-    for drawn_model, drawn_values in zip(purchases.parameter_draws(draws, f, r, t, seed),
-                                         spend.parameter_draws(draws, f, m, seed + 1), strict=True):
-        expected = drawn_model.expected_purchases(days, f, r, t)
-        drawn_purchases.append(totals(expected))
-        drawn_spend.append(totals(expected * drawn_values.expected_order_value(f, m)))
+    def expected(model: PurchaseModel) -> np.ndarray:
+        return model.expected_purchases(days, f, r, t)
+
+    point_purchases, order_value = expected(purchases), spend.expected_order_value(f, m)
+    purchase_gradient = _gradient(lambda model: totals(expected(model)), purchases)
+    spend_gradients = (_gradient(lambda model: totals(expected(model) * order_value), purchases),
+                       _gradient(lambda model: totals(point_purchases * model.expected_order_value(f, m)), spend))
+    purchase_covariance = purchases.log_parameter_covariance(f, r, t)
+    parameter_variance = {
+        "purchases": _through(purchase_gradient, purchase_covariance),
+        "spend": _through(spend_gradients[0], purchase_covariance)
+        + _through(spend_gradients[1], spend.log_parameter_covariance(f, m))}
     out = pd.DataFrame({"group": [name for name, g in zip(("all", *GROUPINGS), labels, strict=True) for _ in g],
                         "value": [value for g in labels for value in g],
                         "customers": totals(np.ones(len(buyers))).astype(int)})
     z = norm.ppf((1 + horizons.interval) / 2)
     own_variance = {"purchases": counts.second_moment() - counts.mean() ** 2, "spend": money.variance}
-    for name, point, drawn in (("purchases", counts.mean(), drawn_purchases), ("spend", money.mean, drawn_spend)):
+    for name, point in (("purchases", counts.mean()), ("spend", money.mean)):
         centre = totals(point)
-        half = z * np.sqrt(totals(own_variance[name]) + np.var(drawn, axis=0))
+        half = z * np.sqrt(totals(own_variance[name]) + parameter_variance[name])
         out[name], out[f"{name}_low"], out[f"{name}_high"] = centre, np.maximum(centre - half, 0), centre + half
     return out
+
+
+def _gradient(total_of, model) -> np.ndarray:
+    """d total / d log-parameter (rows: the model's parameters in their order; columns: the groups)."""
+    rows = []
+    for name, value in model.params_.items():
+        up, down = (holding(model, model.params_ | {name: value * np.exp(side * STEP)}) for side in (1, -1))
+        rows.append((total_of(up) - total_of(down)) / (2 * STEP))
+    return np.array(rows)
+
+
+def _through(gradient: np.ndarray, covariance: np.ndarray) -> np.ndarray:
+    """Each group's variance ``g' C g`` by the delta method."""
+    return np.einsum("pg,pq,qg->g", gradient, covariance, gradient)
 
 
 def _groups(buyers: pd.DataFrame) -> tuple[list[np.ndarray], list[list[str]]]:

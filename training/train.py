@@ -211,7 +211,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source)
-    totals = forecast(model.purchases, model.spend, horizons, scoring, seed=seed)
+    totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
 
