@@ -39,7 +39,7 @@ from models.btyd import FEW_ROWS, Objective, PurchaseModel, _unique_rows
 
 STEP = 1e-5  # of the central differences, in log-parameters
 SCIPY_UP_TO = 2.0  # scipy's hyp2f1(1, c; d; w) is accurate for |w| up to this
-FAR, SMALL_C, GAP = 1e3, 4.0, 0.01  # where _log_far replaces the continued fraction (see there)
+FAR, GAP, SERIES_TERMS = 1e3, 0.01, 400  # where _log_far replaces the continued fraction (see there)
 NODES, SPREAD, EXPONENTIAL_TAIL = np.polynomial.legendre.leggauss(48), 12.0, 24.0  # the tail's quadrature
 
 
@@ -149,7 +149,7 @@ def log_hyp2f1_one(c, d, w) -> np.ndarray:
     out = np.full(len(u), np.nan)
     easy = u <= SCIPY_UP_TO
     out[easy] = np.log(hyp2f1(1.0, c[easy], d[easy], -u[easy]))
-    far = ~np.isfinite(out) & (u >= FAR) & (c < SMALL_C)
+    far = ~np.isfinite(out) & (u >= FAR) & (d < u / 10)
     out[far] = _log_far(c[far], d[far], u[far])
     hard = ~np.isfinite(out)
     out[hard] = -np.log(_continued_fraction(c[hard], d[hard], u[hard]))
@@ -157,12 +157,14 @@ def log_hyp2f1_one(c, d, w) -> np.ndarray:
 
 
 def _log_far(c, d, u) -> np.ndarray:
-    """log 2F1(1, c; d; -u) for large u and small c, where the continued fraction needs thousands of steps.
+    """log 2F1(1, c; d; -u) for large u (u >= 1e3, d < u / 10), where the continued fraction needs thousands
+    of steps.
 
     DLMF 15.8.2 with a = 1, b = c (its second 2F1 is then (1 + 1/u)^(d - c - 1) exactly):
     ``(d - 1) / ((c - 1) u) 2F1(1, 2 - d; 2 - c; -1/u) + Gamma(1 - c) Gamma(d) / Gamma(d - c) u^-c
-    (1 + 1/u)^(d - c - 1)``; within 1e-11 of mpmath for c < 4, u >= 1e3, c at least ``GAP`` from 1, 2, 3
-    (the two terms' poles). Nearer, a cubic through the values at ``n +/- GAP``, ``n +/- 2 GAP``.
+    (1 + 1/u)^(d - c - 1)``, the first 2F1 summed as its series (``_inverse_series``); within 1e-10 of
+    mpmath where c is at least ``GAP`` from 1, 2, 3, ... (the two terms' poles). Nearer, a cubic through
+    the values at ``n +/- GAP``, ``n +/- 2 GAP``.
     """
     n = np.round(c)
     near = (np.abs(c - n) < GAP) & (n >= 1)
@@ -179,9 +181,21 @@ def _log_far(c, d, u) -> np.ndarray:
 
 
 def _log_far_exact(c, d, u) -> np.ndarray:
-    first = (d - 1) / ((c - 1) * u) * hyp2f1(1.0, 2 - d, 2 - c, -1 / u)
+    first = (d - 1) / ((c - 1) * u) * _inverse_series(c, d, u)
     second = gamma(1 - c) * np.exp(gammaln(d) - gammaln(d - c) - c * np.log(u) + (d - c - 1) * np.log1p(1 / u))
     return np.log(first + second)
+
+
+def _inverse_series(c, d, u) -> np.ndarray:
+    """2F1(1, 2 - d; 2 - c; -1/u) as its series, sum over n of (2 - d)_n / (2 - c)_n (-1/u)^n, to the last bit
+    (scipy's hyp2f1 loses every digit here once 2 - c < -2 and d is large)."""
+    total, term = np.ones_like(u), np.ones_like(u)
+    for n in range(SERIES_TERMS):
+        term = term * (2 - d + n) / (2 - c + n) / -u
+        total += term
+        if not (np.abs(term) > 1e-17 * np.abs(total)).any():
+            break
+    return total
 
 
 def _continued_fraction(c, d, u) -> np.ndarray:

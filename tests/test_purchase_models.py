@@ -184,12 +184,14 @@ def test_pareto_integral_against_quadrature_and_the_2f1_against_mpmath():
     np.testing.assert_allclose(ours, reference, rtol=1e-10, atol=1e-14)
 
 
-def test_the_2f1_for_large_arguments_and_small_c_against_mpmath():
-    """Where the continued fraction needs thousands of steps (u >= 1e3, c < 4: a population that barely drops
-    out puts Pareto/NBD's beta near 1e7), DLMF 15.8.2 to 1e-10, and the cubic across its poles at c = 1, 2, 3."""
+def test_the_2f1_for_large_arguments_against_mpmath():
+    """Where the continued fraction needs thousands of steps (u >= 1e3 and d < u / 10: a population that barely
+    drops out puts Pareto/NBD's beta near 1e7), DLMF 15.8.2 to 1e-10, and the cubic across its poles at
+    c = 1, 2, 3, ...; c up to 12 with d up to 600 (where scipy's hyp2f1 in 15.8.2 lost every digit)."""
     mpmath.mp.dps = 30
     c, gap, u = (np.array(v, dtype=float).ravel() for v in np.meshgrid(
-        [0.05, 0.7, 1.0, 1.004, 1.5, 2.0, 2.993, 3.7], [0.05, 2.0, 120.0], [1e3, 1e5, 1e8], indexing="ij"))
+        [0.05, 0.7, 1.0, 1.004, 1.5, 2.0, 2.993, 3.7, 4.9, 5.0, 6.3, 11.7], [0.05, 2.0, 120.0, 590.0],
+        [1e3, 1e4, 1e5, 1e8], indexing="ij"))
     d = c + gap
     ours = pareto_nbd.log_hyp2f1_one(c, d, -u)
     reference = np.array([float(mpmath.log(mpmath.hyp2f1(1, ci, di, -ui))) for ci, di, ui in zip(c, d, u, strict=True)])
