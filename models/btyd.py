@@ -49,7 +49,7 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
-STILL_GRADIENT = 1e-5  # a fit whose search stopped early is at the maximum if no gradient entry is larger
+STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
 class FitFailed(LifecycleError):
     """A fit that found no usable maximum (no convergence, or Gamma-Gamma's q <= 1): a penalizer may help."""
@@ -389,8 +389,10 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
 
         result = minimize(total, jac=True, x0=np.full(size, 0.1), tol=1e-7)
     # BFGS also stops on "precision loss" when its line search cannot improve on rounding noise: at the
-    # maximum if the gradient is that small too (scipy 1.17 stops so on a Gamma-Gamma fit at 2e-7).
-    if not (result.success or np.abs(result.jac).max() < STILL_GRADIENT):
+    # maximum if the gradient is that small too (scipy 1.17 stops so on a Gamma-Gamma fit at 2e-7), unless
+    # the parameters are drifting off to an edge, where the likelihood flattens out (a penalizer helps).
+    inside = np.all((BOUNDARY[0] < np.exp(result.x)) & (np.exp(result.x) < BOUNDARY[1]))
+    if not (result.success or (np.abs(result.jac).max() < STILL_GRADIENT and inside)):
         raise FitFailed(f"{model} did not converge: {result.message}")
     return [float(v) for v in np.exp(result.x)]
 
