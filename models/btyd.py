@@ -49,6 +49,7 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
+DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
 class FitFailed(LifecycleError):
@@ -148,7 +149,7 @@ class PurchaseModel:
             (ux, uage), row = (x, age), np.arange(len(x))
         else:
             (ux, uage), _, row = _unique_rows(x, age)
-        values, blocks, live, first, size = self._values(), [], np.arange(len(ux)), 1, 8
+        values, blocks, live, first, size = self._values(), [], np.arange(len(ux)), 1, 8 if len(ux) > FEW_ROWS else 32
         while live.size:
             block = np.zeros((len(ux), size))
             k = np.arange(first, first + size, dtype=float)
@@ -198,9 +199,11 @@ class FuturePurchases:
 
     def quantile(self, level: float) -> np.ndarray:
         """The smallest m with P(X <= m) >= level, per customer: the count of k with p_alive P(X >= k | alive)
-        > 1 - level (a binary search along each customer's decreasing tail)."""
+        > 1 - level (for many customers a binary search along each one's decreasing tail)."""
         with np.errstate(divide="ignore"):
             threshold = (1 - level) / self.p_alive
+        if len(self.row) * self.tail.shape[1] <= DIRECT_COUNT:  # a few customers: count at once
+            return (self.tail[self.row] > threshold[:, None]).sum(axis=1).astype(float)
         low, high = np.zeros(len(self.row), dtype=np.int64), np.full(len(self.row), self.tail.shape[1])
         while (open_ := low < high).any():
             middle = (low + high) // 2
