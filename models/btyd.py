@@ -49,6 +49,7 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
+FIRST_BLOCK = 16  # counts in the first block of the tail; each next block doubles, up to 128
 DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
@@ -142,14 +143,16 @@ class PurchaseModel:
         """Each customer's distribution of purchases in the next ``t`` (``p_alive``: theirs, if known already).
 
         Given alive, it depends on (x, T) alone: it is tabulated once per distinct pair, counts k = 1, 2, ...
-        in blocks until every pair's ``P(X >= k | alive)`` is below ``TAIL``.
+        in blocks until every pair's ``P(X >= k | alive)`` is below ``TAIL``. The blocks are the same however
+        many customers are scored (a block starts its running products afresh), so one customer alone, a
+        chunk and a Spark partition get the same numbers.
         """
         x, t_x, age = _as_arrays(frequency, recency, T)
         if len(x) <= FEW_ROWS:
             (ux, uage), row = (x, age), np.arange(len(x))
         else:
             (ux, uage), _, row = _unique_rows(x, age)
-        values, blocks, live, first, size = self._values(), [], np.arange(len(ux)), 1, 8 if len(ux) > FEW_ROWS else 32
+        values, blocks, live, first, size = self._values(), [], np.arange(len(ux)), 1, FIRST_BLOCK
         while live.size:
             block = np.zeros((len(ux), size))
             k = np.arange(first, first + size, dtype=float)
