@@ -73,7 +73,6 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
     if buyers.any():
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
-        months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
         out["p_alive"][buyers] = alive = purchases.p_alive(f, r, t)
         out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
         counts = purchases.future_purchases(horizons.clv_days, f, r, t, p_alive=alive)
@@ -84,10 +83,16 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
             out[f"{name}_high"][buyers] = distribution.quantile(high)
         out["btyd_churn_probability"][buyers] = purchases.p_no_purchase(horizons.churn_days, f, r, t)
         out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
-        out["clv"][buyers] = clv(purchases, spend, f, r, t, m, months=months,
-                                 monthly_discount=monthly_rate(horizons.annual_discount_rate),
-                                 month_length=horizons.clv_days / months)
+        out["clv"][buyers] = horizon_clv(purchases, spend, f, r, t, m, horizons)
     return out
+
+
+def horizon_clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, monetary_value,
+                horizons: Horizons) -> np.ndarray:
+    """CLV over ``horizons.clv_days`` in whole months (at least one), at the horizons' discount rate."""
+    months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
+    return clv(purchases, spend, frequency, recency, T, monetary_value, months=months,
+               monthly_discount=monthly_rate(horizons.annual_discount_rate), month_length=horizons.clv_days / months)
 
 
 def classifier_inputs(features: Columns, btyd: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -3,10 +3,10 @@
 For the whole base of buyers and for each RFM segment and stage. A total is a sum over customers,
 so its spread has two parts: each customer's own randomness (the variances of their predictive
 distributions, summed: customers are independent given the parameters) and what the data leave
-unsure about the parameters (the spread of the expected total over parameters drawn from the fits'
-asymptotic normal, ``parameter_draws``). The interval is normal with both variances added: a
-total over many customers is close to normal (docs/models.md shows its coverage on repeated
-simulations).
+unsure about the parameters, by the delta method: the expected totals' gradients in the
+log-parameters (central differences) through each fit's covariance (``log_parameter_covariance``).
+The interval is normal with both variances added: a total over many customers is close to normal
+(docs/models.md shows its coverage on repeated simulations).
 """
 
 from __future__ import annotations
@@ -39,24 +39,25 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
         return np.concatenate([np.bincount(c, weights=values, minlength=len(g)) for c, g in zip(codes, labels,
                                                                                               strict=True)])
 
-    def expected(model: PurchaseModel) -> np.ndarray:
-        return model.expected_purchases(days, f, r, t)
+    expected, order_value = counts.mean(), spend.expected_order_value(f, m)
 
-    point_purchases, order_value = expected(purchases), spend.expected_order_value(f, m)
-    purchase_gradient = _gradient(lambda model: totals(expected(model)), purchases)
-    spend_gradients = (_gradient(lambda model: totals(expected(model) * order_value), purchases),
-                       _gradient(lambda model: totals(point_purchases * model.expected_order_value(f, m)), spend))
+    def purchase_totals(model: PurchaseModel) -> np.ndarray:  # purchases, then spend at today's order values
+        shifted = model.expected_purchases(days, f, r, t)
+        return np.stack([totals(shifted), totals(shifted * order_value)])
+
+    by_purchases = _gradient(purchase_totals, purchases)  # parameters x (purchases, spend) x groups
+    by_spend = _gradient(lambda model: totals(expected * model.expected_order_value(f, m)), spend)
     purchase_covariance = purchases.log_parameter_covariance(f, r, t)
     parameter_variance = {
-        "purchases": _through(purchase_gradient, purchase_covariance),
-        "spend": _through(spend_gradients[0], purchase_covariance)
-        + _through(spend_gradients[1], spend.log_parameter_covariance(f, m))}
+        "purchases": _through(by_purchases[:, 0], purchase_covariance),
+        "spend": _through(by_purchases[:, 1], purchase_covariance)
+        + _through(by_spend, spend.log_parameter_covariance(f, m))}
     out = pd.DataFrame({"group": [name for name, g in zip(("all", *GROUPINGS), labels, strict=True) for _ in g],
                         "value": [value for g in labels for value in g],
                         "customers": totals(np.ones(len(buyers))).astype(int)})
     z = norm.ppf((1 + horizons.interval) / 2)
-    own_variance = {"purchases": counts.second_moment() - counts.mean() ** 2, "spend": money.variance}
-    for name, point in (("purchases", counts.mean()), ("spend", money.mean)):
+    own_variance = {"purchases": counts.second_moment() - expected ** 2, "spend": money.variance}
+    for name, point in (("purchases", expected), ("spend", money.mean)):
         centre = totals(point)
         half = z * np.sqrt(totals(own_variance[name]) + parameter_variance[name])
         out[name], out[f"{name}_low"], out[f"{name}_high"] = centre, np.maximum(centre - half, 0), centre + half
@@ -64,7 +65,7 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
 
 
 def _gradient(total_of, model) -> np.ndarray:
-    """d total / d log-parameter (rows: the model's parameters in their order; columns: the groups)."""
+    """d totals / d log-parameter: the model's parameters in their order by the shape of ``total_of``'s totals."""
     rows = []
     for name, value in model.params_.items():
         up, down = (holding(model, model.params_ | {name: value * np.exp(side * STEP)}) for side in (1, -1))

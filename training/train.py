@@ -35,7 +35,15 @@ from features.sources import Dataset
 from models.btyd import FitFailed, PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
-from models.lifecycle import MODEL_FORMAT, NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
+from models.lifecycle import (
+    MODEL_FORMAT,
+    NOT_FEATURES,
+    Horizons,
+    LifecycleModel,
+    btyd_columns,
+    classifier_inputs,
+    horizon_clv,
+)
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
 from training.forecast import forecast
@@ -392,7 +400,7 @@ def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horiz
         "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),
         "past_rate": f / np.maximum(t, 1) * days,
         "spend": spend,
-        "clv": btyd_columns(twin.holdout_purchases, twin.holdout_spend, table, replace(horizons, clv_days=days))["clv"],
+        "clv": horizon_clv(twin.holdout_purchases, twin.holdout_spend, f, r, t, m, replace(horizons, clv_days=days)),
         "spend_rate": table["total_spend"].to_numpy() / (t + 1) * days,
     }), evaluate.intervals(counts, purchases, horizons.interval).add_prefix("purchases_interval_"),
         evaluate.intervals(money, spend, horizons.interval).add_prefix("spend_interval_")], axis=1)
