@@ -233,8 +233,8 @@ def models(ctx: typer.Context) -> None:
     from lifecycle.training import open_registry, registry
 
     client, uri = open_registry(_settings(ctx))
-    table = Table("version", "aliases", "gate", "purchase model", "churn from", "churn AUC", "next stage AUC",
-                  "CLV Gini", "purchases MAE", "created", title=f"{registry.MODEL_NAME} in {uri}")
+    table = Table("version", "aliases", "gate", "purchase model", "churn from", "CLV from", "churn AUC",
+                  "next stage AUC", "CLV Gini", "purchases MAE", "created", title=f"{registry.MODEL_NAME} in {uri}")
     found = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
     for number in sorted((int(v.version) for v in found), reverse=True):
         version = client.get_model_version(registry.MODEL_NAME, str(number))  # search leaves aliases out
@@ -242,7 +242,7 @@ def models(ctx: typer.Context) -> None:
         gate = {"True": "promoted", "False": "held back", registry.INTERRUPTED: "interrupted"}.get(
             version.tags.get(registry.GATE_TAG, ""), "not yet")
         table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
-                      *(version.tags.get(key, "-") for key in ("purchase_model", "churn_source")),
+                      *(version.tags.get(key, "-") for key in ("purchase_model", "churn_source", "clv_source")),
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
                       datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
@@ -489,8 +489,9 @@ def _print_scores(scores, out: Path) -> None:
     console.print(table, segments)
     clv = scores.clv.fillna(0).sort_values(ascending=False)
     top = clv.iloc[: max(1, len(clv) // 10)].sum()
-    console.print(f"expected CLV over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of customers "
-                  f"hold {top:,.0f} ({top / clv.sum():.0%})")
+    source = "learned" if scores.clv.equals(scores.clv_learned) else "BTYD"
+    console.print(f"expected CLV ({source}) over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of "
+                  f"customers hold {top:,.0f} ({top / clv.sum():.0%})")
     best = Table("customer", "segment", "stage", "CLV", "purchases (interval)", "spend (interval)", "P(alive)",
                  "churn probability", title="ten most valuable (purchases and spend: the CLV horizon)")
     for row in scores.nlargest(10, "clv").itertuples():
@@ -500,6 +501,29 @@ def _print_scores(scores, out: Path) -> None:
                      f"{row.p_alive:.2f}", f"{row.churn_probability:.2f}")
     console.print(best)
     console.print(f"every customer's record: [bold]{out}[/bold]")
+
+
+def _print_clv(evaluation, model, w) -> None:
+    """The BTYD CLV, the learned CLV and the past spend rate judged on the same window, and which CLV serves."""
+    days, horizon = w.clv_label_days, model.horizons.clv_days
+    values = evaluation.metrics | evaluation.baselines
+    table = Table("prediction", "normalized Gini", "Spearman", "top-decile capture", "decile MAPE", "total error", "",
+                  title=f"CLV judged on spend over {w.clv_judged}..{w.end} ({days} days; learned CLV fitted at "
+                        f"{w.clv_fitted})")
+    for label, prefix, suffix, name in ((f"BTYD ({model.purchases.label}, Gamma-Gamma)", "clv_btyd_", "", "btyd"),
+                                        ("learned (LightGBM on BTYD)", "clv_learned_", "", "learned"),
+                                        ("past spend rate", "clv_", "_spend_rate", "")):
+        if f"{prefix}gini{suffix}" in values:
+            table.add_row(label, *(f"{values[f'{prefix}{k}{suffix}']:{spec}}" for k, spec in (
+                ("gini", ".4f"), ("spearman", ".4f"), ("top_decile_capture", ".4f"), ("decile_mape", ".4f"),
+                ("aggregate_error", "+.4f"))), "served" if name == model.clv_source else "")
+    console.print(table)
+    served = ("the learned CLV (it ranks better, with a decile MAPE close to BTYD's)" if model.clv_source == "learned"
+              else "the BTYD CLV" + (" (the learned CLV did not beat it)" if "clv_learned_gini" in values else ""))
+    console.print(f"clv: [bold]{served}[/bold]; both are in every record (clv_btyd, clv_learned)")
+    if days < horizon:
+        console.print(f"the learned CLV's labels cover {days} days (the history is too short for {horizon}): each "
+                      f"customer's own BTYD ratio of CLV to {days}-day spend carries it to the CLV horizon")
 
 
 def _print_forecast(forecast, horizons) -> None:
@@ -562,11 +586,6 @@ def _print_training(run) -> None:
              "holdout_purchases_mae_past_rate"),
             ("holdout purchases total error", "holdout_purchases_aggregate_error", "past purchase rate",
              "holdout_purchases_aggregate_error_past_rate"),
-            ("CLV Spearman", "clv_spearman", "past spend rate", "clv_spearman_spend_rate"),
-            ("CLV normalized Gini", "clv_gini", "past spend rate", "clv_gini_spend_rate"),
-            ("CLV top-decile capture", "clv_top_decile_capture", "past spend rate",
-             "clv_top_decile_capture_spend_rate"),
-            ("CLV decile MAPE", "clv_decile_mape", "past spend rate", "clv_decile_mape_spend_rate"),
             ("purchases in their interval", "holdout_purchases_interval_coverage", "stated by the intervals",
              "holdout_purchases_interval_stated"),
             ("purchases interval, PIT coverage", "holdout_purchases_interval_pit", "", ""),
@@ -577,6 +596,7 @@ def _print_training(run) -> None:
     for label, metric, baseline, key in rows:
         table.add_row(label, f"{values[metric]:.4f}", baseline, f"{values[key]:.4f}" if key else "")
     console.print(table)
+    _print_clv(evaluation, result.model, w)
     _print_forecast(result.forecast, result.model.horizons)
     console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
     _print_notes([*result.notes, *run.cleaned], console)

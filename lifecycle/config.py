@@ -27,6 +27,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import FeatureParams, StageRules
 from features.sources import TableSource
+from models.learned_clv import CLV_SOURCES, MAPE_SLACK
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from serving.settings import ServingSettings
 
@@ -55,6 +56,15 @@ class BTYDSettings(BaseModel):
         AUTO, description=f"{AUTO}: the highest holdout log-likelihood among {', '.join(PURCHASE_MODELS)}")
     penalizer: float = Field(0.0, ge=0, description="L2 penalty on the BTYD parameters; a fit that fails is "
                              "retried with 0.001, 0.01, 0.1 (the run's notes say so)")
+
+
+class CLVSettings(BaseModel):
+    """Which CLV is served as ``clv``: BTYD's, the learned one, or the better out of time (``auto``)."""
+
+    model: Literal[(AUTO, *CLV_SOURCES)] = Field(  # type: ignore[valid-type]
+        AUTO, description=f"{AUTO}: the learned CLV if it ranks the judged window's spend better (normalized Gini) "
+        "and its decile MAPE is at most mape_slack above BTYD's")
+    mape_slack: float = Field(MAPE_SLACK, ge=0, description="how much worse the learned CLV's decile MAPE may be")
 
 
 class MlflowSettings(BaseModel):
@@ -89,6 +99,7 @@ class Settings(BaseSettings):
     features: FeatureParams = Field(default_factory=FeatureParams)
     stages: StageRules = Field(default_factory=StageRules)
     btyd: BTYDSettings = Field(default_factory=BTYDSettings)
+    clv: CLVSettings = Field(default_factory=CLVSettings)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)

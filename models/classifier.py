@@ -18,50 +18,28 @@ than TreeSHAP (``pred_contrib``), with which they largely agree (docs/models.md 
 
 from __future__ import annotations
 
-from typing import Self
+from typing import ClassVar, Self
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 from scipy.special import expit, logit
 from sklearn.isotonic import IsotonicRegression
-from sklearn.model_selection import train_test_split
 
 from features.errors import LifecycleError
+from models.trees import BoostedTrees
 
-DEFAULT_PARAMS = {
-    "objective": "binary",
-    "learning_rate": 0.05,
-    "num_leaves": 31,
-    "max_depth": 6,  # shallow trees: as accurate on CDNOW and the simulator, cheaper to explain
-    "min_data_in_leaf": 50,
-    "feature_fraction": 0.9,
-    "bagging_fraction": 0.9,
-    "bagging_freq": 1,
-    "lambda_l2": 1.0,
-    "verbosity": -1,
-    "deterministic": True,
-    "force_row_wise": True,
-}
 TAIL_FLOOR = 1e-6  # an outer step of probability 0 or 1 continues from this far inside
 FEW_ROWS = 64  # explained with one gather over all trees (more rows: tree by tree, a chunk at a time)
 
 
-class Classifier:
+class Classifier(BoostedTrees):
     """A calibrated LightGBM classifier over a feature table (numeric and text columns)."""
 
-    def __init__(self, params: dict | None = None, seed: int = 0, validation_share: float = 0.2,
-                 max_rounds: int = 2000, early_stopping_rounds: int = 50):
-        self.params = {**DEFAULT_PARAMS, **(params or {})}
-        self.seed = seed
-        self.validation_share = validation_share
-        self.max_rounds = max_rounds
-        self.early_stopping_rounds = early_stopping_rounds
-        self.features_: list[str] = []
-        self.categories_: dict[str, list[str]] = {}
-        self.booster_: lgb.Booster | None = None
+    objective: ClassVar[dict[str, object]] = {"objective": "binary"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.calibration_: tuple[np.ndarray, np.ndarray] | None = None  # raw-score centres and their probabilities
         self.credits_: np.ndarray | None = None  # per leaf of every tree: its path's credit per feature, bias last
         self.leaf_offsets_: np.ndarray | None = None  # row of each tree's first leaf in ``credits_``
@@ -72,27 +50,10 @@ class Classifier:
         if len(np.unique(y)) < 2 or min(np.bincount(y)) < 10:
             raise LifecycleError(f"cannot train a classifier on {np.bincount(y, minlength=2).tolist()} "
                                  "negatives/positives: each class needs at least 10 customers")
-        self.features_ = list(X.columns)
-        self.categories_ = {c: sorted(X[c].dropna().astype(str).unique()) for c in X.columns if _is_text(X[c])}
-        matrix = self._matrix(X)
-        fit_rows, valid_rows = train_test_split(np.arange(len(y)), test_size=self.validation_share,
-                                                random_state=self.seed, stratify=y)
-        categorical = [j for j, column in enumerate(self.features_) if column in self.categories_]
-        train = lgb.Dataset(matrix[fit_rows], y[fit_rows], feature_name=self.features_,
-                            categorical_feature=categorical, free_raw_data=False)
-        valid = lgb.Dataset(matrix[valid_rows], y[valid_rows], reference=train)
-        self.booster_ = lgb.train(
-            {**self.params, "seed": self.seed, "num_threads": self.params.get("num_threads", 0)},
-            train, num_boost_round=self.max_rounds, valid_sets=[valid],
-            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)],
-        )
+        matrix, valid_rows = self._boost(X, y, stratify=True)
         self.calibration_ = calibration(self.booster_.predict(matrix[valid_rows], raw_score=True), y[valid_rows])
         self.credits_, self.leaf_offsets_ = _path_credits(self.booster_, len(self.features_))
         return self
-
-    @property
-    def best_iteration_(self) -> int:
-        return self._booster().best_iteration
 
     def predict_proba(self, X) -> np.ndarray:
         """Calibrated probability of the positive class per row."""
@@ -113,13 +74,6 @@ class Classifier:
     def _probability(self, matrix: np.ndarray) -> np.ndarray:
         return calibrated(self._predict(matrix, raw_score=True), *self.calibration_)
 
-    def _predict(self, matrix: np.ndarray, **kind) -> np.ndarray:
-        """LightGBM's predict (which divides by the number of rows: nothing in, nothing out)."""
-        booster = self._booster()
-        if not len(matrix):
-            return np.empty(0, dtype=int)
-        return booster.predict(matrix, num_threads=_threads(matrix), **kind)
-
     def _credits(self, matrix: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""
         trees = len(self.leaf_offsets_)
@@ -133,31 +87,6 @@ class Classifier:
                 part += self.credits_[tree]
         return out
 
-    def importance(self) -> pd.Series:
-        """Total gain of each feature, largest first."""
-        gain = self._booster().feature_importance(importance_type="gain")
-        return pd.Series(gain, index=self.features_).sort_values(ascending=False)
-
-    def _matrix(self, X) -> np.ndarray:
-        """The rows of ``X`` (a DataFrame, or columns by name) as LightGBM reads them: numbers as floats,
-        text as the code of a category seen at fit (missing or unseen: NaN)."""
-        missing = [c for c in self.features_ if c not in X]
-        if missing:
-            raise LifecycleError(f"missing feature columns {missing}")
-        matrix = np.empty((len(X[self.features_[0]]), len(self.features_)))
-        for j, column in enumerate(self.features_):
-            if column in self.categories_:
-                text = pa.array(X[column], from_pandas=True).cast(pa.string())
-                codes = pc.index_in(text, value_set=pa.array(self.categories_[column], pa.string()))
-                matrix[:, j] = codes.to_numpy(zero_copy_only=False)  # not a category seen at fit: null, NaN
-            else:
-                matrix[:, j] = _floats(X[column])
-        return matrix
-
-    def _booster(self) -> lgb.Booster:
-        if self.booster_ is None:
-            raise LifecycleError("Classifier is not fitted: call fit() first")
-        return self.booster_
 
 
 def calibration(raw: np.ndarray, outcome: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,21 +141,3 @@ def _mean_and_rows(node: dict, means: dict[int, float]) -> tuple[float, float]:
         mean = (left * left_rows + right * right_rows) / rows if rows else (left + right) / 2
     means[id(node)] = mean
     return mean, rows
-
-
-def _threads(matrix: np.ndarray) -> int:
-    """LightGBM threads for predicting ``matrix``: one for a few rows (waking a team of threads costs far
-    more than the work, and much more when other processes hold the cores), else all."""
-    return 1 if len(matrix) < 1000 else 0
-
-
-def _floats(values) -> np.ndarray:
-    """Values as floats, missing (None, NaN, NA) as NaN; text that is no number is missing too."""
-    try:
-        return np.asarray(values, dtype=float)
-    except (TypeError, ValueError):
-        return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-
-
-def _is_text(column: pd.Series) -> bool:
-    return not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column))

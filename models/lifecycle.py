@@ -1,11 +1,12 @@
 """The whole scorer: feature rows in, the design's output records out.
 
 ``LifecycleModel`` holds every fitted part (the feature builder's learned state, the purchase
-model, Gamma-Gamma and the two classifiers), the horizons they were fitted for, which of the churn
-classifier and the purchase model serves buyers' churn probability, and the profile of the
-features they were fitted on (for drift checks). BTYD applies to customers who bought: for
-prospects (no purchase yet) its outputs are missing, and the classifiers, trained on everyone
-known at the time, score them from their engagement.
+model, Gamma-Gamma, the two classifiers, the learned CLV), the horizons they were fitted for,
+which of the churn classifier and the purchase model serves buyers' churn probability, which CLV
+is served, and the profile of the features they were fitted on (for drift checks). BTYD applies
+to customers who bought: for prospects (no purchase yet) its outputs, and so the CLVs, are
+missing, and the classifiers, trained on everyone known at the time, score them from their
+engagement.
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ from features.build import FeatureBuilder
 from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
 from models.classifier import Classifier
 from models.drift import FeatureProfile
+from models.learned_clv import LearnedCLV
 
 DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
-# intervals); a model records the format it was fitted in.
-MODEL_FORMAT = 3
+# intervals; 4: the learned CLV beside the BTYD one); a model records the format it was fitted in.
+MODEL_FORMAT = 4
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
     "r_score", "f_score", "m_score", "rfm_segment", "p_alive", "expected_purchases", "expected_order_value", "clv",
+    "clv_btyd", "clv_learned",
     "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low", "clv_spend_high",
     "churn_probability", "btyd_churn_probability", "next_stage", "next_stage_probability", "churn_drivers",
     "next_stage_drivers",
@@ -117,6 +120,10 @@ class LifecycleModel:
     # Which serves buyers' churn_probability: the classifier, or (when it did not beat it out of time)
     # the purchase model's P(no purchase); prospects always get the classifier's.
     churn_source: str = "classifier"
+    # The learned CLV (None when the history was too short to learn one) and which CLV is served as ``clv``:
+    # "btyd" or "learned" (both are in every record, as ``clv_btyd`` and ``clv_learned``).
+    learned_clv: LearnedCLV | None = None
+    clv_source: str = "btyd"
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
@@ -142,8 +149,10 @@ class LifecycleModel:
             some = inputs if climbing.all() else {name: np.asarray(v)[climbing] for name, v in inputs.items()}
             probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(some, drivers)
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
+        learned = btyd["clv"] * self.learned_clv.multiplier(inputs) if self.learned_clv else np.full(rows, np.nan)
         out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
-            "churn_probability": churn, "next_stage_probability": probability,
+            "clv": learned if self.clv_source == "learned" else btyd["clv"], "clv_btyd": btyd["clv"],
+            "clv_learned": learned, "churn_probability": churn, "next_stage_probability": probability,
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}

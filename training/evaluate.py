@@ -55,6 +55,7 @@ def value(actual, predicted, groups: int = 10) -> dict[str, float]:
     prediction over the Gini of the perfect order (1 perfect, 0 random, -1 reversed).
     top_decile_capture: share of all actual spend made by the top 10 % by prediction.
     decile_mape: mean |mean predicted - mean actual| / mean actual over the prediction's deciles.
+    aggregate_error: relative error of the predicted total.
     """
     a, p = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
     order = np.argsort(-p, kind="stable")
@@ -66,6 +67,7 @@ def value(actual, predicted, groups: int = 10) -> dict[str, float]:
         "gini": _gini(a, p) / _gini(a, a),
         "top_decile_capture": float(a[order[:top]].sum() / a.sum()),
         "decile_mape": float(np.mean(errors)),
+        "aggregate_error": float((p.sum() - a.sum()) / a.sum()),
     }
 
 

@@ -39,7 +39,7 @@ def figures(result: TrainingResult) -> dict[str, Figure]:
         "churn_roc": churn_curves(evaluation.churn, "roc"),
         "churn_pr": churn_curves(evaluation.churn, "pr"),
         "churn_cumulative_gain": cumulative_gain(evaluation.churn),
-        "clv_deciles": clv_deciles(evaluation.holdout),
+        "clv_deciles": clv_deciles(evaluation.value, w.clv_label_days, result.model.clv_source),
         "interval_coverage": interval_coverage(evaluation.holdout, result.model.horizons.interval,
                                                w.btyd_holdout_days),
         "feature_importance": feature_importance({"churn": result.model.churn.importance(),
@@ -131,21 +131,27 @@ def cumulative_gain(churn: pd.DataFrame) -> Figure:
     return figure
 
 
-def clv_deciles(holdout: pd.DataFrame, groups: int = 10) -> Figure:
-    """Mean predicted CLV against mean actual holdout spend per decile of predicted CLV."""
-    ranked = holdout.iloc[np.argsort(-holdout.clv.to_numpy(), kind="stable")]
-    decile = np.repeat(np.arange(1, groups + 1), [len(part) for part in np.array_split(np.arange(len(ranked)),
-                                                                                          groups)])
-    means = ranked.groupby(decile)[["clv", "spend"]].mean()
-    figure = Figure(figsize=(7, 4.5))
-    ax = figure.subplots()
-    width = 0.4
-    ax.bar(means.index - width / 2, means.clv, width, label="predicted CLV")
-    ax.bar(means.index + width / 2, means.spend, width, label="actual holdout spend")
-    ax.set_xticks(means.index)
-    ax.set(xlabel="decile of predicted CLV (1 = most valuable)", ylabel="mean per customer",
-           title="CLV deciles: predicted vs actual")
-    ax.legend()
+CLV_PREDICTIONS = {"btyd": "BTYD CLV", "learned": "learned CLV", "spend_rate": "past spend rate"}
+
+
+def clv_deciles(value: pd.DataFrame, days: int, served: str, groups: int = 10) -> Figure:
+    """Per decile of each prediction (BTYD, learned, past spend rate): its mean against the mean actual spend
+    over the judged window, one panel each, the served CLV marked."""
+    shown = [name for name in CLV_PREDICTIONS if name in value]
+    figure = Figure(figsize=(4.5 * len(shown), 4.5))
+    for ax, name in zip(figure.subplots(1, len(shown), sharey=True, squeeze=False)[0], shown, strict=True):
+        ranked = value.iloc[np.argsort(-value[name].to_numpy(), kind="stable")]
+        decile = np.repeat(np.arange(1, groups + 1), [len(part) for part in np.array_split(np.arange(len(ranked)),
+                                                                                              groups)])
+        means = ranked.groupby(decile)[[name, "spend"]].mean()
+        width = 0.4
+        ax.bar(means.index - width / 2, means[name], width, label="predicted")
+        ax.bar(means.index + width / 2, means.spend, width, label=f"actual spend, next {days} days")
+        ax.set_xticks(means.index)
+        ax.set(xlabel="decile of the prediction (1 = highest)",
+               title=CLV_PREDICTIONS[name] + (" (served)" if name == served else ""))
+        ax.legend()
+    figure.axes[0].set_ylabel("mean per customer")
     return figure
 
 

@@ -4,7 +4,7 @@ Every training run is logged (parameters, data summary, metrics, baselines, ever
 purchase model's holdout metrics, plots, the pyfunc model and its evaluation twin, and each
 feature's drift from the champion's training population) and registered as a new version of
 ``customer-lifecycle``, tagged with the purchase model it uses and what serves its churn
-probability (``purchase_model``, ``churn_source``). The gate scores
+probability and its CLV (``purchase_model``, ``churn_source``, ``clv_source``). The gate scores
 the challenger and the current champion on the challenger's (latest) out-of-time window: the
 champion through its evaluation twin, which saw nothing of that window. The challenger is
 promoted only if no gated metric is worse than the champion's by more than the tolerance; the
@@ -117,8 +117,10 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
 
 
 def served_by(result: TrainingResult) -> dict[str, str]:
-    """What the model serves, as run and version tags: the purchase model and the churn probability's source."""
-    return {"purchase_model": result.model.purchases.name, "churn_source": result.model.churn_source}
+    """What the model serves, as run and version tags: the purchase model and the sources of the churn probability
+    and of the CLV."""
+    return {"purchase_model": result.model.purchases.name, "churn_source": result.model.churn_source,
+            "clv_source": result.model.clv_source}
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:

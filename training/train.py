@@ -13,9 +13,15 @@ With h the churn horizon and ``end`` the last day of data:
   alone and the purchase model's own probability of no purchase in h. The churn classifier is
   served only if it beats that probability (ROC-AUC and Brier) on the buyers it scores; otherwise
   the service serves the purchase model's probability to buyers (``LifecycleModel.churn_source``);
-- the model that scores at ``end`` is refitted with the classifiers' labels from (t1, end], and
-  the purchase model, Gamma-Gamma and the RFM edges on all the data up to ``end``. RFM scores are
-  always relative to the population on the day they describe.
+- the learned CLV (``models.learned_clv``) needs labels of spend over a window of L days: the CLV
+  horizon, or, where the history is too short for it, half of what is left after two churn horizons
+  (on CDNOW: 183 days). It is fitted at end - 2L with labels from (end - 2L, end - L], and judged at
+  end - L on (end - L, end] beside the BTYD model refitted at end - L (its expected spend over L
+  days, undiscounted) and each customer's past spend rate. The CLV served is chosen there
+  (``better_clv_source``);
+- the model that scores at ``end`` is refitted with the classifiers' labels from (t1, end], the
+  learned CLV's from (end - L, end], and the purchase model, Gamma-Gamma and the RFM edges on all
+  the data up to ``end``. RFM scores are always relative to the population on the day they describe.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
@@ -35,6 +41,7 @@ from features.sources import Dataset
 from models.btyd import FitFailed, PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
+from models.learned_clv import CLV_SOURCES, MAPE_SLACK, LearnedCLV
 from models.lifecycle import (
     MODEL_FORMAT,
     NOT_FEATURES,
@@ -42,7 +49,6 @@ from models.lifecycle import (
     LifecycleModel,
     btyd_columns,
     classifier_inputs,
-    horizon_clv,
 )
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
@@ -64,10 +70,21 @@ class Windows:
     t0: date
     t1: date
     btyd_calibration_end: date
+    clv_label_days: int  # L, the learned CLV's label window
 
     @property
     def btyd_holdout_days(self) -> int:
         return (self.end - self.btyd_calibration_end).days
+
+    @property
+    def clv_fitted(self) -> date:
+        """Where the learned CLV judged out of time is fitted: end - 2L."""
+        return self.end - timedelta(days=2 * self.clv_label_days)
+
+    @property
+    def clv_judged(self) -> date:
+        """Where the CLVs are judged, on (end - L, end]."""
+        return self.end - timedelta(days=self.clv_label_days)
 
 
 def windows(first: date, end: date, horizons: Horizons) -> Windows:
@@ -77,8 +94,10 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
     if t0 <= first:
         raise LifecycleError(f"the data span {first}..{end}; the out-of-time protocol needs more than "
                              f"two churn horizons ({2 * horizons.churn_days} days)")
-    holdout = min(horizons.clv_days, ((end - first).days + 1) // 2)
-    return Windows(first, end, t0, t1, end - timedelta(days=holdout))
+    history = (end - first).days + 1
+    holdout = min(horizons.clv_days, history // 2)
+    label = max(1, min(horizons.clv_days, (history - 2 * horizons.churn_days) // 2))
+    return Windows(first, end, t0, t1, end - timedelta(days=holdout), label)
 
 
 @dataclass
@@ -141,7 +160,13 @@ class EvaluationTwin:
     next_stage: Classifier
     holdout_purchases: PurchaseModel
     holdout_spend: SpendModel
+    # The learned CLV fitted at end - 2L, and the feature builder and BTYD models fitted at end - L it scores with.
+    learned_clv: LearnedCLV | None = None
+    clv_builder: FeatureBuilder | None = None
+    clv_purchases: PurchaseModel | None = None
+    clv_spend: SpendModel | None = None
     churn_source: str = "classifier"  # what serves buyers' churn probability: "classifier" or "btyd"
+    clv_source: str = "btyd"  # what serves ``clv``: "btyd" or "learned"
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
 
@@ -153,13 +178,16 @@ class Evaluation:
     P(no purchase) (missing for prospects), recency and the served probability.
     ``next_stage``: the customers who can climb, their stage, outcome and probability.
     ``holdout``: buyers at the BTYD calibration end, their calibration frequency, holdout purchases
-    and spend, and what the holdout models and the baselines predicted for them.
+    and spend, and what the holdout models and the baseline predicted for them.
+    ``value``: buyers at end - L, their spend over (end - L, end], and what the BTYD model, the learned
+    CLV and the past spend rate predicted for it.
     ``purchase_models``: each candidate purchase model's holdout metrics (one row per model name).
     """
 
     churn: pd.DataFrame
     next_stage: pd.DataFrame
     holdout: pd.DataFrame
+    value: pd.DataFrame
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     next_stage_auc_by_stage: dict[str, float] = field(default_factory=dict)
@@ -182,13 +210,15 @@ class TrainingResult:
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
           seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO,
-          as_of: date | None = None, penalizer: float = 0.0) -> TrainingResult:
+          as_of: date | None = None, penalizer: float = 0.0, clv_model: str = AUTO,
+          mape_slack: float = MAPE_SLACK) -> TrainingResult:
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
 
-    ``classifier_params`` override LightGBM's defaults (models.classifier.DEFAULT_PARAMS);
+    ``classifier_params`` override LightGBM's defaults (models.trees.DEFAULT_PARAMS);
     ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout);
     ``as_of`` trains as of that day, on nothing later (default: the last order day); ``penalizer``
-    is the BTYD fits' first penalizer (see ``Fitter``).
+    is the BTYD fits' first penalizer (see ``Fitter``); ``clv_model`` and ``mape_slack`` choose the CLV served
+    (see ``better_clv_source``).
     """
     fitter = Fitter(penalizer)
     data.materialize()  # the protocol reads every table about ten times
@@ -205,10 +235,21 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model_type = PURCHASE_MODELS[chosen]
     twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout, fitter, "holdout"), horizons, builder,
                     seed, classifier_params, fitter)
-    evaluation = evaluate_twin(data, twin, win, horizons, holdout)
+    L = win.clv_label_days
+    at_fitted = _value_table(data, new_builder(), win.clv_fitted, L)
+    twin.learned_clv = _fit_learned_clv(at_fitted, *_fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}"),
+                                        horizons, L, seed, fitter)
+    twin.clv_builder = new_builder()
+    at_judged = _value_table(data, twin.clv_builder, win.clv_judged, L)
+    twin.clv_purchases, twin.clv_spend = _fit_btyd(at_judged, model_type, fitter, f"at {win.clv_judged}")
+    evaluation = evaluate_twin(data, twin, win, horizons, holdout, at_judged)
     twin.churn_source = better_churn_source(evaluation)
+    twin.clv_source = better_clv_source(evaluation.metrics, clv_model, mape_slack)
     evaluation.metrics |= churn_metrics(evaluation.churn, twin.churn_source)
+    evaluation.metrics |= clv_metrics(evaluation.value, twin.clv_source)
     evaluation.purchase_models = compared
+    if clv_model not in (AUTO, twin.clv_source):
+        fitter.note(f"clv.model is {clv_model}, but no learned CLV could be fitted: the BTYD CLV is served", "CLV")
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
     churn, next_stage = _fit_classifiers(final, *_fit_btyd(final, model_type, fitter, f"at {win.t1}"), horizons,
@@ -217,8 +258,12 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
+    learned = None
+    if twin.clv_source == "learned":
+        learned = _fit_learned_clv(at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed, fitter)
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
-                           next_stage, horizons, profile, churn_source=twin.churn_source)
+                           next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
+                           clv_source="learned" if learned else "btyd")
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
@@ -263,6 +308,25 @@ def better_churn_source(evaluation: Evaluation) -> str:
     return "classifier" if wins else "btyd"
 
 
+def better_clv_source(metrics: dict[str, float], forced: str = AUTO, mape_slack: float = MAPE_SLACK) -> str:
+    """The CLV to serve, from the numbers ``evaluate_twin`` reports: ``forced`` (``"btyd"`` or ``"learned"``) unless it
+    is ``"auto"``; else ``"learned"`` if it ranks the judged window's spend better (a higher normalized Gini) and
+    sizes it nearly as well (a decile MAPE at most ``mape_slack`` above the BTYD CLV's), else ``"btyd"``. Without a
+    learned CLV, always ``"btyd"``."""
+    if "clv_learned_gini" not in metrics:
+        return "btyd"
+    if forced != AUTO:
+        return forced
+    wins = (metrics["clv_learned_gini"] > metrics["clv_btyd_gini"]
+            and metrics["clv_learned_decile_mape"] <= metrics["clv_btyd_decile_mape"] + mape_slack)
+    return "learned" if wins else "btyd"
+
+
+def clv_metrics(value: pd.DataFrame, source: str) -> dict[str, float]:
+    """The served CLV's metrics (``clv_*``) when ``source`` (``"btyd"`` or ``"learned"``) serves it."""
+    return {f"clv_{k}": v for k, v in evaluate.value(value.spend, value[source]).items()}
+
+
 def churn_metrics(churn: pd.DataFrame, source: str) -> dict[str, float]:
     """The served churn probability's metrics (``churn_*``) when ``source`` serves buyers; sets ``served``."""
     churn["served"] = churn.btyd.where(churn.btyd.notna() & (source == "btyd"), churn.classifier)
@@ -279,12 +343,18 @@ def fit_twin(at_t0: pd.DataFrame, model_type: type[PurchaseModel], holdout_purch
 
 
 def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons,
-                  holdout_table: pd.DataFrame | None = None) -> Evaluation:
+                  holdout_table: pd.DataFrame | None = None, value_table: pd.DataFrame | None = None) -> Evaluation:
     """Score ``twin`` on the windows ``win`` beside the baselines; ``holdout_table`` is ``_holdout_table`` of
-    the twin's builder, when the caller has it already."""
+    the twin's builder, ``value_table`` is ``_value_table`` of its CLV builder, when the caller has them already.
+
+    The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twin's choices of source.
+    """
     if holdout_table is None:
         holdout_table = _holdout_table(data, twin.builder, win, horizons)
+    if value_table is None:
+        value_table = _value_table(data, twin.clv_builder, win.clv_judged, win.clv_label_days, fit=False)
     holdout = _btyd_holdout(holdout_table, twin, win, horizons)
+    value = _judged_value(value_table, twin, win.clv_label_days, horizons)
     test = _labelled(data, twin.builder, win.t1, horizons)
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
@@ -307,7 +377,9 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
                 for k, v in evaluate.classification(buyers.churned, buyers.classifier).items()}
     metrics["next_stage_roc_auc"] = evaluate.ranking(next_stage.reached, next_stage.probability)
     metrics |= {f"holdout_purchases_{k}": v for k, v in evaluate.counts(holdout.purchases, holdout.predicted).items()}
-    metrics |= {f"clv_{k}": v for k, v in evaluate.value(holdout.spend, holdout.clv).items()}
+    metrics |= clv_metrics(value, twin.clv_source)
+    for source in value.columns.intersection(CLV_SOURCES):
+        metrics |= {f"clv_{source}_{k}": v for k, v in evaluate.value(value.spend, value[source]).items()}
     for name in ("purchases", "spend"):
         table = holdout.filter(like=f"{name}_interval_").rename(columns=lambda c: c.split("_interval_")[1])
         metrics |= {f"holdout_{name}_interval_{k}": v for k, v in evaluate.coverage(table).items()}
@@ -316,9 +388,9 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
                   for k, v in evaluate.classification(buyers.churned, buyers.btyd).items()}
     baselines |= {f"holdout_purchases_{k}_past_rate": v
                   for k, v in evaluate.counts(holdout.purchases, holdout.past_rate).items()}
-    baselines |= {f"clv_{k}_spend_rate": v for k, v in evaluate.value(holdout.spend, holdout.spend_rate).items()}
+    baselines |= {f"clv_{k}_spend_rate": v for k, v in evaluate.value(value.spend, value.spend_rate).items()}
     by_stage = evaluate.auc_by_group(next_stage.reached, next_stage.probability, next_stage.stage)
-    return Evaluation(churn, next_stage, holdout, metrics, baselines, by_stage)
+    return Evaluation(churn, next_stage, holdout, value, metrics, baselines, by_stage)
 
 
 def _labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Horizons, fit: bool = False):
@@ -356,6 +428,48 @@ def _fit_classifiers(table: pd.DataFrame, purchases: PurchaseModel, spend: Spend
     return churn, next_stage
 
 
+def _value_table(data: Dataset, builder: FeatureBuilder, as_of: date, days: int, fit: bool = True) -> pd.DataFrame:
+    """Buyers at ``as_of`` (``builder`` fitted there unless not ``fit``): their features and ``spend`` over the
+    next ``days`` days, in customer order."""
+    features = (builder.fit_transform(data, as_of) if fit else builder.transform(data, as_of)).df()
+    spend = builder.labels(data, as_of, days).df()[["customer_id", "spend"]]
+    table = features[features["orders"] > 0].merge(spend, on="customer_id", validate="one_to_one")
+    return table.sort_values("customer_id", ignore_index=True)
+
+
+def _value_inputs(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
+                  days: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """A ``_value_table``'s learned-CLV inputs (the classifiers' inputs) and the BTYD expected spend over ``days``."""
+    features = table.drop(columns=["spend"])
+    inputs = pd.DataFrame(classifier_inputs(features, btyd_columns(purchases, spend, features, horizons)))
+    f, r, t, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+    return inputs, spend.future_spend(purchases.future_purchases(days, f, r, t), f, m).mean
+
+
+def _fit_learned_clv(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
+                     days: int, seed: int, fitter: Fitter) -> LearnedCLV | None:
+    """The learned CLV fitted on a ``_value_table`` with the BTYD models fitted at its date; None (and a note)
+    when there is too little to learn from."""
+    inputs, expected = _value_inputs(table, purchases, spend, horizons, days)
+    try:
+        return LearnedCLV(seed=seed).fit(inputs, table["spend"], expected)
+    except LifecycleError as exc:
+        fitter.note(f"{exc}; the BTYD CLV is served", f"learned CLV at {table['as_of'].iloc[0]:%Y-%m-%d}"
+                    if len(table) else "learned CLV")
+        return None
+
+
+def _judged_value(table: pd.DataFrame, twin: EvaluationTwin, days: int, horizons: Horizons) -> pd.DataFrame:
+    """What buyers at end - L spent over (end - L, end], beside the BTYD expected spend, the learned CLV's (when
+    the twin has one) and the past spend rate carried forward, all over those ``days`` days, undiscounted."""
+    inputs, expected = _value_inputs(table, twin.clv_purchases, twin.clv_spend, horizons, days)
+    value = pd.DataFrame({"spend": table["spend"].to_numpy(dtype=float), "btyd": expected,
+                          "spend_rate": table["total_spend"].to_numpy() / (table["T"].to_numpy() + 1) * days})
+    if twin.learned_clv is not None:
+        value["learned"] = expected * twin.learned_clv.multiplier(inputs)
+    return value
+
+
 def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons) -> pd.DataFrame:
     """Buyers at the BTYD calibration end: their features, what they did over the holdout (purchases,
     spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
@@ -387,7 +501,7 @@ def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horiz
     prediction intervals of purchases and spend over the holdout and how they did (``purchases_interval_*``,
     ``spend_interval_*``: the columns of ``evaluate.intervals``).
 
-    Baselines: each customer's past repeat-purchase rate and past spend rate, carried forward.
+    Baseline: each customer's past repeat-purchase rate, carried forward.
     """
     f, r, t, m = (table[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
     days = win.btyd_holdout_days
@@ -400,7 +514,5 @@ def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horiz
         "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),
         "past_rate": f / np.maximum(t, 1) * days,
         "spend": spend,
-        "clv": horizon_clv(twin.holdout_purchases, twin.holdout_spend, f, r, t, m, replace(horizons, clv_days=days)),
-        "spend_rate": table["total_spend"].to_numpy() / (t + 1) * days,
     }), evaluate.intervals(counts, purchases, horizons.interval).add_prefix("purchases_interval_"),
         evaluate.intervals(money, spend, horizons.interval).add_prefix("spend_interval_")], axis=1)
