@@ -258,12 +258,11 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    learned = None
-    if twin.clv_source == "learned":
-        learned = _fit_learned_clv(at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed, fitter)
+    learned = twin.learned_clv and _fit_learned_clv(at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed,
+                                                    fitter)
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
-                           clv_source="learned" if learned else "btyd")
+                           clv_source=twin.clv_source if learned else "btyd")
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
