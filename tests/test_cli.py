@@ -223,6 +223,8 @@ def test_train_registers_and_gates_and_the_registry_commands(trained):
     assert "INFO mlflow" not in out and "Warning" not in out  # no library chatter for the user
     assert "version 1: promoted to champion (first model)" in out
     assert "judged on 1998-04-01..1998-06-30" in out and "recency alone" in out
+    assert "CLV judged on spend over 1997-12-29..1998-06-30 (183 days; learned CLV fitted at 1997-06-29)" in out
+    assert "clv: the learned CLV" in out and "the learned CLV's labels cover 183 days" in out
     assert (tmp_path / ".lifecycle" / "mlflow.db").is_file()
     listed = run("models", cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout

@@ -43,12 +43,18 @@ def test_reliability_curve_bins_probabilities():
     np.testing.assert_allclose(observed, [0.5, 2 / 3])
 
 
-def test_clv_deciles_compare_mean_prediction_and_actual_per_decile():
-    holdout = pd.DataFrame({"clv": np.arange(20.0), "spend": np.arange(20.0) * 2})
-    bars = plots.clv_deciles(holdout).axes[0].containers
-    predicted, actual = ([bar.get_height() for bar in container] for container in bars)
+def test_clv_deciles_compare_each_prediction_with_actual_spend_per_decile():
+    value = pd.DataFrame({"spend": np.arange(20.0) * 2, "btyd": np.arange(20.0), "learned": -np.arange(20.0),
+                          "spend_rate": np.arange(20.0)})
+    figure = plots.clv_deciles(value, days=183, served="learned")
+    assert [ax.get_title() for ax in figure.axes] == ["BTYD CLV", "learned CLV (served)", "past spend rate"]
+    predicted, actual = ([bar.get_height() for bar in container] for container in figure.axes[0].containers)
     assert predicted[0] == pytest.approx(18.5) and actual[0] == pytest.approx(37)  # the top two customers
     assert predicted[-1] == pytest.approx(0.5) and actual[-1] == pytest.approx(1)
+    predicted, actual = ([bar.get_height() for bar in container] for container in figure.axes[1].containers)
+    assert predicted[0] == pytest.approx(-0.5) and actual[0] == pytest.approx(1)  # ranked upside down
+    without = plots.clv_deciles(value.drop(columns="learned"), days=183, served="btyd")
+    assert [ax.get_title() for ax in without.axes] == ["BTYD CLV (served)", "past spend rate"]
 
 
 def test_frequency_recency_matrix_shows_the_model():

@@ -150,6 +150,7 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     assert about["gate"]["promoted"] == "True" and about["features"] == list(features.columns)
     assert about["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd") and about["churn_source"] in (
         "classifier", "btyd")
+    assert about["clv_source"] == "learned"  # it beats BTYD on CDNOW's judged window (test_learned_clv)
     for path in ("/livez", "/readyz", "/docs.json"):
         assert server.request("GET", path, auth=False)[0] == 200, path
     # with a token the metrics need it too: every path a client sends becomes a label there
