@@ -238,7 +238,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     L = win.clv_label_days
     at_fitted = _value_table(data, new_builder(), win.clv_fitted, L)
     twin.learned_clv = _fit_learned_clv(at_fitted, *_fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}"),
-                                        horizons, L, seed, fitter)
+                                        horizons, L, seed, fitter, f"learned CLV at {win.clv_fitted}")
     twin.clv_builder = new_builder()
     at_judged = _value_table(data, twin.clv_builder, win.clv_judged, L)
     twin.clv_purchases, twin.clv_spend = _fit_btyd(at_judged, model_type, fitter, f"at {win.clv_judged}")
@@ -258,8 +258,8 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    learned = twin.learned_clv and _fit_learned_clv(at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed,
-                                                    fitter)
+    learned = None if twin.learned_clv is None else _fit_learned_clv(
+        at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed, fitter, f"learned CLV at {win.clv_judged}")
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
                            clv_source=twin.clv_source if learned else "btyd")
@@ -446,15 +446,14 @@ def _value_inputs(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendMod
 
 
 def _fit_learned_clv(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
-                     days: int, seed: int, fitter: Fitter) -> LearnedCLV | None:
-    """The learned CLV fitted on a ``_value_table`` with the BTYD models fitted at its date; None (and a note)
-    when there is too little to learn from."""
+                     days: int, seed: int, fitter: Fitter, what: str) -> LearnedCLV | None:
+    """The learned CLV fitted on a ``_value_table`` with the BTYD models fitted at its date; None (and a note about
+    ``what``) when there is too little to learn from."""
     inputs, expected = _value_inputs(table, purchases, spend, horizons, days)
     try:
         return LearnedCLV(seed=seed).fit(inputs, table["spend"], expected)
     except LifecycleError as exc:
-        fitter.note(f"{exc}; the BTYD CLV is served", f"learned CLV at {table['as_of'].iloc[0]:%Y-%m-%d}"
-                    if len(table) else "learned CLV")
+        fitter.note(f"{exc}; the BTYD CLV is served", what)
         return None
 
 
