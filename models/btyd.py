@@ -49,7 +49,7 @@ MAX_SPEND_CORRELATION = 0.3
 _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
-FIRST_BLOCK = 16  # counts in the first block of the tail; each next block doubles, up to 128
+FIRST_BLOCK = 32  # counts in the first block of the tail; each next block doubles, up to 128
 DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
@@ -362,11 +362,15 @@ def clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, mone
     month length L in the model's time unit (days: 365.25 / 12; lifetimes uses 4.345 weeks) and
     the monthly discount rate d. All months of all customers are one vectorised evaluation.
     """
-    steps = np.arange(1, months + 1) * month_length
-    cumulative = purchases.expected_purchases(steps, frequency, recency, T)
+    cumulative = purchases.expected_purchases(np.arange(1, months + 1) * month_length, frequency, recency, T)
+    return spend.expected_order_value(frequency, monetary_value) * discounted_purchases(cumulative, monthly_discount)
+
+
+def discounted_purchases(cumulative: np.ndarray, monthly_discount: float) -> np.ndarray:
+    """Per row, ``sum_k (E[X(k L)] - E[X((k - 1) L)]) / (1 + d)^k`` from the expected purchases by the end of
+    each month k (``cumulative``, one column per month)."""
     per_month = np.diff(cumulative, axis=1, prepend=0.0)
-    discount = (1 + monthly_discount) ** -np.arange(1, months + 1)
-    return spend.expected_order_value(frequency, monetary_value) * (per_month @ discount)
+    return per_month @ (1 + monthly_discount) ** -np.arange(1, cumulative.shape[1] + 1)
 
 
 def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,

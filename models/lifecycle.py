@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
-from models.btyd import PurchaseModel, SpendModel, clv, monthly_rate
+from models.btyd import PurchaseModel, SpendModel, discounted_purchases, monthly_rate
 from models.classifier import Classifier
 from models.drift import FeatureProfile
 from models.learned_clv import LearnedCLV
@@ -32,6 +32,7 @@ DAYS_PER_MONTH = 365.25 / 12
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
 # intervals; 4: the learned CLV beside the BTYD one); a model records the format it was fitted in.
 MODEL_FORMAT = 4
+FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
@@ -56,6 +57,12 @@ class Horizons:
     interval: float = 0.8
 
     @property
+    def clv_month_ends(self) -> np.ndarray:
+        """The CLV horizon in whole months (at least one, of equal length): the end of each, in days."""
+        months = max(1, round(self.clv_days / DAYS_PER_MONTH))
+        return np.arange(1, months + 1) * (self.clv_days / months)
+
+    @property
     def interval_levels(self) -> tuple[float, float]:
         """The quantiles that bound the central interval: (0.1, 0.9) for 80 %."""
         return (1 - self.interval) / 2, (1 + self.interval) / 2
@@ -77,7 +84,12 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
         out["p_alive"][buyers] = alive = purchases.p_alive(f, r, t)
-        out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
+        # one evaluation for the churn horizon and the end of every month of the CLV horizon
+        cumulative = purchases.expected_purchases(np.r_[horizons.churn_days, horizons.clv_month_ends], f, r, t)
+        out["expected_purchases"][buyers] = cumulative[:, 0]
+        out["expected_order_value"][buyers] = value = spend.expected_order_value(f, m)
+        discount = monthly_rate(horizons.annual_discount_rate)
+        out["clv"][buyers] = value * discounted_purchases(cumulative[:, 1:], discount)
         counts = purchases.future_purchases(horizons.clv_days, f, r, t, p_alive=alive)
         money = spend.future_spend(counts, f, m)
         low, high = horizons.interval_levels
@@ -85,17 +97,7 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
             out[name][buyers], out[f"{name}_low"][buyers] = mean, distribution.quantile(low)
             out[f"{name}_high"][buyers] = distribution.quantile(high)
         out["btyd_churn_probability"][buyers] = purchases.p_no_purchase(horizons.churn_days, f, r, t)
-        out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
-        out["clv"][buyers] = horizon_clv(purchases, spend, f, r, t, m, horizons)
     return out
-
-
-def horizon_clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, monetary_value,
-                horizons: Horizons) -> np.ndarray:
-    """CLV over ``horizons.clv_days`` in whole months (at least one), at the horizons' discount rate."""
-    months = max(1, round(horizons.clv_days / DAYS_PER_MONTH))
-    return clv(purchases, spend, frequency, recency, T, monetary_value, months=months,
-               monthly_discount=monthly_rate(horizons.annual_discount_rate), month_length=horizons.clv_days / months)
 
 
 def classifier_inputs(features: Columns, btyd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -164,15 +166,21 @@ def model_format(fitted: object) -> int:
 
 
 def drivers_json(names: list[str], order: np.ndarray, credit: np.ndarray) -> np.ndarray:
-    """Per row, ``[{"feature": names[order[i, k]], "contribution": credit[i, k]}, ...]`` as JSON text,
-    built column-wise by Arrow (a Python loop would dominate scoring millions of rows)."""
+    """Per row, ``[{"feature": names[order[i, k]], "contribution": credit[i, k]}, ...]`` as JSON text. Many rows
+    are built column-wise by Arrow (a Python loop would dominate scoring millions of rows); a few (an API
+    request's) are joined in Python, cheaper than Arrow's calls. Both write the numbers as Arrow's cast does."""
     rows, top = order.shape
     if top == 0:
         return np.full(rows, "[]", dtype=object)
-    quoted = pa.array([json.dumps(name) for name in names])
-    pieces: list = ["["]
+    quoted = [json.dumps(name) for name in names]
+    if rows <= FEW_DRIVER_ROWS:
+        numbers = pc.cast(pa.array(credit.ravel()), pa.string()).to_pylist()
+        pairs = [f'{{"feature": {quoted[j]}, "contribution": {c}}}' for j, c in zip(order.ravel().tolist(), numbers,
+                                                                                     strict=True)]
+        return np.array(["[" + ", ".join(pairs[i * top:(i + 1) * top]) + "]" for i in range(rows)], dtype=object)
+    names_array, pieces = pa.array(quoted), ["["]
     for k in range(top):
-        pieces += ["{" if k == 0 else ", {", '"feature": ', quoted.take(pa.array(order[:, k])),
+        pieces += ["{" if k == 0 else ", {", '"feature": ', names_array.take(pa.array(order[:, k])),
                    ', "contribution": ', pc.cast(pa.array(credit[:, k]), pa.string()), "}"]
     pieces.append("]")
     text = pc.binary_join_element_wise(*(pa.scalar(p) if isinstance(p, str) else p for p in pieces), "")

@@ -3,6 +3,7 @@ early stopping on a held-out part of the training window, predictions for a few 
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import lightgbm as lgb
@@ -92,8 +93,9 @@ class BoostedTrees:
         matrix = np.empty((len(X[self.features_[0]]), len(self.features_)))
         for j, column in enumerate(self.features_):
             if column in self.categories_:
-                text = pa.array(X[column], from_pandas=True).cast(pa.string())
-                codes = pc.index_in(text, value_set=pa.array(self.categories_[column], pa.string()))
+                text = pa.array(X[column], from_pandas=True)
+                codes = pc.index_in(text if text.type == pa.string() else text.cast(pa.string()),
+                                    options=_lookup(tuple(self.categories_[column])))
                 matrix[:, j] = codes.to_numpy(zero_copy_only=False)  # not a category seen at fit: null, NaN
             else:
                 matrix[:, j] = _floats(X[column])
@@ -103,6 +105,12 @@ class BoostedTrees:
         if self.booster_ is None:
             raise LifecycleError(f"{type(self).__name__} is not fitted: call fit() first")
         return self.booster_
+
+
+@functools.lru_cache(maxsize=256)
+def _lookup(categories: tuple[str, ...]) -> pc.SetLookupOptions:
+    """Arrow's lookup of text in ``categories``, built once (building it costs more than a few rows' lookup)."""
+    return pc.SetLookupOptions(pa.array(categories, pa.string()))
 
 
 def _threads(matrix: np.ndarray) -> int:

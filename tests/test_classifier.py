@@ -3,6 +3,7 @@ deterministic, and explained by contributions that add up to its score."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -16,6 +17,7 @@ from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
 from models.classifier import Classifier, calibrated, calibration
+from models.lifecycle import FEW_DRIVER_ROWS, drivers_json
 from tests.conftest import load
 from training import evaluate
 
@@ -152,3 +154,22 @@ def test_a_label_without_both_classes_is_a_clear_error(split):
     train, _ = split
     with pytest.raises(LifecycleError, match="each class needs at least 10"):
         Classifier().fit(features(train), np.zeros(len(train)))
+
+
+def test_drivers_json_is_the_same_text_for_one_row_as_for_many():
+    """An API request's few rows are joined in Python, a batch's many by Arrow: the text must not differ,
+    and it must read back as the exact names and contributions."""
+    rng = np.random.default_rng(5)
+    names = ["recency_days", 'a "quoted" name', "stage"]
+    rows = FEW_DRIVER_ROWS * 3
+    order = rng.integers(0, len(names), size=(rows, 2))
+    credit = rng.normal(size=(rows, 2)) * 10.0 ** rng.integers(-9, 9, size=(rows, 2))
+    credit[:3] = [[0.0, -0.0], [1e-5, 123456789.0], [0.1, -2.5e-7]]
+    many = drivers_json(names, order, credit)
+    few = np.concatenate([drivers_json(names, order[i:i + 1], credit[i:i + 1]) for i in range(rows)])
+    assert many.tolist() == few.tolist()
+    for i in (0, 1, 2, rows - 1):
+        parsed = json.loads(many[i])
+        assert [d["feature"] for d in parsed] == [names[j] for j in order[i]]
+        assert [d["contribution"] for d in parsed] == credit[i].tolist()
+    assert drivers_json(names, order[:, :0], credit[:, :0]).tolist() == ["[]"] * rows
