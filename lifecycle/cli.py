@@ -477,6 +477,8 @@ def demo(ctx: typer.Context) -> None:
 
 
 def _print_scores(scores, out: Path) -> None:
+    import pandas as pd
+
     stages = scores.groupby("stage", sort=False).size().rename("customers").reset_index()
     table = Table("stage", "customers", title=f"lifecycle stages as scored by version {scores.model_version.iloc[0]}")
     for stage, n in stages.itertuples(index=False):
@@ -492,13 +494,16 @@ def _print_scores(scores, out: Path) -> None:
     source = "learned" if scores.clv.equals(scores.clv_learned) else "BTYD"
     console.print(f"expected CLV ({source}) over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of "
                   f"customers hold {top:,.0f} ({top / clv.sum():.0%})")
-    best = Table("customer", "segment", "stage", "CLV", "purchases (interval)", "spend (interval)", "P(alive)",
-                 "churn probability", title="ten most valuable (purchases and spend: the CLV horizon)")
+    best = Table("customer", "segment", "stage", "spent so far", "CLV", "tier", "purchases (interval)",
+                 "spend (interval)", "next order", "churn risk", title="ten most valuable (purchases and spend: the "
+                 "CLV horizon; next order: as likely as not by then)")
     for row in scores.nlargest(10, "clv").itertuples():
-        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.clv:,.2f}",
+        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.total_spend:,.2f}",
+                     f"{row.clv:,.2f}", str(row.value_tier),
                      f"{row.clv_purchases:.1f} ({row.clv_purchases_low:.0f}-{row.clv_purchases_high:.0f})",
                      f"{row.clv_spend:,.0f} ({row.clv_spend_low:,.0f}-{row.clv_spend_high:,.0f})",
-                     f"{row.p_alive:.2f}", f"{row.churn_probability:.2f}")
+                     "-" if pd.isna(row.next_order_date) else f"{row.next_order_date:%Y-%m-%d}",
+                     f"{row.churn_risk} ({row.churn_probability:.2f})")
     console.print(best)
     console.print(f"every customer's record: [bold]{out}[/bold]")
 

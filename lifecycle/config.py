@@ -12,10 +12,10 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_origin
+from typing import Any, ClassVar, Literal, Self, get_origin
 
 import tomli_w
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +27,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import FeatureParams, StageRules
 from features.sources import TableSource
+from models.actions import RiskBands
 from models.learned_clv import CLV_SOURCES, MAPE_SLACK
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from serving.settings import ServingSettings
@@ -67,6 +68,19 @@ class CLVSettings(BaseModel):
     mape_slack: float = Field(MAPE_SLACK, ge=0, description="how much worse the learned CLV's decile MAPE may be")
 
 
+class ChurnRiskSettings(BaseModel):
+    """The churn probabilities at which a customer's ``churn_risk`` becomes medium and high."""
+
+    medium: float = Field(RiskBands.medium, gt=0, lt=1, description="medium risk from this churn probability")
+    high: float = Field(RiskBands.high, gt=0, lt=1, description="high risk from this churn probability (> medium)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.medium >= self.high:
+            raise ValueError(f"churn_risk.medium ({self.medium}) must be below churn_risk.high ({self.high})")
+        return self
+
+
 class MlflowSettings(BaseModel):
     """Where runs and the registry live, and how strict the promotion gate is."""
 
@@ -94,6 +108,7 @@ class Settings(BaseSettings):
     churn_horizon_days: int = Field(90, ge=1)
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     prediction_interval: float = Field(0.8, gt=0, lt=1, description="level of the purchase and spend intervals")
+    churn_risk: ChurnRiskSettings = Field(default_factory=ChurnRiskSettings)
     future_tolerance_days: int = Field(1, ge=0, description="timestamps later than now + this are rejected")
     inputs: Inputs = Field(default_factory=Inputs)
     features: FeatureParams = Field(default_factory=FeatureParams)

@@ -16,6 +16,7 @@ from features.sources import Dataset
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset
 from models import pyfunc
+from models.actions import RiskBands
 from models.lifecycle import Horizons, LifecycleModel
 from training import registry
 from training.train import TrainingResult, train
@@ -43,7 +44,7 @@ def _to_stderr(line: str) -> None:
 def horizons(settings: Settings) -> Horizons:
     """What the predictions are about, from the configuration."""
     return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate,
-                    settings.prediction_interval)
+                    settings.prediction_interval, RiskBands(settings.churn_risk.medium, settings.churn_risk.high))
 
 
 def open_registry(settings: Settings, on_wait: Callable[[str], None] = _to_stderr):

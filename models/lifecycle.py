@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
+from models.actions import RiskBands, ValueTiers, next_order_days
 from models.btyd import PurchaseModel, SpendModel, discounted_purchases, monthly_rate
 from models.classifier import Classifier
 from models.drift import FeatureProfile
@@ -30,31 +31,33 @@ from models.learned_clv import LearnedCLV
 DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
-# intervals; 4: the learned CLV beside the BTYD one); a model records the format it was fitted in.
-MODEL_FORMAT = 4
+# intervals; 4: the learned CLV beside the BTYD one; 5: value tiers, risk bands, next orders); a model records
+# the format it was fitted in.
+MODEL_FORMAT = 5
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
-    "r_score", "f_score", "m_score", "rfm_segment", "p_alive", "expected_purchases", "expected_order_value", "clv",
-    "clv_btyd", "clv_learned",
+    "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "next_order_date", "p_alive",
+    "expected_purchases", "expected_order_value", "clv", "clv_btyd", "clv_learned", "total_clv", "value_tier",
     "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low", "clv_spend_high",
-    "churn_probability", "btyd_churn_probability", "next_stage", "next_stage_probability", "churn_drivers",
-    "next_stage_drivers",
+    "churn_probability", "churn_risk", "btyd_churn_probability", "next_stage", "next_stage_probability",
+    "churn_drivers", "next_stage_drivers",
     "model_version",
 )
 
 
 @dataclass
 class Horizons:
-    """What the predictions are about: the churn window, the CLV window, the discount rate and the level of
-    the prediction intervals."""
+    """What the predictions are about: the churn window, the CLV window, the discount rate, the level of
+    the prediction intervals and the churn probabilities that make a customer medium or high risk."""
 
     churn_days: int = 90
     clv_days: int = 365
     annual_discount_rate: float = 0.10
     interval: float = 0.8
+    risk_bands: RiskBands = field(default_factory=RiskBands)
 
     @property
     def clv_month_ends(self) -> np.ndarray:
@@ -126,6 +129,8 @@ class LifecycleModel:
     # "btyd" or "learned" (both are in every record, as ``clv_btyd`` and ``clv_learned``).
     learned_clv: LearnedCLV | None = None
     clv_source: str = "btyd"
+    # The served CLV's edges of the top 1 %, 5 %, ... of the buyers it was fitted on (None until learned).
+    value_tiers: ValueTiers | None = None
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
@@ -152,12 +157,29 @@ class LifecycleModel:
             probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(some, drivers)
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
         learned = btyd["clv"] * self.learned_clv.multiplier(inputs) if self.learned_clv else np.full(rows, np.nan)
+        clv = learned if self.clv_source == "learned" else btyd["clv"]
         out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
-            "clv": learned if self.clv_source == "learned" else btyd["clv"], "clv_btyd": btyd["clv"],
-            "clv_learned": learned, "churn_probability": churn, "next_stage_probability": probability,
+            "clv": clv, "clv_btyd": btyd["clv"], "clv_learned": learned,
+            "total_clv": np.asarray(features["total_spend"], dtype=float) + clv,
+            "value_tier": self.value_tiers.tier(clv) if self.value_tiers else np.full(rows, None, dtype=object),
+            "next_order_date": self.next_order_date(features), "churn_probability": churn,
+            "churn_risk": self.horizons.risk_bands.band(churn), "next_stage_probability": probability,
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}
+
+    def next_order_date(self, features: Columns) -> np.ndarray:
+        """Per row, the day by which the customer is as likely as not to have ordered again (``next_order_days``
+        within the CLV horizon); none for prospects and for customers less likely than not to order in it."""
+        buyers = np.asarray(features["orders"], dtype=float) > 0
+        wait = np.full(len(buyers), np.nan)
+        if buyers.any():
+            f, r, t = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T"))
+            wait[buyers] = next_order_days(self.purchases, f, r, t, self.horizons.clv_days)
+        days = np.where(np.isnan(wait), 0, np.round(wait)).astype("timedelta64[D]")
+        dates = np.asarray(features["as_of"], dtype="datetime64[D]") + days
+        # in microseconds, as the feature table's dates come: a unit pandas, Arrow and Parquet all keep
+        return np.where(np.isnan(wait), np.datetime64("NaT"), dates).astype("datetime64[us]")
 
 
 def model_format(fitted: object) -> int:

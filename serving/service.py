@@ -532,7 +532,7 @@ def _answer(scores: dict[str, Any]) -> list[dict[str, Any]]:
     for name, values in scores.items():
         values = np.asarray(values)
         if values.dtype.kind == "M":
-            lists[name] = np.datetime_as_string(values, unit="D").tolist()
+            lists[name] = [None if day == "NaT" else day for day in np.datetime_as_string(values, unit="D").tolist()]
         else:
             lists[name] = [None if _missing(value) else value for value in values.tolist()]
     return [dict(zip(lists, row, strict=True)) for row in zip(*lists.values(), strict=True)]

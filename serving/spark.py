@@ -69,7 +69,7 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     how many groups of customers the features are built in.
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
+    from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
     registered = load_model(model_uri)
     builder, version = registered.model.builder, registered.model.version
@@ -122,17 +122,21 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
         rejects = built.where(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)
         rejected = {row["input_table"]: row["count"] for row in rejects.groupBy("input_table").count().collect()}
         outputs = _spark_schema(registered.metadata.get_output_schema())
-        # spark_udf returns no timestamps, and the pickled model does not know its registered version:
-        # both are the same for every row, so Spark adds them
-        returned = StructType([f for f in outputs.fields if f.name not in ("as_of", "model_version")])
+        # spark_udf returns no timestamps, and the pickled model does not know its registered version: both
+        # are the same for every row, so Spark adds them; other dates come back as text and are read as dates
+        dates = [f.name for f in outputs.fields if f.dataType == TimestampType() and f.name != "as_of"]
+        returned = StructType([StructField(f.name, StringType(), True) if f.name in dates else f
+                               for f in outputs.fields if f.name not in ("as_of", "model_version")])
         score = mlflow.pyfunc.spark_udf(spark, pinned, result_type=returned, env_manager="local")
         features = built.where(F.col("reason").isNull()).select(*inputs.fieldNames())
         scored = features.select(score(F.struct(*inputs.fieldNames())).alias("scores")).select(
             "scores.*", F.lit(as_of).alias("as_of"), F.lit(version).alias("model_version"))
-        # spark_udf casts text with numpy's str: a missing value arrives as the text "nan" (or "None")
-        scored = scored.select(*(F.when(~F.col(f.name).isin("nan", "None"), F.col(f.name)).alias(f.name)
-                                 if f.dataType == StringType() and f.name != "customer_id" else F.col(f.name)
-                                 for f in outputs.fields))
+        # spark_udf casts text with numpy's str: a missing value arrives as the text "nan", "None" or "NaT"
+        present = {f.name: ~F.col(f.name).isin("nan", "None", "NaT") for f in outputs.fields}
+        scored = scored.select(*(
+            F.when(present[f.name], F.to_date(F.substring(f.name, 1, 10))).alias(f.name) if f.name in dates
+            else F.when(present[f.name], F.col(f.name)).alias(f.name)
+            if f.dataType == StringType() and f.name != "customer_id" else F.col(f.name) for f in outputs.fields))
         out, rejects_path = str(out), None  # text, not Path: Path would fold the // of s3a://bucket/...
         _write(scored, out)
         if rejected:

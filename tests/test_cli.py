@@ -172,6 +172,19 @@ def test_configuration_file_column_map_and_environment(tmp_path):
     assert bad.returncode == 2 and "churn_horizon_days" in bad.stderr
 
 
+def test_churn_risk_thresholds_reach_the_model_and_are_checked(tmp_path, monkeypatch):
+    from lifecycle.config import load_settings
+    from lifecycle.training import horizons
+    from models.actions import RiskBands
+
+    (tmp_path / "lifecycle.toml").write_text("[churn_risk]\nmedium = 0.3\nhigh = 0.8\n")
+    assert horizons(load_settings(tmp_path / "lifecycle.toml")).risk_bands == RiskBands(0.3, 0.8)
+    assert horizons(load_settings()).risk_bands == RiskBands(0.4, 0.7)  # the documented defaults
+    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_RISK__HIGH": "0.2"})
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "churn_risk.medium (0.3) must be below churn_risk.high (0.2)" in " ".join(bad.stderr.split())
+
+
 def test_simulate_writes_tables_and_ground_truth(tmp_path):
     result = run("data", "simulate", "--customers", "300", "--seed", "2", "--out", "sim", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

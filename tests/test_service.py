@@ -97,6 +97,13 @@ def served(tmp_path_factory):
     server.stop()
 
 
+def _text(value) -> str | None:
+    """A batch record's text or date as the API writes it."""
+    if isinstance(value, pd.Timestamp):
+        return f"{value:%Y-%m-%d}"
+    return None if pd.isna(value) else value
+
+
 def records(features: pd.DataFrame) -> list[dict]:
     return json.loads(features.to_json(orient="records", date_format="iso", double_precision=15))
 
@@ -110,11 +117,14 @@ def test_scores_equal_batch_scoring_of_the_same_model(served):
     for record in answer:
         expected = batch.loc[record["customer_id"]]
         assert record["model_version"] == "1" and record["stage"] == expected.stage
-        for name in ("p_alive", "expected_purchases", "clv", "churn_probability", "next_stage_probability"):
+        for name in ("p_alive", "expected_purchases", "clv", "churn_probability", "next_stage_probability",
+                     "total_spend", "total_clv", "mean_days_between"):
             if pd.isna(expected[name]):
                 assert record[name] is None, name
             else:
                 assert record[name] == pytest.approx(expected[name], rel=1e-9), name
+        for name in ("value_tier", "churn_risk", "next_order_date"):
+            assert record[name] == _text(expected[name]), name
         ours, theirs = json.loads(record["churn_drivers"]), json.loads(expected.churn_drivers)
         assert [d["feature"] for d in ours] == [d["feature"] for d in theirs]
         assert [d["contribution"] for d in ours] == pytest.approx([d["contribution"] for d in theirs], rel=1e-9)
@@ -317,8 +327,8 @@ def test_score_history_returns_exactly_what_batch_scoring_returns(served):
                 continue
             if want is None or (not isinstance(want, str) and pd.isna(want)):
                 assert value is None, name
-            elif isinstance(want, str):
-                assert value == want, name
+            elif isinstance(want, str | pd.Timestamp):
+                assert value == _text(want), name
             else:
                 assert value == pytest.approx(want, rel=1e-12), name
 

@@ -38,6 +38,7 @@ import pandas as pd
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.sources import Dataset
+from models.actions import ValueTiers
 from models.btyd import FitFailed, PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
@@ -263,6 +264,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
                            clv_source=twin.clv_source if learned else "btyd")
+    model.value_tiers = ValueTiers.fit(model.predict_columns(scoring, drivers=0)["clv"])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
