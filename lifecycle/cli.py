@@ -494,12 +494,12 @@ def _print_scores(scores, out: Path) -> None:
     source = "learned" if scores.clv.equals(scores.clv_learned) else "BTYD"
     console.print(f"expected CLV ({source}) over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of "
                   f"customers hold {top:,.0f} ({top / clv.sum():.0%})")
-    best = Table("customer", "segment", "stage", "spent so far", "CLV", "tier", "purchases (interval)",
-                 "spend (interval)", "next order", "churn risk", title="ten most valuable (purchases and spend: the "
-                 "CLV horizon; next order: as likely as not by then)")
+    best = Table("customer", "segment", "spent so far", "CLV", "tier", "purchases (interval)", "spend (interval)",
+                 "next order", "churn risk", title="ten most valuable (purchases and spend: the CLV horizon; next "
+                 "order: as likely as not by then)")
     for row in scores.nlargest(10, "clv").itertuples():
-        best.add_row(str(row.customer_id), str(row.rfm_segment), row.stage, f"{row.total_spend:,.2f}",
-                     f"{row.clv:,.2f}", str(row.value_tier),
+        best.add_row(str(row.customer_id), str(row.rfm_segment), f"{row.total_spend:,.0f}", f"{row.clv:,.0f}",
+                     str(row.value_tier),
                      f"{row.clv_purchases:.1f} ({row.clv_purchases_low:.0f}-{row.clv_purchases_high:.0f})",
                      f"{row.clv_spend:,.0f} ({row.clv_spend_low:,.0f}-{row.clv_spend_high:,.0f})",
                      "-" if pd.isna(row.next_order_date) else f"{row.next_order_date:%Y-%m-%d}",
