@@ -15,7 +15,7 @@ import duckdb
 
 from features import rfm
 from features.errors import LifecycleError
-from features.params import FeatureParams, StageRules
+from features.params import ActivityRules, FeatureParams, StageRules
 from features.sources import Dataset
 
 STAGES = ("awareness", "consideration", "conversion", "retention", "advocacy")
@@ -31,27 +31,29 @@ class FeatureBuilder:
     """Builds the customer feature table; ``fit`` learns what is relative to the training data.
 
     Learned state, kept on the object so a fitted builder scores one customer or a billion the
-    same way: ``rfm_edges_`` (quintile edges of recency, orders and spend over the buyers) and
+    same way: ``rfm_edges_`` (quintile edges of recency, orders and spend over the buyers),
+    ``typical_gap_days_`` (the median of the repeat buyers' mean days between purchase days) and
     which optional tables the training data had (``has_events_``, ``has_customers_``), which
     fixes the output schema: engagement and acquisition features exist only if their table did.
     """
 
     def __init__(self, params: FeatureParams | None = None, stages: StageRules | None = None,
-                 churn_horizon_days: int = 90):
+                 activity: ActivityRules | None = None):
         self.params = params or FeatureParams()
         self.stages = stages or StageRules()
-        self.churn_horizon_days = churn_horizon_days
+        self.activity = activity or ActivityRules()
         self.rfm_edges_: dict[str, list[float]] | None = None
+        self.typical_gap_days_: float | None = None
         self.has_events_ = False
         self.has_customers_ = False
 
     def fit(self, data: Dataset, as_of: date) -> Self:
-        """Learn the RFM quintile edges from the buyers at ``as_of`` and the feature schema."""
+        """Learn the RFM quintile edges and the typical gap from the buyers at ``as_of``, and the feature schema."""
         self._learn_schema(data)
         aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
         table = f"buyers_{as_of:%Y%m%d}"
-        data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS "
-                         f"SELECT {aggregates} FROM ({_orders_sql(as_of)}) GROUP BY customer_id")
+        data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {aggregates}, min(day) AS first_day, "
+                         f"count(DISTINCT day) AS purchase_days FROM ({_orders_sql(as_of)}) GROUP BY customer_id")
         self._learn_edges(data.con, as_of, table)
         data.con.execute(f"DROP TABLE {table}")
         return self
@@ -82,13 +84,20 @@ class FeatureBuilder:
         self.has_customers_ = "customers" in data.report
 
     def _learn_edges(self, con: duckdb.DuckDBPyConnection, as_of: date, table: str) -> None:
-        """Quintile edges of the RFM measures over the buyers in ``table`` (a row each, with ``_RFM_AGGREGATES``).
+        """Quintile edges of the RFM measures and the typical gap over the buyers in ``table`` (a row each, with
+        ``_RFM_AGGREGATES``, ``first_day`` and ``purchase_days``).
 
         Measures in ``rfm.COUNTED`` take their quantiles from the number of buyers with each value.
         """
-        buyers = con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+        buyers, gap = con.execute(
+            "SELECT count(*), median((last_day - first_day) / (purchase_days - 1)) FILTER (WHERE purchase_days > 1) "
+            f"FROM {table}").fetchall()[0]
         if buyers < 5:
             raise LifecycleError(f"only {buyers} customers bought by the as-of date; need at least 5 to fit")
+        if gap is None:
+            raise LifecycleError("no customer bought on two days by the as-of date: there is no purchase rhythm to "
+                                 "learn")
+        self.typical_gap_days_ = float(gap)
         measures = f"(SELECT DATE '{as_of}' - last_day AS recency_days, orders, total_spend FROM {table})"
         self.rfm_edges_ = {}
         for score, column in rfm.MEASURES.items():
@@ -108,15 +117,20 @@ class FeatureBuilder:
         """The fitted parts (RFM scores and segment, stage) on top of the unfitted features in ``base``."""
         if self.rfm_edges_ is None:
             raise LifecycleError("FeatureBuilder is not fitted: call fit() first")
-        e, p = self.rfm_edges_, self.stages
+        e, p, a = self.rfm_edges_, self.stages, self.activity
         r = rfm.score_sql("recency_days", e["r"], reverse=True)
         f = rfm.score_sql("orders", e["f"])
         m = rfm.score_sql("total_spend", e["m"])
+        # The segment is named from an R score that agrees with the customer's rhythm: a lapsed customer's from
+        # the R1-2 row (Can't lose, At risk, ...), one buying at their rhythm's from the R3-5 rows.
+        named_r = (f"CASE WHEN recency_gaps > {a.lapsed_after_gaps} THEN least(r, 2) "
+                   f"WHEN recency_gaps <= {a.active_within_gaps} THEN greatest(r, 3) ELSE r END")
+        # Advocacy: a signal of it, or buying much or well *and* at the customer's rhythm now.
         advocacy = " OR ".join([
-            f"purchase_days >= {p.advocacy_min_purchases}",
-            f"rfm_segment IN ({_list(p.advocacy_segments)})",
             "_advocacy_events > 0",
             f"coalesce(_latest_nps >= {p.advocacy_min_nps}, false)",
+            f"((purchase_days >= {p.advocacy_min_purchases} OR rfm_segment IN ({_list(p.advocacy_segments)})) "
+            f"AND recency_gaps <= {a.active_within_gaps})",
         ])
         rank = {stage: i for i, stage in enumerate(STAGES)}
         stage_rank = (
@@ -128,22 +142,25 @@ class FeatureBuilder:
         # Stage names are looked up by rank (past the last stage, the lookup gives NULL).
         names = "[" + ", ".join(f"'{s}'" for s in STAGES) + "]"
         return f"""
-        WITH scored AS (
-            SELECT *,
+        WITH rhythm AS (
+            SELECT *, (recency + {self.typical_gap_days_!r}) / purchase_days AS typical_gap_days
+            FROM {base}
+        ),
+        scored AS (
+            SELECT *, recency_days / typical_gap_days AS recency_gaps,
                 CASE WHEN orders > 0 THEN {r} END AS r,
                 CASE WHEN orders > 0 THEN {f} END AS f,
                 CASE WHEN orders > 0 THEN {m} END AS m
-            FROM {base}
+            FROM rhythm
         ),
         segmented AS (
-            SELECT * EXCLUDE (r, f, m), {rfm.segment_sql("r", "((f + m + 1) // 2)")} AS rfm_segment,
+            SELECT * EXCLUDE (r, f, m), {rfm.segment_sql(f"({named_r})", "((f + m + 1) // 2)")} AS rfm_segment,
                 CAST(r AS DOUBLE) AS r_score, CAST(f AS DOUBLE) AS f_score, CAST(m AS DOUBLE) AS m_score
             FROM scored
         ),
         ranked AS (SELECT *, {stage_rank} AS stage_rank FROM segmented)
         SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps, stage_rank),
             {names}[stage_rank + 1] AS stage, stage_rank,
-            coalesce(recency_days > {self.churn_horizon_days}, false) AS lapsed,
             {names}[stage_rank + 2] AS next_stage
         FROM ranked
         """

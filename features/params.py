@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 EVENT_TYPES = (
     "session",
@@ -32,6 +32,25 @@ class StageRules(BaseModel):
     advocacy_segments: list[str] = Field(default_factory=lambda: ["Champions"])
     advocacy_events: list[str] = Field(default_factory=lambda: ["referral", "review"])
     advocacy_min_nps: float = Field(9, ge=0, le=10)
+
+
+class ActivityRules(BaseModel):
+    """When a buyer is active, at risk, lapsed or churned, in their own typical gaps between orders
+    (see docs/features.md, 'Activity status')."""
+
+    active_within_gaps: float = Field(1.5, gt=0, description="active: the last order at most this many gaps ago")
+    lapsed_after_gaps: float = Field(3.0, gt=0, description="lapsed (or churned): more than this many gaps ago")
+    churned_after_gaps: float = Field(6.0, gt=0, description="churned: more than this many gaps ago")
+    min_p_alive: float = Field(0.5, gt=0, lt=1, description="active needs the purchase model's P(alive) of at "
+                               "least this")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ActivityRules:
+        if not self.active_within_gaps < self.lapsed_after_gaps < self.churned_after_gaps:
+            raise ValueError(f"activity gaps must rise: active_within_gaps ({self.active_within_gaps}) < "
+                             f"lapsed_after_gaps ({self.lapsed_after_gaps}) < churned_after_gaps "
+                             f"({self.churned_after_gaps})")
+        return self
 
 
 class FeatureParams(BaseModel):

@@ -25,7 +25,7 @@ from pydantic_settings import (
 
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
-from features.params import FeatureParams, StageRules
+from features.params import ActivityRules, FeatureParams, StageRules
 from features.sources import TableSource
 from models.actions import RiskBands
 from models.learned_clv import CLV_SOURCES, MAPE_SLACK
@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     inputs: Inputs = Field(default_factory=Inputs)
     features: FeatureParams = Field(default_factory=FeatureParams)
     stages: StageRules = Field(default_factory=StageRules)
+    activity: ActivityRules = Field(default_factory=ActivityRules)
     btyd: BTYDSettings = Field(default_factory=BTYDSettings)
     clv: CLVSettings = Field(default_factory=CLVSettings)
     duckdb: DuckDBSettings = Field(default_factory=DuckDBSettings)
@@ -133,7 +134,7 @@ class Settings(BaseSettings):
 
     def feature_builder(self) -> FeatureBuilder:
         """An unfitted feature builder configured by these settings."""
-        return FeatureBuilder(self.features, self.stages, self.churn_horizon_days)
+        return FeatureBuilder(self.features, self.stages, self.activity)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML (unset optional values left out)."""

@@ -5,6 +5,8 @@
 - Value tier: ``top 1%``, ``top 5%``, ``top 10%``, ``top 25%``, ``top 50%`` or ``rest`` by the served CLV,
   against edges learned from the training population (the buyers at the end of the data) and stored with
   the model, as the RFM edges are: one customer scored alone gets the tier the whole table would give them.
+- Activity status: ``active``, ``at risk``, ``lapsed`` or ``churned`` from the days since the last order in
+  the customer's typical gaps (``recency_gaps``) and the purchase model's P(alive) (``activity_status``).
 - Next order: the day by which the customer is as likely as not to have ordered again, from the purchase
   model's probability of no purchase within t (``next_order_days``); none for a customer less likely than
   not to order within the CLV horizon (most of them are gone: a date for them would mean nothing).
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.errors import LifecycleError
+from features.params import ActivityRules
 
 TIER_SHARES = (0.01, 0.05, 0.10, 0.25, 0.50)  # the top shares of buyers by CLV that name a tier
 REST = "rest"
@@ -85,3 +88,20 @@ def next_order_days(purchases, frequency, recency, T, horizon_days: float) -> np
     share = (above - 0.5) / np.maximum(above - below, 1e-300)
     days[rows] = np.exp(np.log(grid[at - 1]) + share * (np.log(grid[at]) - np.log(grid[at - 1])))
     return days
+
+
+def activity_status(recency_gaps, frequency, p_alive, rules: ActivityRules) -> np.ndarray:
+    """Each buyer's status (None for prospects, whose gaps are missing), by the first rule that holds:
+
+    - churned: more than ``lapsed_after_gaps`` typical gaps since the last order, and either more than
+      ``churned_after_gaps`` or a one-time buyer (``frequency`` 0: no rhythm of their own to lapse from);
+    - lapsed: more than ``lapsed_after_gaps``;
+    - active: at most ``active_within_gaps``, with P(alive) at least ``min_p_alive``;
+    - at risk: the rest (overdue, or the purchase model doubts they are still a customer).
+    """
+    gaps = np.asarray(recency_gaps, dtype=float)
+    lapsed = gaps > rules.lapsed_after_gaps
+    gone = (gaps > rules.churned_after_gaps) | (np.asarray(frequency, dtype=float) == 0)
+    active = (gaps <= rules.active_within_gaps) & (np.asarray(p_alive, dtype=float) >= rules.min_p_alive)
+    status = np.select([lapsed & gone, lapsed, active], ["churned", "lapsed", "active"], default="at risk")
+    return np.where(np.isnan(gaps), None, status.astype(object))

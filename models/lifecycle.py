@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
-from models.actions import RiskBands, ValueTiers, next_order_days
+from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
 from models.btyd import PurchaseModel, SpendModel, discounted_purchases, monthly_rate
 from models.classifier import Classifier
 from models.drift import FeatureProfile
@@ -31,15 +31,16 @@ from models.learned_clv import LearnedCLV
 DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
-# intervals; 4: the learned CLV beside the BTYD one; 5: value tiers, risk bands, next orders); a model records
-# the format it was fitted in.
-MODEL_FORMAT = 5
+# intervals; 4: the learned CLV beside the BTYD one; 5: value tiers, risk bands, next orders; 6: activity status,
+# the typical gap); a model records the format it was fitted in.
+MODEL_FORMAT = 6
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage")
 OUTPUT_COLUMNS = (
-    "customer_id", "as_of", "stage", "lapsed", "recency_days", "frequency", "monetary_value", "T",
-    "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "next_order_date", "p_alive",
+    "customer_id", "as_of", "stage", "activity_status", "recency_days", "frequency", "monetary_value", "T",
+    "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "typical_gap_days",
+    "next_order_date", "p_alive",
     "expected_purchases", "expected_order_value", "clv", "clv_btyd", "clv_learned", "total_clv", "value_tier",
     "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low", "clv_spend_high",
     "churn_probability", "churn_risk", "btyd_churn_probability", "next_stage", "next_stage_probability",
@@ -164,6 +165,8 @@ class LifecycleModel:
             "value_tier": self.value_tiers.tier(clv) if self.value_tiers else np.full(rows, None, dtype=object),
             "next_order_date": self.next_order_date(features), "churn_probability": churn,
             "churn_risk": self.horizons.risk_bands.band(churn), "next_stage_probability": probability,
+            "activity_status": activity_status(features["recency_gaps"], features["frequency"], btyd["p_alive"],
+                                               self.builder.activity),
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}

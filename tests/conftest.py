@@ -1,10 +1,11 @@
-"""Shared fixtures: the real CDNOW logs and a small simulated shop."""
+"""Shared fixtures (the real CDNOW logs and a small simulated shop) and checks."""
 
 from __future__ import annotations
 
 import warnings
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -49,3 +50,37 @@ def cdnow_run(cdnow_master):
 
     data = load(transactions=cdnow_master)
     return data, train(data, FeatureBuilder, Horizons())
+
+
+# Segments that say a customer buys now: never given to a lapsed or churned one.
+CURRENT_SEGMENTS = ("Champions", "Loyal", "Potential loyalist", "New", "Promising")
+
+
+def assert_labels_agree_with_behaviour(scores: pd.DataFrame, features: pd.DataFrame, model) -> None:
+    """The label rules of docs/features.md, as checks on a model's records and the features they came from."""
+    rules, stages = model.builder.activity, model.builder.stages
+    gaps, status = features.recency_gaps.to_numpy(), scores.activity_status
+    buyers = (features.orders > 0).to_numpy()
+    assert status[buyers].notna().all() and status[~buyers].isna().all()
+    assert set(status[buyers]) == {"active", "at risk", "lapsed", "churned"}
+    # active: at most active_within_gaps of their own typical gaps without an order, and believed alive
+    active = (status == "active").to_numpy()
+    assert (gaps[active] <= rules.active_within_gaps).all() and (scores.p_alive[active] >= rules.min_p_alive).all()
+    # gone quiet, lapsed or churned, exactly when more than lapsed_after_gaps have passed
+    gone = status.isin(["lapsed", "churned"]).to_numpy()
+    np.testing.assert_array_equal(gone, buyers & (gaps > rules.lapsed_after_gaps))
+    churned = (status == "churned").to_numpy()
+    np.testing.assert_array_equal(churned, gone & ((gaps > rules.churned_after_gaps) | (features.frequency == 0)))
+    # no segment says a gone customer buys now
+    assert not scores.rfm_segment[gone].isin(CURRENT_SEGMENTS).any()
+    # an advocate has an advocacy signal or buys at their rhythm now
+    advocates = (scores.stage == "advocacy").to_numpy()
+    signal = np.zeros(len(features), dtype=bool)
+    if "reviews" in features:
+        signal = ((features.reviews + features.referrals > 0)
+                  | (features.latest_nps >= stages.advocacy_min_nps).fillna(False)).to_numpy()
+    assert (signal | (gaps <= rules.active_within_gaps))[advocates].all()
+    # the stage is how far a customer has come: one purchase day is conversion, more is retention or advocacy
+    days = features.purchase_days.to_numpy()
+    assert (scores.stage[days == 1] == "conversion").all()
+    assert scores.stage[days >= 2].isin(["retention", "advocacy"]).all()

@@ -1,5 +1,6 @@
-"""What a shop acts on: churn risk bands, value tiers and the next order's date, by hand, against the
-BG/NBD closed form, out of time on two simulated processes and on CDNOW, and in the trained model's records."""
+"""What a shop acts on: churn risk bands, value tiers, the next order's date and the activity status, by hand,
+against the BG/NBD closed form, out of time on two simulated processes and on CDNOW, and in the trained model's
+records (where the labels must agree with the behaviour behind them)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pytest
 from features import cdnow
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
+from features.params import ActivityRules
 from features.simulator import SimulationParams, simulate
-from models.actions import RiskBands, ValueTiers, next_order_days
+from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
 from models.bgnbd import BGNBD
 from models.purchase_models import PURCHASE_MODELS
-from tests.conftest import load
+from tests.conftest import CURRENT_SEGMENTS, assert_labels_agree_with_behaviour, load
 
 
 def test_risk_bands_by_hand():
@@ -55,36 +57,59 @@ def test_next_order_days_is_the_bgnbd_median_in_closed_form():
     np.testing.assert_allclose(days[dated], exact[dated], rtol=0.01)
 
 
-def _share_ordered_by_their_date(transactions: pd.DataFrame, data, cut, model_name: str, horizon: int):
+def test_activity_status_by_hand():
+    rules = ActivityRules()  # active within 1.5 gaps, lapsed after 3, churned after 6; P(alive) 0.5 for active
+    gaps = [0.5, 1.5, 1.5, 2.0, 3.0, 3.5, 3.5, 6.0, 6.5, np.nan]
+    frequency = [3, 3, 3, 0, 3, 3, 0, 3, 3, np.nan]
+    alive = [0.9, 0.5, 0.49, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9, np.nan]
+    assert activity_status(gaps, frequency, alive, rules).tolist() == [
+        "active", "active", "at risk", "at risk", "at risk", "lapsed", "churned", "lapsed", "churned", None]
+
+
+def _out_of_time(transactions: pd.DataFrame, data, cut, model_name: str, horizon: int):
+    """Fitted at ``cut``: the share of the customers given a next order date who ordered by it, how many were
+    given one, and per activity status the share who ordered within ``horizon`` days and how many there were."""
     builder = FeatureBuilder()
     table = builder.fit_transform(data, cut).df()
     table = table[table.orders > 0]
     history = [table[c].to_numpy(float) for c in ("frequency", "recency", "T")]
-    wait = next_order_days(PURCHASE_MODELS[model_name]().fit(*history), *history, horizon)
+    purchases = PURCHASE_MODELS[model_name]().fit(*history)
+    wait = next_order_days(purchases, *history, horizon)
     after = transactions[transactions.timestamp.dt.normalize() > pd.Timestamp(cut)]
     first = (after.groupby("customer_id").timestamp.min().dt.normalize() - pd.Timestamp(cut)).dt.days
     waited = table.customer_id.map(first).to_numpy(float)  # NaN: no order in what the data hold
     dated = ~np.isnan(wait)
-    return float((waited[dated] <= np.round(wait[dated])).mean()), int(dated.sum())
+    status = activity_status(table.recency_gaps, table.frequency, purchases.p_alive(*history), builder.activity)
+    by_status = pd.DataFrame({"status": status, "ordered": waited <= horizon}).groupby("status").ordered
+    return float((waited[dated] <= np.round(wait[dated])).mean()), int(dated.sum()), by_status.agg(["mean", "size"])
+
+
+def _assert_status_ranks_who_orders(reorders: pd.DataFrame):
+    """Every status holds customers, the active order most often and the churned least."""
+    assert set(reorders.index) == {"active", "at risk", "lapsed", "churned"} and (reorders["size"] >= 100).all()
+    assert reorders["mean"].idxmax() == "active" and reorders["mean"].idxmin() == "churned"
+    assert reorders.loc["active", "mean"] > 2 * reorders.loc["churned", "mean"]
 
 
 @pytest.mark.parametrize("process", ["bgnbd", "pareto_nbd"])
-def test_about_half_the_customers_order_by_their_next_order_date_out_of_time(process):
-    """The date is a median: among the simulated customers given one, about half order by it."""
+def test_next_order_date_and_status_hold_out_of_time(process):
+    """The date is a median: among the simulated customers given one, about half order by it. And the status
+    ranks who orders in the next year: the active most often, the churned least."""
     sim = simulate(SimulationParams(customers=6000, seed=8, process=process, events=False, prospect_share=0))
     cut = (sim.end - timedelta(days=366)).date()
-    share, dated = _share_ordered_by_their_date(sim.transactions, load(transactions=sim.transactions), cut, process,
-                                                365)
+    share, dated, reorders = _out_of_time(sim.transactions, load(transactions=sim.transactions), cut, process, 365)
     assert dated > 500
     assert share == pytest.approx(0.5, abs=0.04)
+    _assert_status_ranks_who_orders(reorders)
 
 
-def test_about_half_of_cdnow_orders_by_the_next_order_date_out_of_time(cdnow_master):
+def test_next_order_date_and_status_hold_out_of_time_on_cdnow(cdnow_master):
     """Real customers: cut at week 39 (the published estimation sample's end), judged on the 39 weeks after."""
     data = load(transactions=cdnow_master)
-    share, dated = _share_ordered_by_their_date(cdnow_master, data, pd.Timestamp("1997-09-30").date(), "bgnbd", 273)
+    share, dated, reorders = _out_of_time(cdnow_master, data, pd.Timestamp("1997-09-30").date(), "bgnbd", 273)
     assert dated > 1000
     assert share == pytest.approx(0.5, abs=0.05)
+    _assert_status_ranks_who_orders(reorders)
 
 
 def test_the_trained_model_gives_every_customer_the_new_fields(cdnow_run):
@@ -106,3 +131,17 @@ def test_the_trained_model_gives_every_customer_the_new_fields(cdnow_run):
     row = scores[dated].iloc[[0]].reset_index(drop=True)
     pd.testing.assert_frame_equal(one[["value_tier", "churn_risk", "next_order_date"]],
                                   row[["value_tier", "churn_risk", "next_order_date"]])
+
+
+def test_cdnow_labels_agree_with_behaviour(cdnow_run):
+    """The contradictions the old labels had on CDNOW at its end (1998-06-30) are gone: 4,365 'Loyal' customers
+    all lapsed, 12,054 one-time buyers of a median 502 days ago with nothing said about it, 42 % of advocates
+    lapsed."""
+    _, run = cdnow_run
+    scores = run.model.predict(run.features, drivers=0)
+    assert_labels_agree_with_behaviour(scores, run.features, run.model)
+    once = run.features.frequency == 0
+    assert once.sum() == 12_054 and (scores.activity_status[once] == "churned").all()
+    loyal = scores.rfm_segment.isin(CURRENT_SEGMENTS)
+    assert loyal.sum() > 1000 and (scores.recency_days[loyal] <= 3 * run.features.typical_gap_days[loyal]).all()
+    assert scores.activity_status[scores.stage == "advocacy"].eq("active").all()  # CDNOW has no advocacy signals

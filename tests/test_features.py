@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from features import rfm
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
-from features.params import FeatureParams, StageRules
+from features.params import ActivityRules, FeatureParams, StageRules
 from tests.conftest import load
 
 AS_OF = date(2024, 3, 31)  # a Sunday; its week starts Monday 2024-03-25
@@ -60,7 +60,7 @@ def tables(orders=ORDERS, events=EVENTS, customers=CUSTOMERS) -> dict[str, pd.Da
 @pytest.fixture(scope="module")
 def small():
     data = load(**tables())
-    builder = FeatureBuilder(PARAMS, RULES, churn_horizon_days=90).fit(data, AS_OF)
+    builder = FeatureBuilder(PARAMS, RULES).fit(data, AS_OF)
     return data, builder, builder.transform(data, AS_OF).df().set_index("customer_id")
 
 
@@ -95,16 +95,41 @@ def test_engagement_features_by_hand(small):
     assert (f.loc["D"].days_since_signup, f.loc["D"].acquisition_channel) == (59, "social")  # 2024 is a leap year
 
 
-def test_stages_and_lapsed_by_hand(small):
-    _, _, f = small
+def test_stages_and_rhythm_by_hand(small):
+    _, builder, f = small
     assert "F" not in f.index  # signed up after the as-of date
-    stages = f.stage.to_dict()
-    assert stages == {"A": "retention", "B": "conversion", "C": "advocacy", "D": "consideration",
-                      "E": "awareness", "G": "conversion", "H": "retention"}
-    assert f.lapsed.to_dict() == {"A": False, "B": False, "C": False, "D": False, "E": False, "G": True,
-                                  "H": False}
-    assert f.loc["A"].next_stage == "advocacy" and pd.isna(f.loc["C"].next_stage)
-    assert f.stage_rank.to_dict() == {"A": 3, "B": 2, "C": 4, "D": 1, "E": 0, "G": 2, "H": 3}
+    # Repeat buyers' mean days between purchase days at AS_OF: A 60/2, C 19/4, H 5/1; their median is 5.
+    assert builder.typical_gap_days_ == 5.0
+    buyers = f[f.orders > 0]
+    # Typical gap: (span + 5) / purchase days; one-time buyers (B, G) get the population's 5 days.
+    assert buyers.typical_gap_days.to_dict() == pytest.approx({"A": 65 / 3, "B": 5.0, "C": 24 / 5, "G": 5.0,
+                                                               "H": 5.0})
+    assert buyers.recency_gaps.to_dict() == pytest.approx({"A": 30 / (65 / 3), "B": 11 / 5, "C": 40 / 4.8,
+                                                           "G": 182 / 5, "H": 71 / 5})
+    assert f.loc[["D", "E"], ["typical_gap_days", "recency_gaps"]].isna().all().all()
+    # C bought on five days, but eight of its gaps ago: no longer an advocate by purchases alone.
+    assert f.stage.to_dict() == {"A": "retention", "B": "conversion", "C": "retention", "D": "consideration",
+                                 "E": "awareness", "G": "conversion", "H": "retention"}
+    assert f.loc["A"].next_stage == "advocacy" and f.loc["C"].next_stage == "advocacy"
+    assert f.stage_rank.to_dict() == {"A": 3, "B": 2, "C": 3, "D": 1, "E": 0, "G": 2, "H": 3}
+    # Recency edges over [11, 30, 40, 71, 182] days are 26.2, 36, 52.4, 93.2: R scores A 4, B 5, C 3, G 1, H 2.
+    assert buyers.r_score.to_dict() == {"A": 4, "B": 5, "C": 3, "G": 1, "H": 2}
+    # Segments are named from the R1-2 row past three gaps (C, G, H); B (2.2 gaps) and A keep theirs.
+    fm = (buyers.f_score + buyers.m_score + 1) // 2
+    named_r = {"A": 4, "B": 5, "C": 2, "G": 1, "H": 2}
+    assert buyers.rfm_segment.to_dict() == {c: rfm.segment_of(named_r[c], int(fm[c])) for c in buyers.index}
+
+
+def test_advocacy_needs_a_signal_or_buying_at_the_customers_rhythm():
+    data = load(**tables())
+    # C's five purchase days make it an advocate only while it buys at its rhythm: on its last day, yes.
+    builder = FeatureBuilder(PARAMS, RULES).fit(data, AS_OF)
+    assert builder.transform(data, date(2024, 2, 20)).df().set_index("customer_id").loc["C", "stage"] == "advocacy"
+    # An advocacy signal is enough on its own: a review from lapsed H.
+    events = [*EVENTS, ("H", "2024-03-30 10:00", "review", None)]
+    data = load(**tables(events=events))
+    f = FeatureBuilder(PARAMS, RULES).fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
+    assert f.loc["H", "stage"] == "advocacy" and f.loc["H", "recency_gaps"] > 3
 
 
 def test_stage_thresholds_are_configurable():
@@ -112,8 +137,14 @@ def test_stage_thresholds_are_configurable():
     rules = StageRules(advocacy_segments=[], advocacy_min_purchases=3, consideration_min_sessions=4,
                        advocacy_min_nps=6)
     f = FeatureBuilder(PARAMS, rules).fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
-    assert f.stage.to_dict() == {"A": "advocacy", "B": "conversion", "C": "advocacy", "D": "awareness",
+    assert f.stage.to_dict() == {"A": "advocacy", "B": "conversion", "C": "retention", "D": "awareness",
                                  "E": "awareness", "G": "conversion", "H": "retention"}
+    # With a looser rhythm, C (8.3 gaps since its last order) buys at it again and is an advocate.
+    loose = ActivityRules(active_within_gaps=9, lapsed_after_gaps=10, churned_after_gaps=20)
+    f = FeatureBuilder(PARAMS, rules, loose).fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
+    assert f.loc["C", "stage"] == "advocacy"
+    with pytest.raises(ValueError, match="activity gaps must rise"):
+        ActivityRules(active_within_gaps=3, lapsed_after_gaps=2)
 
 
 def test_labels_by_hand(small):
@@ -124,7 +155,7 @@ def test_labels_by_hand(small):
     assert labels.loc["B", ["purchases", "churned", "reached_next_stage"]].tolist() == [1, False, True]
     assert labels.loc["D", ["purchases", "churned", "reached_next_stage"]].tolist() == [1, False, True]
     assert labels.loc["E", ["purchases", "churned", "reached_next_stage"]].tolist() == [0, True, False]
-    assert pd.isna(labels.loc["C", "reached_next_stage"])
+    assert not labels.loc["C", "reached_next_stage"]  # a lapsed repeat buyer that stayed away
     assert labels.loc["H", "purchases"] == 0  # its next order is after the horizon
     with pytest.raises(LifecycleError, match="need data through 2024-07-29"):
         builder.labels(data, AS_OF, 120)
@@ -141,8 +172,17 @@ def test_rfm_scores_and_segments_match_an_independent_computation(shop):
         edges = np.array(builder.rfm_edges_[score])
         rank = 1 + (buyers[column].to_numpy()[:, None] > edges).sum(axis=1)
         np.testing.assert_array_equal(buyers[f"{score}_score"], 6 - rank if score == "r" else rank)
+    # The rhythm, from the BTYD summary: the repeat buyers' median mean gap, and each buyer's gap shrunk to it.
+    gap = (buyers.recency / buyers.frequency)[buyers.frequency > 0].median()
+    assert builder.typical_gap_days_ == pytest.approx(gap, rel=1e-12)
+    gaps = buyers.recency_days / ((buyers.recency + gap) / (buyers.frequency + 1))
+    np.testing.assert_allclose(buyers.recency_gaps, gaps, rtol=1e-12)
+    rules = builder.activity
+    named_r = np.where(gaps > rules.lapsed_after_gaps, np.minimum(buyers.r_score, 2),
+                       np.where(gaps <= rules.active_within_gaps, np.maximum(buyers.r_score, 3), buyers.r_score))
+    assert (named_r < buyers.r_score).sum() > 100  # lapsed customers the grid alone would name from R3-5
     fm = (buyers.f_score + buyers.m_score + 1) // 2
-    expected = [rfm.segment_of(r, x) for r, x in zip(buyers.r_score, fm, strict=True)]
+    expected = [rfm.segment_of(int(r), x) for r, x in zip(named_r, fm, strict=True)]
     assert buyers.rfm_segment.tolist() == expected
     assert f[f.orders == 0].rfm_segment.isna().all()
 

@@ -148,7 +148,7 @@ def test_records_reach_the_model_as_the_feature_table_does(served):
         return model.churn._matrix(classifier_inputs(table, btyd))
 
     expected = churn_matrix(sample)
-    assert not np.isnan(expected[:, model.churn.features_.index("lapsed")]).any()
+    assert not np.isnan(expected[:, model.churn.features_.index("stage")]).any()
     # the same numbers (to the 15 decimals JSON carries), missing in the same places, the same category codes
     np.testing.assert_allclose(churn_matrix(_columns(records(sample), registered.columns)), expected, rtol=1e-9)
 
@@ -422,7 +422,7 @@ JSON = st.recursive(
 @settings(max_examples=50, deadline=None, derandomize=True)  # the same examples in every CI run
 @given(body=JSON, replaced=st.dictionaries(st.sampled_from(["customer_id", "as_of", "orders", "total_spend",
                                                             "frequency", "recency", "T", "monetary_value", "stage",
-                                                            "lapsed", "rfm_segment", "next_stage", "r_score"]),
+                                                            "recency_gaps", "rfm_segment", "next_stage", "r_score"]),
                                            JSON, max_size=3),
        order=st.dictionaries(st.sampled_from(["customer_id", "timestamp", "amount", "order_id"]), JSON, max_size=2),
        as_of=JSON)

@@ -13,7 +13,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.lifecycle import OUTPUT_COLUMNS, Horizons
-from tests.conftest import load
+from tests.conftest import assert_labels_agree_with_behaviour, load
 from training.train import train, windows
 
 
@@ -115,7 +115,9 @@ def test_simulated_shop_with_engagement():
     # (the simulator's prospects never buy, so only buyers' stages have both outcomes)
     assert {"conversion", "retention"} <= set(run.evaluation.next_stage_auc_by_stage)
     assert min(run.evaluation.next_stage_auc_by_stage.values()) > 0.55
-    scores = run.model.predict(run.model.builder.transform(data, run.windows.end).df())
+    features = run.model.builder.transform(data, run.windows.end).df()
+    scores = run.model.predict(features)
+    assert_labels_agree_with_behaviour(scores, features, run.model)
     prospects = scores.frequency.isna()
     assert prospects.any() and scores.loc[prospects, "p_alive"].isna().all()
     assert np.isfinite(scores.loc[prospects, "churn_probability"]).all()
