@@ -32,7 +32,8 @@ class FeatureBuilder:
 
     Learned state, kept on the object so a fitted builder scores one customer or a billion the
     same way: ``rfm_edges_`` (quintile edges of recency, orders and spend over the buyers),
-    ``typical_gap_days_`` (the median of the repeat buyers' mean days between purchase days) and
+    ``typical_gap_days_`` (the median of the repeat buyers' mean days between purchase days; None
+    without repeat buyers, and so no rhythm columns) and
     which optional tables the training data had (``has_events_``, ``has_customers_``), which
     fixes the output schema: engagement and acquisition features exist only if their table did.
     """
@@ -94,10 +95,7 @@ class FeatureBuilder:
             f"FROM {table}").fetchall()[0]
         if buyers < 5:
             raise LifecycleError(f"only {buyers} customers bought by the as-of date; need at least 5 to fit")
-        if gap is None:
-            raise LifecycleError("no customer bought on two days by the as-of date: there is no purchase rhythm to "
-                                 "learn")
-        self.typical_gap_days_ = float(gap)
+        self.typical_gap_days_ = None if gap is None else float(gap)  # None: no repeat buyer, no rhythm to learn
         measures = f"(SELECT DATE '{as_of}' - last_day AS recency_days, orders, total_spend FROM {table})"
         self.rfm_edges_ = {}
         for score, column in rfm.MEASURES.items():
@@ -143,7 +141,7 @@ class FeatureBuilder:
         names = "[" + ", ".join(f"'{s}'" for s in STAGES) + "]"
         return f"""
         WITH rhythm AS (
-            SELECT *, (recency + {self.typical_gap_days_!r}) / purchase_days AS typical_gap_days
+            SELECT *, (recency + {self.typical_gap_days_ or "NULL"}) / purchase_days AS typical_gap_days
             FROM {base}
         ),
         scored AS (
@@ -159,9 +157,11 @@ class FeatureBuilder:
             FROM scored
         ),
         ranked AS (SELECT *, {stage_rank} AS stage_rank FROM segmented)
-        SELECT * EXCLUDE (_sessions, _high_intent_events, _advocacy_events, _latest_nps, stage_rank),
+        SELECT * EXCLUDE (_events, _sessions, _high_intent_events, _advocacy_events, _latest_nps, stage_rank),
             {names}[stage_rank + 1] AS stage, stage_rank,
-            {names}[stage_rank + 2] AS next_stage
+            {names}[stage_rank + 2] AS next_stage,
+            CASE WHEN purchase_days >= 2 THEN 'repeat buyer' WHEN purchase_days = 1 THEN 'one purchase'
+                 WHEN _events > 0 THEN 'engagement only' ELSE 'none' END AS evidence
         FROM ranked
         """
 
@@ -213,10 +213,10 @@ class FeatureBuilder:
             columns.append(self._event_columns())
             joins.append("LEFT JOIN engagement AS en USING (customer_id)")
             everyone.append("SELECT customer_id FROM engagement")
-            helpers = ("coalesce(en.sessions, 0)", "coalesce(en.high_intent_events, 0)",
+            helpers = ("coalesce(en.events, 0)", "coalesce(en.sessions, 0)", "coalesce(en.high_intent_events, 0)",
                        "coalesce(en.advocacy_events, 0)", "en.latest_nps")
         else:
-            helpers = ("0", "0", "0", "CAST(NULL AS DOUBLE)")
+            helpers = ("0", "0", "0", "0", "CAST(NULL AS DOUBLE)")
         if self.has_customers_:
             ctes.append(
                 "known AS (SELECT customer_id, signup_date, acquisition_channel, acquisition_cost FROM customers "
@@ -227,7 +227,8 @@ class FeatureBuilder:
             joins.append("LEFT JOIN known AS k USING (customer_id)")
             everyone.append("SELECT customer_id FROM known")
         columns.append(", ".join(f"{sql} AS {name}" for sql, name in zip(
-            helpers, ("_sessions", "_high_intent_events", "_advocacy_events", "_latest_nps"), strict=True)))
+            helpers, ("_events", "_sessions", "_high_intent_events", "_advocacy_events", "_latest_nps"),
+            strict=True)))
         if population is not None:
             everyone = [f"SELECT DISTINCT customer_id FROM {population}"]
         if joins or population is not None:  # customers known from events, the customer table or a list
@@ -325,7 +326,7 @@ class FeatureBuilder:
         ),
         engagement AS (
             SELECT customer_id, {counts}, {since}, {totals},
-                coalesce(max(n) FILTER (WHERE event_type = 'session'), 0) AS sessions,
+                sum(n) AS events, coalesce(max(n) FILTER (WHERE event_type = 'session'), 0) AS sessions,
                 CAST(coalesce(sum(n) FILTER (WHERE event_type IN ({_list(self.stages.high_intent_events)})), 0)
                      AS BIGINT) AS high_intent_events,
                 CAST(coalesce(sum(n) FILTER (WHERE event_type IN ({_list(self.stages.advocacy_events)})), 0)

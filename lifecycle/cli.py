@@ -479,10 +479,14 @@ def demo(ctx: typer.Context) -> None:
 def _print_scores(scores, out: Path) -> None:
     import pandas as pd
 
-    stages = scores.groupby("stage", sort=False).size().rename("customers").reset_index()
-    table = Table("stage", "customers", title=f"lifecycle stages as scored by version {scores.model_version.iloc[0]}")
-    for stage, n in stages.itertuples(index=False):
-        table.add_row(stage, f"{n:,}")
+    statuses = ["active", "at risk", "lapsed", "churned"]
+    by_stage = pd.crosstab(scores.stage, scores.activity_status.fillna("prospect"))
+    by_stage = by_stage.reindex(columns=[*statuses, "prospect"], fill_value=0)
+    table = Table("stage", "customers", *statuses, "prospects (no purchase)",
+                  title=f"lifecycle stages and activity status as scored by version {scores.model_version.iloc[0]}")
+    for stage in scores.stage.drop_duplicates():
+        counts = by_stage.loc[stage]
+        table.add_row(stage, f"{counts.sum():,}", *(f"{n:,}" for n in counts))
     segments = Table("RFM segment", "customers", "mean CLV", "mean churn probability", title="RFM segments")
     by_segment = scores.groupby("rfm_segment").agg(n=("clv", "size"), clv=("clv", "mean"),
                                                    churn=("churn_probability", "mean"))

@@ -36,9 +36,9 @@ DAYS_PER_MONTH = 365.25 / 12
 MODEL_FORMAT = 6
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
-NOT_FEATURES = ("customer_id", "as_of", "next_stage")
+NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence")
 OUTPUT_COLUMNS = (
-    "customer_id", "as_of", "stage", "activity_status", "recency_days", "frequency", "monetary_value", "T",
+    "customer_id", "as_of", "evidence", "stage", "activity_status", "recency_days", "frequency", "monetary_value", "T",
     "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "typical_gap_days",
     "next_order_date", "p_alive",
     "expected_purchases", "expected_order_value", "clv", "clv_btyd", "clv_learned", "total_clv", "value_tier",
@@ -164,7 +164,9 @@ class LifecycleModel:
             "total_clv": np.asarray(features["total_spend"], dtype=float) + clv,
             "value_tier": self.value_tiers.tier(clv) if self.value_tiers else np.full(rows, None, dtype=object),
             "next_order_date": self.next_order_date(features), "churn_probability": churn,
-            "churn_risk": self.horizons.risk_bands.band(churn), "next_stage_probability": probability,
+            "churn_risk": np.where(np.asarray(features["evidence"]) == "none", None,
+                                   self.horizons.risk_bands.band(churn)),
+            "next_stage_probability": probability,
             "activity_status": activity_status(features["recency_gaps"], features["frequency"], btyd["p_alive"],
                                                self.builder.activity),
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,

@@ -55,6 +55,9 @@ def test_a_customer_list_scores_exactly_its_ids_and_prospects_without_history(cd
     unknown = scores.loc["99999"]
     assert unknown.stage == "awareness" and pd.isna(unknown.p_alive) and pd.isna(unknown.clv)
     assert 0 <= unknown.churn_probability <= 1 and unknown.next_stage == "consideration"
+    # a record resting on nothing says so, and gets no risk band that would read as a judgement of the customer
+    assert unknown.evidence == "none" and pd.isna(unknown.churn_risk) and pd.isna(unknown.activity_status)
+    assert scores.loc["00001", "evidence"] in ("one purchase", "repeat buyer")
     # the listed customers with history get exactly their rows of the full table
     everyone = expected_records(run.model, data, run.windows.end).set_index("customer_id")
     for known in ("00001", "00005"):

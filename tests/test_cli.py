@@ -78,11 +78,15 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
     (["score", "--transactions", "orders.csv", "--out", "scores.csv"],
      "there is no champion model yet: run `lifecycle train` first"),
     (["train", "--transactions", "header.csv", "--as-of", "1998-13-01"], "Invalid value"),
+    (["train", "--transactions", "thin.csv"], "too little data to train: by 2024-06-17 (the first day a model is "
+     "fitted) 15 customers had ordered (need at least 100) and 0 customers had ordered on two or more days"),
 ])
 def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "header.csv").write_text("customer_id,timestamp,amount\n")
+    pd.DataFrame({"customer_id": range(30), "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(
+        np.arange(30) * 12, unit="D"), "amount": 1.0}).to_csv(tmp_path / "thin.csv", index=False)
     pd.DataFrame({"id": [1], "at": pd.to_datetime(["2024-01-01"]), "paid": pd.to_datetime(["2024-01-02"]).date}
                  ).to_parquet(tmp_path / "typed.parquet")
     (tmp_path / "map.toml").write_text('[inputs.transactions.columns]\ncustomer_id = "id"\ntimestamp = "at"\n'

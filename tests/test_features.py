@@ -112,6 +112,9 @@ def test_stages_and_rhythm_by_hand(small):
                                  "E": "awareness", "G": "conversion", "H": "retention"}
     assert f.loc["A"].next_stage == "advocacy" and f.loc["C"].next_stage == "advocacy"
     assert f.stage_rank.to_dict() == {"A": 3, "B": 2, "C": 3, "D": 1, "E": 0, "G": 2, "H": 3}
+    # What each record rests on: E signed up and did nothing else.
+    assert f.evidence.to_dict() == {"A": "repeat buyer", "B": "one purchase", "C": "repeat buyer",
+                                    "D": "engagement only", "E": "none", "G": "one purchase", "H": "repeat buyer"}
     # Recency edges over [11, 30, 40, 71, 182] days are 26.2, 36, 52.4, 93.2: R scores A 4, B 5, C 3, G 1, H 2.
     assert buyers.r_score.to_dict() == {"A": 4, "B": 5, "C": 3, "G": 1, "H": 2}
     # Segments are named from the R1-2 row past three gaps (C, G, H); B (2.2 gaps) and A keep theirs.

@@ -118,12 +118,12 @@ def test_scores_equal_batch_scoring_of_the_same_model(served):
         expected = batch.loc[record["customer_id"]]
         assert record["model_version"] == "1" and record["stage"] == expected.stage
         for name in ("p_alive", "expected_purchases", "clv", "churn_probability", "next_stage_probability",
-                     "total_spend", "total_clv", "mean_days_between"):
+                     "total_spend", "total_clv", "mean_days_between", "typical_gap_days"):
             if pd.isna(expected[name]):
                 assert record[name] is None, name
             else:
                 assert record[name] == pytest.approx(expected[name], rel=1e-9), name
-        for name in ("value_tier", "churn_risk", "next_order_date"):
+        for name in ("value_tier", "churn_risk", "next_order_date", "activity_status", "rfm_segment"):
             assert record[name] == _text(expected[name]), name
         ours, theirs = json.loads(record["churn_drivers"]), json.loads(expected.churn_drivers)
         assert [d["feature"] for d in ours] == [d["feature"] for d in theirs]

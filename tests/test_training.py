@@ -6,6 +6,7 @@ import json
 from datetime import date
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from features import cdnow
@@ -121,6 +122,32 @@ def test_simulated_shop_with_engagement():
     prospects = scores.frequency.isna()
     assert prospects.any() and scores.loc[prospects, "p_alive"].isna().all()
     assert np.isfinite(scores.loc[prospects, "churn_probability"]).all()
+    # what each record rests on: orders, else events, else nothing (then no risk band)
+    events = sim.events[sim.events.timestamp < pd.Timestamp(run.windows.end) + pd.Timedelta(days=1)]
+    engaged = scores.customer_id.isin(events.customer_id)
+    expected = np.select([features.purchase_days >= 2, features.purchase_days == 1, engaged],
+                         ["repeat buyer", "one purchase", "engagement only"], "none")
+    assert (scores.evidence == expected).all() and "engagement only" in set(scores.evidence)
+    assert scores.churn_risk[scores.evidence == "none"].isna().all()
+    assert scores.churn_risk[scores.evidence != "none"].notna().all()
+
+
+def test_too_little_data_is_refused_in_one_line():
+    """Counted on the first day a model is fitted: buyers and repeat buyers, against pandas."""
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(0, 360, 2), unit="D")
+    once = pd.DataFrame({"customer_id": [f"c{i}" for i in range(len(days))], "timestamp": days, "amount": 10.0})
+    again = once.head(12).assign(timestamp=lambda t: t.timestamp + pd.Timedelta(days=7))
+    orders = pd.concat([once, again], ignore_index=True)
+    win = windows(orders.timestamp.min().date(), orders.timestamp.max().date(), Horizons())
+    day = min(win.btyd_calibration_end, win.t0)
+    before = orders[orders.timestamp < pd.Timestamp(day) + pd.Timedelta(days=1)]
+    buyers, repeat = before.customer_id.nunique(), (before.groupby("customer_id").size() > 1).sum()
+    assert 20 < buyers < 100 and 0 < repeat < 20
+    with pytest.raises(LifecycleError) as refused:
+        train(load(transactions=orders), FeatureBuilder, Horizons())
+    assert str(refused.value) == (f"too little data to train: by {day} (the first day a model is fitted) {buyers} "
+                                  f"customers had ordered (need at least 100) and {repeat} customers had ordered on "
+                                  "two or more days (need at least 20)")
 
 
 def test_too_short_a_history_is_refused():

@@ -55,6 +55,11 @@ from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
 from training.forecast import forecast
 
+# The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
+# models' calibration end and t0); the history must also span more than two churn horizons (``windows``).
+MIN_BUYERS = 100  # customers with an order
+MIN_REPEAT_BUYERS = 20  # customers with orders on two or more days
+
 # Penalizers tried, in order, when a fit fails at the configured one (see ``Fitter``).
 RETRY_PENALIZERS = (0.001, 0.01, 0.1)
 
@@ -229,6 +234,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     if first is None:
         raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
     win = windows(first.date(), as_of or last.date(), horizons)
+    check_sufficient(data, win)
     builder = new_builder()
     at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
     holdout = _holdout_table(data, builder, win, horizons)
@@ -267,6 +273,22 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model.value_tiers = ValueTiers.fit(model.predict_columns(scoring, drivers=0)["clv"])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
+
+
+def check_sufficient(data: Dataset, win: Windows) -> None:
+    """Refuse, in one line, data too thin to learn from: fewer than ``MIN_BUYERS`` buyers or ``MIN_REPEAT_BUYERS``
+    repeat buyers by the first day a model is fitted."""
+    day = min(win.btyd_calibration_end, win.t0)
+    buyers, repeat = data.con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE days > 1) FROM (SELECT count(DISTINCT CAST(timestamp AS DATE)) AS "
+        f"days FROM transactions WHERE timestamp < TIMESTAMP '{day + timedelta(days=1)}' GROUP BY customer_id)"
+    ).fetchall()[0]
+    short = [f"{n:,} customers had ordered{on} (need at least {least})"
+             for n, least, on in ((buyers, MIN_BUYERS, ""), (repeat, MIN_REPEAT_BUYERS, " on two or more days"))
+             if n < least]
+    if short:
+        raise LifecycleError(f"too little data to train: by {day} (the first day a model is fitted) "
+                             + " and ".join(short))
 
 
 def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO,
