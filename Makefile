@@ -1,9 +1,12 @@
 # The two commands the README promises: `make demo` and `make test`.
-# Each creates .venv with Python 3.11+ and installs the project into it.
+# Each creates .venv with Python 3.11+ and installs the project into it; `make test` also installs
+# Debian's Chromium when it is missing (the lifecycle report's page is tested in it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test lint bench clean
 
@@ -16,7 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lifecycle demo
 
-test: $(STAMP)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -259,6 +259,10 @@ def _events(rng, params, start, ids, signup, dropout, engagement, tx_owner, tx_t
     per_order("return", 0.05, (2.0, 20.0), value=amount)
     per_order("review", 0.08, (3.0, 30.0))
     per_order("support_ticket", 0.03, (0.5, 10.0))
+    # a satisfaction survey (CSAT, 1-5) after one order in ten: the more engaged, the more satisfied
+    satisfaction = np.clip(np.round(3 + 1.5 * np.tanh(np.log(alive[tx_owner])) + rng.normal(0, 1, tx_owner.size)),
+                           1, 5)
+    per_order("csat", 0.10, (1.0, 7.0), value=satisfaction)
 
     kinds = np.concatenate([np.full(o.size, k) for k, o, _, _ in parts])
     owners = np.concatenate([o for _, o, _, _ in parts])

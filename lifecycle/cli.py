@@ -406,6 +406,53 @@ def score(
         console.print(f"every feature's drift: [bold]{run.drift_file}[/bold]")
 
 
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for report.html and the KPI tables (CSV).")] = Path("report"),
+    transactions: TransactionsOption = None,
+    events: EventsOption = None,
+    customers: CustomersOption = None,
+    scores: Annotated[str | None, typer.Option(
+        help="Records of `lifecycle score` (Parquet or CSV) to report on, scored from these inputs; default: score "
+             "every customer with the champion first (into the report's folder).")] = None,
+    as_of: AsOfOption = None,
+) -> None:
+    """Lifecycle KPIs (funnel, cohorts, CLV:CAC by channel, NPS/CSAT, value at risk) as tables and one HTML page.
+
+    Example: [bold]lifecycle report --transactions orders.csv --customers customers.csv --out report[/bold]
+    """
+    from lifecycle.training import load_model
+    from serving.batch import score_batch
+    from serving.report import build_report
+
+    settings = _settings(ctx, as_of=as_of.date() if as_of else None)
+    _use_inputs(settings, transactions, events, customers)
+    with console.status("loading the model..."):
+        model = load_model(settings)
+    with console.status("validating inputs..."):
+        data = open_dataset(settings)
+    if scores is None:
+        scores = str(out / "scores.parquet")
+        day = settings.as_of or data.date_range()[1].date()
+        with console.status(f"scoring every customer as of {day} with version {model.version}..."):
+            score_batch(model, data, day, scores)
+    with console.status("computing the KPIs..."):
+        built = build_report(data, model.builder, scores, out, settings.churn_horizon_days)
+    _print_report(built)
+
+
+def _print_report(built) -> None:
+    h = built.headline
+    console.print(f"lifecycle report as of {built.as_of}: {h['customers']:,} customers, {h['active']:,} active; "
+                  f"predicted CLV {h['clv']:,.0f}, of which {h['value_at_risk']:,.0f} "
+                  f"({h['value_at_risk_share']:.0%}) at high churn risk")
+    for section, why in built.missing.items():
+        console.print(f"[yellow]note:[/yellow] no {section.replace('_', ' ')} section numbers: {why}")
+    console.print(f"tables: {', '.join(path.name for path in built.tables.values())}")
+    console.print(f"report: [bold]{built.html}[/bold]")
+
+
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
     try:
         from serving.spark import score_spark, session
@@ -458,6 +505,7 @@ def demo(ctx: typer.Context) -> None:
 
     from lifecycle.training import load_model, run_training
     from serving.batch import score_batch
+    from serving.report import build_report
 
     settings = _settings(ctx)
     with console.status("writing the CDNOW master log..."):
@@ -470,10 +518,15 @@ def demo(ctx: typer.Context) -> None:
     _print_training(run)
     out = settings.state_dir / "output" / "cdnow_scores.parquet"
     with console.status("scoring every customer with the champion..."):
-        score_batch(load_model(settings), data, run.result.windows.end, out)
+        model = load_model(settings)
+        score_batch(model, data, run.result.windows.end, out)
         scores = pd.read_parquet(out)
     _print_scores(scores, out)
     _print_published_models()
+    with console.status("writing the lifecycle report..."):
+        built = build_report(data, model.builder, out, settings.state_dir / "output" / "report",
+                             settings.churn_horizon_days)
+    _print_report(built)
 
 
 def _print_scores(scores, out: Path) -> None:

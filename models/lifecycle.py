@@ -36,7 +36,7 @@ DAYS_PER_MONTH = 365.25 / 12
 MODEL_FORMAT = 6
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
-NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence")
+NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence", "typical_gap_days")  # record fields, not inputs
 OUTPUT_COLUMNS = (
     "customer_id", "as_of", "evidence", "stage", "activity_status", "recency_days", "frequency", "monetary_value", "T",
     "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "typical_gap_days",

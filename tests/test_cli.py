@@ -214,6 +214,8 @@ def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     assert "churn_probability: " in out
     scores = pd.read_parquet(tmp_path / ".lifecycle/output/cdnow_scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
+    assert ".lifecycle/output/report/report.html" in out
+    assert (tmp_path / ".lifecycle/output/report/report.html").is_file()
 
 
 def test_paths_with_quotes_work(tmp_path):
@@ -283,6 +285,23 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
     assert " ".join(unpadded.stderr.split()) == (
         "warning: only 0 of the 3 ids in unpadded.csv occur in the order log: the rest are scored as prospects we "
         "know nothing about; 3 would match without leading zeros (ids are compared as text: '1' is not '00001')")
+
+
+def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained):
+    folder, _ = trained
+    made = run("report", "--transactions", "data/transactions.csv", "--out", "rep", cwd=folder)
+    assert made.returncode == 0, made.stderr
+    out = " ".join(made.stdout.split())
+    assert "lifecycle report as of 1998-06-30: 23,570 customers" in out and "report: rep/report.html" in out
+    assert "note: no channels section numbers: the customer table has no acquisition channels" in out
+    assert {p.name for p in (folder / "rep").iterdir()} == {
+        "scores.parquet", "scores.drift.csv", "report.html", "funnel.csv", "cohorts.csv", "cohort_retention.csv",
+        "value_at_risk.csv", "act_first.csv"}
+    again = run("report", "--transactions", "data/transactions.csv", "--scores", "rep/scores.parquet", "--out",
+                "again", cwd=folder)  # from records scored before: the same tables
+    assert again.returncode == 0, again.stderr
+    for name in ("funnel.csv", "cohorts.csv", "value_at_risk.csv", "act_first.csv"):
+        assert (folder / "again" / name).read_text() == (folder / "rep" / name).read_text(), name
 
 
 def test_ui_serves_the_local_store(trained):

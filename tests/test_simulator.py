@@ -57,7 +57,7 @@ def test_orders_agree_with_the_ground_truth(shop):
     assert tx.timestamp.max() < shop.end and tx.order_id.is_unique and (tx.amount >= 0).all()
     assert set(shop.events.event_type) == {
         "session", "product_view", "cart_add", "email_send", "email_open", "email_click", "return", "review",
-        "referral", "support_ticket", "nps"}
+        "referral", "support_ticket", "nps", "csat"}
     assert shop.events.timestamp.max() < shop.end
 
 
