@@ -448,7 +448,7 @@ def _print_report(built) -> None:
                   f"predicted CLV {h['clv']:,.0f}, of which {h['value_at_risk']:,.0f} "
                   f"({h['value_at_risk_share']:.0%}) at high churn risk")
     for section, why in built.missing.items():
-        console.print(f"[yellow]note:[/yellow] no {section.replace('_', ' ')} section numbers: {why}")
+        console.print(f"[yellow]note:[/yellow] the {section.replace('_', ' ')} section has no numbers: {why}")
     console.print(f"tables: {', '.join(path.name for path in built.tables.values())}")
     console.print(f"report: [bold]{built.html}[/bold]")
 

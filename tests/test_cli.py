@@ -293,7 +293,7 @@ def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained)
     assert made.returncode == 0, made.stderr
     out = " ".join(made.stdout.split())
     assert "lifecycle report as of 1998-06-30: 23,570 customers" in out and "report: rep/report.html" in out
-    assert "note: no channels section numbers: the customer table has no acquisition channels" in out
+    assert "note: the channels section has no numbers: the customer table has no acquisition channels" in out
     assert {p.name for p in (folder / "rep").iterdir()} == {
         "scores.parquet", "scores.drift.csv", "report.html", "funnel.csv", "cohorts.csv", "cohort_retention.csv",
         "value_at_risk.csv", "act_first.csv"}
