@@ -176,7 +176,7 @@ def train(
     _use_inputs(settings, transactions, events, customers)
     with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
         run = run_training(settings, on_wait=lambda line: status.update(line))
-    _print_training(run)
+    _print_training(run, settings.clv.model)
 
 
 @app.command()
@@ -332,7 +332,7 @@ def schedule(
         from lifecycle.training import run_training
 
         console.print(f"[bold]{datetime.now():%Y-%m-%d %H:%M:%S}[/bold] training...")
-        _print_training(run_training(settings))
+        _print_training(run_training(settings), settings.clv.model)
 
     jobs = scheduler(trigger, train_once, lambda line: console.print(line, highlight=False))
     first = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
@@ -515,7 +515,7 @@ def demo(ctx: typer.Context) -> None:
     _print_inputs(data)
     with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating..."):
         run = run_training(settings, data)
-    _print_training(run)
+    _print_training(run, settings.clv.model)
     out = settings.state_dir / "output" / "cdnow_scores.parquet"
     with console.status("scoring every customer with the champion..."):
         model = load_model(settings)
@@ -551,11 +551,13 @@ def _print_scores(scores, out: Path) -> None:
     source = "learned" if scores.clv.equals(scores.clv_learned) else "BTYD"
     console.print(f"expected CLV ({source}) over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of "
                   f"customers hold {top:,.0f} ({top / clv.sum():.0%})")
-    best = Table("customer", "segment", "spent so far", "CLV", "tier", "purchases (interval)", "spend (interval)",
+    best = Table("customer", "segment (status)", "spent so far", "CLV", "tier", "purchases (interval)",
+                 "spend (interval)",
                  "next order", "churn risk", title="ten most valuable (purchases and spend: the CLV horizon; next "
                  "order: as likely as not by then)")
     for row in scores.nlargest(10, "clv").itertuples():
-        best.add_row(str(row.customer_id), str(row.rfm_segment), f"{row.total_spend:,.0f}", f"{row.clv:,.0f}",
+        best.add_row(str(row.customer_id), f"{row.rfm_segment} ({row.activity_status})", f"{row.total_spend:,.0f}",
+                     f"{row.clv:,.0f}",
                      str(row.value_tier),
                      f"{row.clv_purchases:.1f} ({row.clv_purchases_low:.0f}-{row.clv_purchases_high:.0f})",
                      f"{row.clv_spend:,.0f} ({row.clv_spend_low:,.0f}-{row.clv_spend_high:,.0f})",
@@ -565,8 +567,9 @@ def _print_scores(scores, out: Path) -> None:
     console.print(f"every customer's record: [bold]{out}[/bold]")
 
 
-def _print_clv(evaluation, model, w) -> None:
-    """The BTYD CLV, the learned CLV and the past spend rate judged on the same window, and which CLV serves."""
+def _print_clv(evaluation, model, w, clv_model: str) -> None:
+    """The BTYD CLV, the learned CLV and the past spend rate judged on the same window, and which CLV serves (and
+    why: it did better, or the configuration's ``clv_model`` chose it)."""
     days, horizon = w.clv_label_days, model.horizons.clv_days
     values = evaluation.metrics | evaluation.baselines
     table = Table("prediction", "normalized Gini", "Spearman", "top-decile capture", "decile MAPE", "total error", "",
@@ -580,8 +583,13 @@ def _print_clv(evaluation, model, w) -> None:
                 ("gini", ".4f"), ("spearman", ".4f"), ("top_decile_capture", ".4f"), ("decile_mape", ".4f"),
                 ("aggregate_error", "+.4f"))), "served" if name == model.clv_source else "")
     console.print(table)
-    served = ("the learned CLV (it ranks better, with a decile MAPE close to BTYD's)" if model.clv_source == "learned"
-              else "the BTYD CLV" + (" (the learned CLV did not beat it)" if "clv_learned_gini" in values else ""))
+    if clv_model == model.clv_source:
+        why = f" (clv.model is {clv_model})"
+    elif model.clv_source == "learned":
+        why = " (it ranks better, with a decile MAPE close to BTYD's)"
+    else:
+        why = " (the learned CLV did not beat it)" if "clv_learned_gini" in values else ""
+    served = ("the learned CLV" if model.clv_source == "learned" else "the BTYD CLV") + why
     console.print(f"clv: [bold]{served}[/bold]; both are in every record (clv_btyd, clv_learned)")
     if days < horizon:
         console.print(f"the learned CLV's labels cover {days} days (the history is too short for {horizon}): each "
@@ -630,7 +638,7 @@ def _use_inputs(settings: Settings, transactions: str | None, events: str | None
             setattr(settings.inputs, name, source.model_copy(update={"path": path}))
 
 
-def _print_training(run) -> None:
+def _print_training(run, clv_model: str) -> None:
     result, decision = run.result, run.decision
     evaluation, w = result.evaluation, result.windows
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
@@ -658,7 +666,7 @@ def _print_training(run) -> None:
     for label, metric, baseline, key in rows:
         table.add_row(label, f"{values[metric]:.4f}", baseline, f"{values[key]:.4f}" if key else "")
     console.print(table)
-    _print_clv(evaluation, result.model, w)
+    _print_clv(evaluation, result.model, w, clv_model)
     _print_forecast(result.forecast, result.model.horizons)
     console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
     _print_notes([*result.notes, *run.cleaned], console)

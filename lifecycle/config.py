@@ -76,8 +76,10 @@ class ChurnRiskSettings(BaseModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
-        if self.medium >= self.high:
-            raise ValueError(f"churn_risk.medium ({self.medium}) must be below churn_risk.high ({self.high})")
+        try:
+            RiskBands(self.medium, self.high)  # the one place the thresholds are checked
+        except LifecycleError as error:
+            raise ValueError(str(error)) from None
         return self
 
 

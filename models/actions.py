@@ -36,8 +36,8 @@ class RiskBands:
 
     def __post_init__(self):
         if not 0 < self.medium < self.high < 1:
-            raise LifecycleError(f"churn risk thresholds must be 0 < medium < high < 1, not {self.medium}, "
-                                 f"{self.high}")
+            raise LifecycleError(f"churn risk thresholds must be 0 < medium < high < 1: churn_risk.medium is "
+                                 f"{self.medium}, churn_risk.high {self.high}")
 
     def band(self, probability) -> np.ndarray:
         """Each probability's band (None where it is missing)."""

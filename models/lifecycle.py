@@ -157,8 +157,7 @@ class LifecycleModel:
             some = inputs if climbing.all() else {name: np.asarray(v)[climbing] for name, v in inputs.items()}
             probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(some, drivers)
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
-        learned = btyd["clv"] * self.learned_clv.multiplier(inputs) if self.learned_clv else np.full(rows, np.nan)
-        clv = learned if self.clv_source == "learned" else btyd["clv"]
+        clv, learned = self.served_clv(features, btyd)
         out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
             "clv": clv, "clv_btyd": btyd["clv"], "clv_learned": learned,
             "total_clv": np.asarray(features["total_spend"], dtype=float) + clv,
@@ -172,6 +171,16 @@ class LifecycleModel:
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}
+
+    def served_clv(self, features: Columns, btyd: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+        """Per row, the CLV served as ``clv`` and the learned one (NaN without one); ``btyd`` is ``btyd_columns`` of
+        ``features`` where the caller has it."""
+        if btyd is None:
+            btyd = btyd_columns(self.purchases, self.spend, features, self.horizons)
+        learned = (btyd["clv"] * self.learned_clv.multiplier(classifier_inputs(features, btyd)) if self.learned_clv
+                   else np.full(len(btyd["clv"]), np.nan))
+        return (learned if self.clv_source == "learned" else btyd["clv"]), learned
 
     def next_order_date(self, features: Columns) -> np.ndarray:
         """Per row, the day by which the customer is as likely as not to have ordered again (``next_order_days``

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
-            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["serve"]]
+            ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["report"], ["serve"]]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -176,7 +176,7 @@ def test_configuration_file_column_map_and_environment(tmp_path):
     assert bad.returncode == 2 and "churn_horizon_days" in bad.stderr
 
 
-def test_churn_risk_thresholds_reach_the_model_and_are_checked(tmp_path, monkeypatch):
+def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_path, monkeypatch):
     from lifecycle.config import load_settings
     from lifecycle.training import horizons
     from models.actions import RiskBands
@@ -186,7 +186,13 @@ def test_churn_risk_thresholds_reach_the_model_and_are_checked(tmp_path, monkeyp
     assert horizons(load_settings()).risk_bands == RiskBands(0.4, 0.7)  # the documented defaults
     bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_RISK__HIGH": "0.2"})
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "churn_risk.medium (0.3) must be below churn_risk.high (0.2)" in " ".join(bad.stderr.split())
+    assert ("churn risk thresholds must be 0 < medium < high < 1: churn_risk.medium is 0.3, churn_risk.high 0.2"
+            in " ".join(bad.stderr.split()))
+    (tmp_path / "activity.toml").write_text("[activity]\nactive_within_gaps = 2\nlapsed_after_gaps = 4\n")
+    assert load_settings(tmp_path / "activity.toml").feature_builder().activity.lapsed_after_gaps == 4
+    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_ACTIVITY__LAPSED_AFTER_GAPS": "1"})
+    assert bad.returncode == 2 and "activity gaps must rise: active_within_gaps (1.5) < lapsed_after_gaps (1.0)" in (
+        " ".join(bad.stderr.split()))
 
 
 def test_simulate_writes_tables_and_ground_truth(tmp_path):

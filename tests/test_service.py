@@ -123,7 +123,7 @@ def test_scores_equal_batch_scoring_of_the_same_model(served):
                 assert record[name] is None, name
             else:
                 assert record[name] == pytest.approx(expected[name], rel=1e-9), name
-        for name in ("value_tier", "churn_risk", "next_order_date", "activity_status", "rfm_segment"):
+        for name in ("value_tier", "churn_risk", "next_order_date", "activity_status", "rfm_segment", "evidence"):
             assert record[name] == _text(expected[name]), name
         ours, theirs = json.loads(record["churn_drivers"]), json.loads(expected.churn_drivers)
         assert [d["feature"] for d in ours] == [d["feature"] for d in theirs]

@@ -22,8 +22,9 @@ def shop(tmp_path_factory):
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
-    trained = run("train", *tables, cwd=folder)
+    trained = run("train", *tables, cwd=folder, env={"LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
+    assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
     known = orders.customer_id.drop_duplicates().iloc[[3, 40]].astype(str).tolist()
     pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
     return folder, tables

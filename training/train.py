@@ -270,7 +270,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
                            next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
                            clv_source=twin.clv_source if learned else "btyd")
-    model.value_tiers = ValueTiers.fit(model.predict_columns(scoring, drivers=0)["clv"])
+    model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
 
