@@ -6,7 +6,8 @@
   p50 / p95 / p99 and throughput, beside the in-process model call for the same records (the
   floor: no HTTP, no validation).
 - `lifecycle score` (features included) on simulated order logs of the given sizes, with the same
-  model: wall seconds, customers per second and peak memory of the process.
+  model: wall seconds, customers per second and peak memory of the process; then `lifecycle report`
+  on those records (its KPI tables and HTML page): wall seconds and peak memory.
 
 Usage: python -m benchmarks.serving [--requests 1000] [--batch-customers 1000000 10000000]
 """
@@ -155,10 +156,17 @@ def main() -> None:
                      str(folder / f"sim{customers}" / "transactions.parquet"), "--out", str(folder / "scores.parquet")],
                     env={**os.environ, "LIFECYCLE_STATE_DIR": str(folder / ".lifecycle")})
             scored = pd.read_parquet(folder / "scores.parquet", columns=["customer_id"]).shape[0]
-            batch.append([f"{customers:,}", f"{scored:,}", f"{seconds:.1f}", f"{scored / seconds:,.0f}", f"{peak:.2f}"])
-        print_table(f"lifecycle score, features included ({machine()})",
-                    ["simulated customers", "scored (buyers)", "seconds", "customers per second", "peak GB"], batch,
-                    console)
+            with console.status(f"lifecycle report on {scored:,} records..."):
+                report_seconds, report_peak, _ = run_measured(
+                    [sys.executable, "-m", "lifecycle", "report", "--transactions",
+                     str(folder / f"sim{customers}" / "transactions.parquet"), "--scores",
+                     str(folder / "scores.parquet"), "--out", str(folder / "report")],
+                    env={**os.environ, "LIFECYCLE_STATE_DIR": str(folder / ".lifecycle")})
+            batch.append([f"{customers:,}", f"{scored:,}", f"{seconds:.1f}", f"{scored / seconds:,.0f}", f"{peak:.2f}",
+                          f"{report_seconds:.1f}", f"{report_peak:.2f}"])
+        print_table(f"lifecycle score, features included, then lifecycle report ({machine()})",
+                    ["simulated customers", "scored (buyers)", "seconds", "customers per second", "peak GB",
+                     "report seconds", "report peak GB"], batch, console)
 
 
 if __name__ == "__main__":

@@ -194,8 +194,9 @@ def _satisfaction(data: Dataset, as_of: date) -> pd.DataFrame | None:
 
 
 def _value_at_risk(data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The predicted CLV held by each churn risk band, and the customers to act on first: medium or high risk,
-    ranked by the CLV they are expected to take with them (CLV x churn probability)."""
+    """The predicted CLV held by each churn risk band, and the customers to act on first: medium or high risk and
+    not churned (gone is a win-back, not a retention, case), ranked by the CLV they are expected to take with them
+    (CLV x churn probability)."""
     bands = data.con.sql("""
         SELECT churn_risk, count(*) AS customers, coalesce(sum(clv), 0) AS clv,
             coalesce(sum(clv), 0) / (SELECT sum(clv) FROM scores) AS share_of_clv
