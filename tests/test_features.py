@@ -123,6 +123,18 @@ def test_stages_and_rhythm_by_hand(small):
     assert buyers.rfm_segment.to_dict() == {c: rfm.segment_of(named_r[c], int(fm[c])) for c in buyers.index}
 
 
+def test_a_slow_buyer_at_their_rhythm_is_named_from_the_r3_to_r5_rows():
+    """S orders every 120 days and last did 100 days ago: the oldest order of the shop (R1), yet within its
+    rhythm, so its segment is named as for R3."""
+    orders = [("S", f"{day} 12:00", 50.0) for day in ("2023-04-27", "2023-08-25", "2023-12-23")]
+    orders += [(f"N{i}", f"2024-03-{30 - i:02d} 12:00", 10.0) for i in range(5)]
+    data = load(transactions=pd.DataFrame(orders, columns=["customer_id", "timestamp", "amount"]))
+    f = FeatureBuilder().fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
+    s = f.loc["S"]
+    assert (s.recency_days, s.typical_gap_days) == (99, 120)  # (240 + 120) / 3: the shop's gap is S's own
+    assert s.r_score == 1 and s.rfm_segment == rfm.segment_of(3, int((s.f_score + s.m_score + 1) // 2))
+
+
 def test_advocacy_needs_a_signal_or_buying_at_the_customers_rhythm():
     data = load(**tables())
     # C's five purchase days make it an advocate only while it buys at its rhythm: on its last day, yes.
