@@ -112,7 +112,7 @@ class FeatureBuilder:
         return self._scored_sql(f"({self._base_sql(as_of, population)})")
 
     def _scored_sql(self, base: str) -> str:
-        """The fitted parts (RFM scores and segment, stage) on top of the unfitted features in ``base``."""
+        """The fitted parts (rhythm, RFM scores and segment, stage, evidence) over the unfitted features in ``base``."""
         if self.rfm_edges_ is None:
             raise LifecycleError("FeatureBuilder is not fitted: call fit() first")
         e, p, a = self.rfm_edges_, self.stages, self.activity
