@@ -131,12 +131,7 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
         features = built.where(F.col("reason").isNull()).select(*inputs.fieldNames())
         scored = features.select(score(F.struct(*inputs.fieldNames())).alias("scores")).select(
             "scores.*", F.lit(as_of).alias("as_of"), F.lit(version).alias("model_version"))
-        # spark_udf casts text with numpy's str: a missing value arrives as the text "nan", "None" or "NaT"
-        present = {f.name: ~F.col(f.name).isin("nan", "None", "NaT") for f in outputs.fields}
-        scored = scored.select(*(
-            F.when(present[f.name], F.to_date(F.substring(f.name, 1, 10))).alias(f.name) if f.name in dates
-            else F.when(present[f.name], F.col(f.name)).alias(f.name)
-            if f.dataType == StringType() and f.name != "customer_id" else F.col(f.name) for f in outputs.fields))
+        scored = scored.select(*(_as_written(f, f.name in dates) for f in outputs.fields))
         out, rejects_path = str(out), None  # text, not Path: Path would fold the // of s3a://bucket/...
         _write(scored, out)
         if rejected:
@@ -188,6 +183,20 @@ def _plain(frame: pd.DataFrame, schema=None) -> pd.DataFrame:
         if field.name in out and field.dataType.typeName() in ("long", "integer"):
             out[field.name] = pd.to_numeric(out[field.name]).astype("Int64")
     return out
+
+
+def _as_written(field, is_date: bool):
+    """One output column of the UDF's result as the output holds it: text that stands for a missing value made
+    NULL (spark_udf casts text with numpy's str, so a missing value arrives as "nan", "None" or "NaT"), and a
+    date, which came back as text, read as a date."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
+
+    column = F.col(field.name)
+    if field.name == "customer_id" or not (is_date or field.dataType == StringType()):
+        return column
+    value = F.to_date(F.substring(field.name, 1, 10)) if is_date else column
+    return F.when(~column.isin("nan", "None", "NaT"), value).alias(field.name)
 
 
 def _spark_schema(schema):
