@@ -39,9 +39,10 @@ class FeatureBuilder:
     """
 
     def __init__(self, params: FeatureParams | None = None, stages: StageRules | None = None,
-                 activity: ActivityRules | None = None):
+                 churn_horizon_days: int = 90, activity: ActivityRules | None = None):
         self.params = params or FeatureParams()
         self.stages = stages or StageRules()
+        self.churn_horizon_days = churn_horizon_days
         self.activity = activity or ActivityRules()
         self.rfm_edges_: dict[str, list[float]] | None = None
         self.typical_gap_days_: float | None = None
@@ -119,16 +120,17 @@ class FeatureBuilder:
         r = rfm.score_sql("recency_days", e["r"], reverse=True)
         f = rfm.score_sql("orders", e["f"])
         m = rfm.score_sql("total_spend", e["m"])
-        # The segment is named from an R score that agrees with the customer's rhythm: a lapsed customer's from
-        # the R1-2 row (Can't lose, At risk, ...), one buying at their rhythm's from the R3-5 rows.
-        named_r = (f"CASE WHEN recency_gaps > {a.lapsed_after_gaps} THEN least(r, 2) "
-                   f"WHEN recency_gaps <= {a.active_within_gaps} THEN greatest(r, 3) ELSE r END")
-        # Advocacy: a signal of it, or buying much or well *and* at the customer's rhythm now.
+        # Buying now: within the churn window and at the customer's own rhythm.
+        now = f"(NOT lapsed AND recency_gaps <= {a.active_within_gaps})"
+        # The segment is named from an R score that agrees with that: a lapsed customer's from the R1-2 row
+        # (Can't lose, At risk, ...), one buying now from the R3-5 rows.
+        named_r = f"CASE WHEN lapsed THEN least(r, 2) WHEN {now} THEN greatest(r, 3) ELSE r END"
+        # Advocacy: a signal of it, or buying much or well *and* buying now.
         advocacy = " OR ".join([
             "_advocacy_events > 0",
             f"coalesce(_latest_nps >= {p.advocacy_min_nps}, false)",
             f"((purchase_days >= {p.advocacy_min_purchases} OR rfm_segment IN ({_list(p.advocacy_segments)})) "
-            f"AND recency_gaps <= {a.active_within_gaps})",
+            f"AND {now})",
         ])
         rank = {stage: i for i, stage in enumerate(STAGES)}
         stage_rank = (
@@ -146,6 +148,7 @@ class FeatureBuilder:
         ),
         scored AS (
             SELECT *, recency_days / typical_gap_days AS recency_gaps,
+                coalesce(recency_days > {self.churn_horizon_days}, false) AS lapsed,
                 CASE WHEN orders > 0 THEN {r} END AS r,
                 CASE WHEN orders > 0 THEN {f} END AS f,
                 CASE WHEN orders > 0 THEN {m} END AS m

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
 
     def feature_builder(self) -> FeatureBuilder:
         """An unfitted feature builder configured by these settings."""
-        return FeatureBuilder(self.features, self.stages, self.activity)
+        return FeatureBuilder(self.features, self.stages, self.churn_horizon_days, self.activity)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML (unset optional values left out)."""

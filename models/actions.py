@@ -90,18 +90,19 @@ def next_order_days(purchases, frequency, recency, T, horizon_days: float) -> np
     return days
 
 
-def activity_status(recency_gaps, frequency, p_alive, rules: ActivityRules) -> np.ndarray:
+def activity_status(recency_gaps, frequency, lapsed, p_alive, rules: ActivityRules) -> np.ndarray:
     """Each buyer's status (None for prospects, whose gaps are missing), by the first rule that holds:
 
-    - churned: more than ``lapsed_after_gaps`` typical gaps since the last order, and either more than
-      ``churned_after_gaps`` or a one-time buyer (``frequency`` 0: no rhythm of their own to lapse from);
-    - lapsed: more than ``lapsed_after_gaps``;
-    - active: at most ``active_within_gaps``, with P(alive) at least ``min_p_alive``;
-    - at risk: the rest (overdue, or the purchase model doubts they are still a customer).
+    - churned: ``lapsed`` (no purchase in the churn window) and more than ``lapsed_after_gaps`` typical gaps since
+      the last order, and either more than ``churned_after_gaps`` or a one-time buyer (``frequency`` 0: no rhythm
+      of their own to lapse from);
+    - lapsed: ``lapsed`` and more than ``lapsed_after_gaps``;
+    - active: not ``lapsed``, at most ``active_within_gaps``, with P(alive) at least ``min_p_alive``;
+    - at risk: the rest (overdue by the window or by their rhythm, or doubted by the purchase model).
     """
-    gaps = np.asarray(recency_gaps, dtype=float)
-    lapsed = gaps > rules.lapsed_after_gaps
+    gaps, quiet = np.asarray(recency_gaps, dtype=float), np.asarray(lapsed, dtype=bool)
+    past = quiet & (gaps > rules.lapsed_after_gaps)
     gone = (gaps > rules.churned_after_gaps) | (np.asarray(frequency, dtype=float) == 0)
-    active = (gaps <= rules.active_within_gaps) & (np.asarray(p_alive, dtype=float) >= rules.min_p_alive)
-    status = np.select([lapsed & gone, lapsed, active], ["churned", "lapsed", "active"], default="at risk")
+    active = ~quiet & (gaps <= rules.active_within_gaps) & (np.asarray(p_alive, dtype=float) >= rules.min_p_alive)
+    status = np.select([past & gone, past, active], ["churned", "lapsed", "active"], default="at risk")
     return np.where(np.isnan(gaps), None, status.astype(object))

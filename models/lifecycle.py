@@ -38,9 +38,9 @@ FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence", "typical_gap_days")  # record fields, not inputs
 OUTPUT_COLUMNS = (
-    "customer_id", "as_of", "evidence", "stage", "activity_status", "recency_days", "frequency", "monetary_value", "T",
-    "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between", "typical_gap_days",
-    "next_order_date", "p_alive",
+    "customer_id", "as_of", "evidence", "stage", "activity_status", "lapsed", "recency_days", "frequency",
+    "monetary_value", "T", "r_score", "f_score", "m_score", "rfm_segment", "total_spend", "mean_days_between",
+    "typical_gap_days", "next_order_date", "p_alive",
     "expected_purchases", "expected_order_value", "clv", "clv_btyd", "clv_learned", "total_clv", "value_tier",
     "clv_purchases", "clv_purchases_low", "clv_purchases_high", "clv_spend", "clv_spend_low", "clv_spend_high",
     "churn_probability", "churn_risk", "btyd_churn_probability", "next_stage", "next_stage_probability",
@@ -166,8 +166,8 @@ class LifecycleModel:
             "churn_risk": np.where(np.asarray(features["evidence"]) == "none", None,
                                    self.horizons.risk_bands.band(churn)),
             "next_stage_probability": probability,
-            "activity_status": activity_status(features["recency_gaps"], features["frequency"], btyd["p_alive"],
-                                               self.builder.activity),
+            "activity_status": activity_status(features["recency_gaps"], features["frequency"], features["lapsed"],
+                                               btyd["p_alive"], self.builder.activity),
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}

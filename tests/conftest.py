@@ -52,7 +52,7 @@ def cdnow_run(cdnow_master):
     return data, train(data, FeatureBuilder, Horizons())
 
 
-# Segments that say a customer buys now: never given to a lapsed or churned one.
+# Segments that say a customer buys now: never given to a lapsed one (no order in the churn window).
 CURRENT_SEGMENTS = ("Champions", "Loyal", "Potential loyalist", "New", "Promising")
 
 
@@ -60,26 +60,29 @@ def assert_labels_agree_with_behaviour(scores: pd.DataFrame, features: pd.DataFr
     """The label rules of docs/features.md, as checks on a model's records and the features they came from."""
     rules, stages = model.builder.activity, model.builder.stages
     gaps, status = features.recency_gaps.to_numpy(), scores.activity_status
+    lapsed = features.lapsed.to_numpy()  # no order in the churn window
     buyers = (features.orders > 0).to_numpy()
     assert status[buyers].notna().all() and status[~buyers].isna().all()
     assert set(status[buyers]) == {"active", "at risk", "lapsed", "churned"}
-    # active: at most active_within_gaps of their own typical gaps without an order, and believed alive
+    np.testing.assert_array_equal(lapsed, buyers & (features.recency_days > model.horizons.churn_days))
+    # active: an order in the churn window, at most active_within_gaps of their own typical gaps ago, believed alive
     active = (status == "active").to_numpy()
-    assert (gaps[active] <= rules.active_within_gaps).all() and (scores.p_alive[active] >= rules.min_p_alive).all()
-    # gone quiet, lapsed or churned, exactly when more than lapsed_after_gaps have passed
+    assert not lapsed[active].any() and (gaps[active] <= rules.active_within_gaps).all()
+    assert (scores.p_alive[active] >= rules.min_p_alive).all()
+    # gone quiet, lapsed or churned, exactly when past the churn window and more than lapsed_after_gaps
     gone = status.isin(["lapsed", "churned"]).to_numpy()
-    np.testing.assert_array_equal(gone, buyers & (gaps > rules.lapsed_after_gaps))
+    np.testing.assert_array_equal(gone, lapsed & (gaps > rules.lapsed_after_gaps))
     churned = (status == "churned").to_numpy()
     np.testing.assert_array_equal(churned, gone & ((gaps > rules.churned_after_gaps) | (features.frequency == 0)))
-    # no segment says a gone customer buys now
-    assert not scores.rfm_segment[gone].isin(CURRENT_SEGMENTS).any()
-    # an advocate has an advocacy signal or buys at their rhythm now
+    # no segment says a lapsed customer buys now
+    assert not scores.rfm_segment[lapsed].isin(CURRENT_SEGMENTS).any()
+    # an advocate has an advocacy signal or buys now (in the churn window, at their rhythm)
     advocates = (scores.stage == "advocacy").to_numpy()
     signal = np.zeros(len(features), dtype=bool)
     if "reviews" in features:
         signal = ((features.reviews + features.referrals > 0)
                   | (features.latest_nps >= stages.advocacy_min_nps).fillna(False)).to_numpy()
-    assert (signal | (gaps <= rules.active_within_gaps))[advocates].all()
+    assert (signal | (~lapsed & (gaps <= rules.active_within_gaps)))[advocates].all()
     # the stage is how far a customer has come: one purchase day is conversion, more is retention or advocacy
     days = features.purchase_days.to_numpy()
     assert (scores.stage[days == 1] == "conversion").all()

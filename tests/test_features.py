@@ -60,7 +60,7 @@ def tables(orders=ORDERS, events=EVENTS, customers=CUSTOMERS) -> dict[str, pd.Da
 @pytest.fixture(scope="module")
 def small():
     data = load(**tables())
-    builder = FeatureBuilder(PARAMS, RULES).fit(data, AS_OF)
+    builder = FeatureBuilder(PARAMS, RULES, churn_horizon_days=90).fit(data, AS_OF)
     return data, builder, builder.transform(data, AS_OF).df().set_index("customer_id")
 
 
@@ -117,21 +117,24 @@ def test_stages_and_rhythm_by_hand(small):
                                     "D": "engagement only", "E": "none", "G": "one purchase", "H": "repeat buyer"}
     # Recency edges over [11, 30, 40, 71, 182] days are 26.2, 36, 52.4, 93.2: R scores A 4, B 5, C 3, G 1, H 2.
     assert buyers.r_score.to_dict() == {"A": 4, "B": 5, "C": 3, "G": 1, "H": 2}
-    # Segments are named from the R1-2 row past three gaps (C, G, H); B (2.2 gaps) and A keep theirs.
+    # lapsed: no order in the 90-day churn window (G only); G's segment is named from the R1-2 row, A (buying
+    # now) from R3-5, and B, C, H (overdue by their rhythm but not lapsed) keep the grid's.
+    assert f.lapsed.to_dict() == {"A": False, "B": False, "C": False, "D": False, "E": False, "G": True,
+                                  "H": False}
     fm = (buyers.f_score + buyers.m_score + 1) // 2
-    named_r = {"A": 4, "B": 5, "C": 2, "G": 1, "H": 2}
+    named_r = {"A": 4, "B": 5, "C": 3, "G": 1, "H": 2}
     assert buyers.rfm_segment.to_dict() == {c: rfm.segment_of(named_r[c], int(fm[c])) for c in buyers.index}
 
 
 def test_a_slow_buyer_at_their_rhythm_is_named_from_the_r3_to_r5_rows():
-    """S orders every 120 days and last did 100 days ago: the oldest order of the shop (R1), yet within its
-    rhythm, so its segment is named as for R3."""
-    orders = [("S", f"{day} 12:00", 50.0) for day in ("2023-04-27", "2023-08-25", "2023-12-23")]
+    """S orders every 120 days and last did 79 days ago: the oldest order of the shop (R1), yet within its
+    rhythm and the churn window, so its segment is named as for R3."""
+    orders = [("S", f"{day} 12:00", 50.0) for day in ("2023-05-17", "2023-09-14", "2024-01-12")]
     orders += [(f"N{i}", f"2024-03-{30 - i:02d} 12:00", 10.0) for i in range(5)]
     data = load(transactions=pd.DataFrame(orders, columns=["customer_id", "timestamp", "amount"]))
     f = FeatureBuilder().fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
     s = f.loc["S"]
-    assert (s.recency_days, s.typical_gap_days) == (99, 120)  # (240 + 120) / 3: the shop's gap is S's own
+    assert (s.recency_days, s.typical_gap_days, s.lapsed) == (79, 120, False)  # (240 + 120) / 3: G is S's own
     assert s.r_score == 1 and s.rfm_segment == rfm.segment_of(3, int((s.f_score + s.m_score + 1) // 2))
 
 
@@ -156,7 +159,8 @@ def test_stage_thresholds_are_configurable():
                                  "E": "awareness", "G": "conversion", "H": "retention"}
     # With a looser rhythm, C (8.3 gaps since its last order) buys at it again and is an advocate.
     loose = ActivityRules(active_within_gaps=9, lapsed_after_gaps=10, churned_after_gaps=20)
-    f = FeatureBuilder(PARAMS, rules, loose).fit(data, AS_OF).transform(data, AS_OF).df().set_index("customer_id")
+    f = FeatureBuilder(PARAMS, rules, activity=loose).fit(data, AS_OF).transform(data, AS_OF).df().set_index(
+        "customer_id")
     assert f.loc["C", "stage"] == "advocacy"
     with pytest.raises(ValueError, match="activity gaps must rise"):
         ActivityRules(active_within_gaps=3, lapsed_after_gaps=2)
@@ -192,9 +196,11 @@ def test_rfm_scores_and_segments_match_an_independent_computation(shop):
     assert builder.typical_gap_days_ == pytest.approx(gap, rel=1e-12)
     gaps = buyers.recency_days / ((buyers.recency + gap) / (buyers.frequency + 1))
     np.testing.assert_allclose(buyers.recency_gaps, gaps, rtol=1e-12)
-    rules = builder.activity
-    named_r = np.where(gaps > rules.lapsed_after_gaps, np.minimum(buyers.r_score, 2),
-                       np.where(gaps <= rules.active_within_gaps, np.maximum(buyers.r_score, 3), buyers.r_score))
+    lapsed = buyers.recency_days > 90
+    assert (buyers.lapsed == lapsed).all()
+    now = ~lapsed & (gaps <= builder.activity.active_within_gaps)
+    named_r = np.where(lapsed, np.minimum(buyers.r_score, 2), np.where(now, np.maximum(buyers.r_score, 3),
+                                                                         buyers.r_score))
     assert (named_r < buyers.r_score).sum() > 100  # lapsed customers the grid alone would name from R3-5
     fm = (buyers.f_score + buyers.m_score + 1) // 2
     expected = [rfm.segment_of(int(r), x) for r, x in zip(named_r, fm, strict=True)]
