@@ -55,7 +55,7 @@ class FeatureBuilder:
         aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
         table = f"buyers_{as_of:%Y%m%d}"
         data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {aggregates}, min(day) AS first_day, "
-                         f"count(DISTINCT day) AS purchase_days FROM ({_orders_sql(as_of)}) GROUP BY customer_id")
+                         f"count(DISTINCT day) AS purchase_days FROM ({orders_sql(as_of)}) GROUP BY customer_id")
         self._learn_edges(data.con, as_of, table)
         data.con.execute(f"DROP TABLE {table}")
         return self
@@ -255,7 +255,7 @@ class FeatureBuilder:
             SELECT customer_id, day, amount,
                 first_value(day) OVER (w ROWS UNBOUNDED PRECEDING) AS first_day,
                 lag(day) OVER w AS previous_day
-            FROM ({_orders_sql(as_of)}) WINDOW w AS (PARTITION BY customer_id ORDER BY day)
+            FROM ({orders_sql(as_of)}) WINDOW w AS (PARTITION BY customer_id ORDER BY day)
         ),
         ordered AS (
             SELECT customer_id, day, amount, first_day, day - previous_day AS step,
@@ -351,7 +351,7 @@ class FeatureBuilder:
             en.latest_nps"""
 
 
-def _orders_sql(as_of: date) -> str:
+def orders_sql(as_of: date) -> str:
     """Valid orders on or before ``as_of``, with their day."""
     return (
         "SELECT customer_id, CAST(timestamp AS DATE) AS day, amount FROM transactions "

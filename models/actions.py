@@ -6,7 +6,8 @@
   against edges learned from the training population (the buyers at the end of the data) and stored with
   the model, as the RFM edges are: one customer scored alone gets the tier the whole table would give them.
 - Activity status: ``active``, ``at risk``, ``lapsed`` or ``churned`` from the days since the last order in
-  the customer's typical gaps (``recency_gaps``) and the purchase model's P(alive) (``activity_status``).
+  the customer's typical gaps (``recency_gaps``), whether it is past the churn window (``lapsed``) and the
+  purchase model's P(alive) (``activity_status``).
 - Next order: the day by which the customer is as likely as not to have ordered again, from the purchase
   model's probability of no purchase within t (``next_order_days``); none for a customer less likely than
   not to order within the CLV horizon (most of them are gone: a date for them would mean nothing).

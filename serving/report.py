@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.build import STAGES, FeatureBuilder
+from features.build import STAGES, FeatureBuilder, orders_sql
 from features.sources import Dataset, sql_literal
+from models.lifecycle import DAYS_PER_MONTH
 
 HEALTHY_CLV_TO_CAC = 3.0  # the usual rule of thumb: a customer should be worth three times what they cost
-DAYS_PER_MONTH = 365.25 / 12
 COHORT_MONTHS = 12  # retention shown for the first months after the first order
 ACT_FIRST = 20  # customers listed to act on first
 NPS_RANGE, CSAT_RANGE = (0, 10), (1, 5)  # valid answers; others are left out
@@ -105,12 +105,10 @@ def _funnel(data: Dataset, builder: FeatureBuilder, as_of: date, window_days: in
 def _cohorts(data: Dataset, as_of: date) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Customers by the month of their first order: the cohort's size, the share who bought again (on a later
     day) by ``as_of``, and per month since the first order the share who ordered in it (long form)."""
-    cutoff = f"TIMESTAMP '{as_of + timedelta(days=1)}'"
     con = data.con
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE cohort_orders AS
-        WITH orders AS (SELECT customer_id, CAST(timestamp AS DATE) AS day FROM transactions WHERE timestamp < {cutoff})
-        SELECT customer_id, day, min(day) OVER (PARTITION BY customer_id) AS first_day FROM orders
+        SELECT customer_id, day, min(day) OVER (PARTITION BY customer_id) AS first_day FROM ({orders_sql(as_of)})
     """)
     summary = con.sql("""
         SELECT strftime(date_trunc('month', first_day), '%Y-%m') AS cohort, count(*) AS customers,
@@ -150,16 +148,16 @@ def _channels(data: Dataset, as_of: date) -> pd.DataFrame | None:
         WITH acquired AS (
             SELECT c.customer_id, c.acquisition_channel AS channel, c.acquisition_cost AS cost,
                 s.frequency IS NOT NULL AS bought, coalesce(s.total_spend, 0) AS spend,
-                coalesce(s.total_spend, 0) + coalesce(s.clv, 0) AS clv,
+                coalesce(s.total_spend, 0) + coalesce(s.clv, 0) AS value,
                 greatest(DATE '{as_of}' - coalesce(CAST(c.signup_date AS DATE), DATE '{as_of}'), 1) / {DAYS_PER_MONTH}
                     AS months
             FROM customers AS c JOIN scores AS s USING (customer_id)
             WHERE c.acquisition_channel IS NOT NULL
         )
         SELECT channel, count(*) AS customers, count(*) FILTER (WHERE bought) AS buyers,
-            avg(cost) AS cac, avg(clv) AS clv, avg(clv) / nullif(avg(cost), 0) AS clv_to_cac,
-            avg(cost) / nullif(sum(spend) / sum(months), 0) AS payback_months,
-            coalesce(avg(clv) / nullif(avg(cost), 0) < {HEALTHY_CLV_TO_CAC}, false) AS below_3_to_1
+            avg(cost) AS cac, avg(value) AS clv, clv / nullif(cac, 0) AS clv_to_cac,
+            cac / nullif(sum(spend) / sum(months), 0) AS payback_months,
+            coalesce(clv_to_cac < {HEALTHY_CLV_TO_CAC}, false) AS below_3_to_1
         FROM acquired GROUP BY channel ORDER BY clv_to_cac DESC NULLS LAST
     """).df()
 

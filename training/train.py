@@ -35,7 +35,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from features.build import FeatureBuilder
+from features.build import FeatureBuilder, orders_sql
 from features.errors import LifecycleError
 from features.sources import Dataset
 from models.actions import ValueTiers
@@ -280,9 +280,8 @@ def check_sufficient(data: Dataset, win: Windows) -> None:
     repeat buyers by the first day a model is fitted."""
     day = min(win.btyd_calibration_end, win.t0)
     buyers, repeat = data.con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE days > 1) FROM (SELECT count(DISTINCT CAST(timestamp AS DATE)) AS "
-        f"days FROM transactions WHERE timestamp < TIMESTAMP '{day + timedelta(days=1)}' GROUP BY customer_id)"
-    ).fetchall()[0]
+        "SELECT count(*), count(*) FILTER (WHERE days > 1) FROM "
+        f"(SELECT count(DISTINCT day) AS days FROM ({orders_sql(day)}) GROUP BY customer_id)").fetchall()[0]
     short = [f"{n:,} customers had ordered{on} (need at least {least})"
              for n, least, on in ((buyers, MIN_BUYERS, ""), (repeat, MIN_REPEAT_BUYERS, " on two or more days"))
              if n < least]
