@@ -642,10 +642,13 @@ def _print_training(run, clv_model: str) -> None:
     result, decision = run.result, run.decision
     evaluation, w = result.evaluation, result.windows
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
-    console.print(f"windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
+    console.print(f"judged on {len(result.cuts)} cut date(s), one churn horizon apart: "
+                  f"{', '.join(str(c.end) for c in result.cuts)}")
+    console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _print_purchase_models(evaluation.purchase_models, result.model.purchases.name)
-    table = Table("metric", "model", "baseline", "baseline value", title="out-of-time evaluation")
+    _print_track_record(result.model)
+    table = Table("metric", "model", "baseline", "baseline value", title=f"out-of-time evaluation at {w.end}")
     btyd = "P(no purchase)"
     rows = [("churn ROC-AUC", "churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
             ("classifier ROC-AUC, buyers", "churn_buyers_classifier_roc_auc", btyd, "churn_buyers_roc_auc_btyd"),
@@ -668,7 +671,6 @@ def _print_training(run, clv_model: str) -> None:
     console.print(table)
     _print_clv(evaluation, result.model, w, clv_model)
     _print_forecast(result.forecast, result.model.horizons)
-    console.print(_churn_source_line(result.model.churn_source, result.model.purchases.label))
     _print_notes([*result.notes, *run.cleaned], console)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
@@ -678,23 +680,34 @@ def _print_training(run, clv_model: str) -> None:
 
 
 def _print_purchase_models(compared, chosen: str) -> None:
-    """Every candidate purchase model's holdout metrics, the chosen one marked."""
+    """Every candidate purchase model's holdout metrics over the cut dates, the chosen one marked."""
     from models.purchase_models import PURCHASE_MODELS
 
-    table = Table("model", "holdout LL", "MAE", "total error", "P(none) AUC", "P(none) Brier", "",
-                  title="purchase models on the holdout (highest log-likelihood (LL) chosen, unless configured)")
+    table = Table("model", "holdout LL", "behind the best", "MAE", "total error", "P(none) AUC", "P(none) Brier", "",
+                  title="purchase models on the holdouts (means over the cut dates; within noise of the best: tied)")
     for name, row in compared.iterrows():
         table.add_row(PURCHASE_MODELS[name].label, f"{row.holdout_log_likelihood:.4f}",
-                      f"{row.holdout_purchases_mae:.4f}", f"{row.holdout_purchases_aggregate_error:+.4f}",
-                      f"{row.churn_roc_auc:.4f}", f"{row.churn_brier:.4f}", "chosen" if name == chosen else "")
+                      f"{row.ll_behind_best:+.4f} +/- {row.ll_noise:.4f}", f"{row.holdout_purchases_mae:.4f}",
+                      f"{row.holdout_purchases_aggregate_error:+.4f}", f"{row.churn_roc_auc:.4f}",
+                      f"{row.churn_brier:.4f}", "chosen" if name == chosen else "tied" if row.tied else "")
     console.print(table)
 
 
-def _churn_source_line(source: str, purchase_model: str) -> str:
-    if source == "classifier":
-        return "churn_probability: the LightGBM classifier (it beats the purchase model's P(no purchase) on buyers)"
-    return (f"churn_probability: [bold]{purchase_model}'s P(no purchase)[/bold] for buyers (the classifier did not "
-            "beat it on both ROC-AUC and Brier); the classifier for prospects")
+def _print_track_record(model) -> None:
+    """What serves, per cut date, beside the simple baselines; then each decision with its evidence."""
+    table = Table("cut date", "churn AUC", "recency AUC", "churn Brier", "CLV Gini", "spend-rate Gini",
+                  "CLV decile MAPE", "spend-rate MAPE", "purchases in interval", "spend in interval",
+                  title=f"track record of what serves ({model.horizons.interval:.0%} intervals: coverage / stated)")
+    for row in model.track_record:
+        cells = [f"{row[k]:.4f}" if row[k] is not None else "-" for k in (
+            "churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gini", "clv_gini_spend_rate",
+            "clv_decile_mape", "clv_decile_mape_spend_rate")]
+        cover = [f"{row[f'holdout_{n}_interval_coverage']:.2f} / {row[f'holdout_{n}_interval_stated']:.2f}"
+                 for n in ("purchases", "spend")]
+        table.add_row(row["cut"], *cells, *cover)
+    console.print(table)
+    for what, why in model.decisions.items():
+        console.print(f"{what.replace('_', ' ')}: {escape(why)}", highlight=False)
 
 
 def _print_drift(psi: dict[str, float], reference: str, shown: int = 10) -> None:

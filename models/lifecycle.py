@@ -32,8 +32,9 @@ DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
 # intervals; 4: the learned CLV beside the BTYD one; 5: value tiers, risk bands, next orders; 6: activity status,
-# the typical gap); a model records the format it was fitted in.
-MODEL_FORMAT = 6
+# the typical gap; 7: a twin per cut date, the track record and the decisions); a model records the format it was
+# fitted in.
+MODEL_FORMAT = 7
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence", "typical_gap_days")  # record fields, not inputs
@@ -132,6 +133,10 @@ class LifecycleModel:
     clv_source: str = "btyd"
     # The served CLV's edges of the top 1 %, 5 %, ... of the buyers it was fitted on (None until learned).
     value_tiers: ValueTiers | None = None
+    # How what serves did out of time, one row per cut date (newest first; training.train.TRACK_RECORD), and each
+    # choice of the training run with its evidence in a line.
+    track_record: list[dict[str, Any]] = field(default_factory=list)
+    decisions: dict[str, str] = field(default_factory=dict)
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:

@@ -160,24 +160,30 @@ def test_each_model_recovers_its_parameters_on_its_own_process(process, large, p
         assert fitted.log_likelihood_ < truth
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("process", ["bgnbd", "pareto_nbd"])
-def test_auto_picks_the_generating_process_and_its_p_alive_is_right(process):
-    """On 20,000 customers of each process: the holdout chooses the process the data came from, and that
-    model's P(alive) at the end ranks the truly alive (ROC-AUC; an oracle that knows each customer's own
-    rates reaches ~0.95) with a mean within 0.05 of the share alive."""
+def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, seed):
+    """On 10,000 customers of each process, five seeds each, judged on three cut dates: the served P(alive) at the
+    end ranks the truly alive within 0.01 ROC-AUC of the generating model at its true parameters (the best a
+    population model can do), with a mean within 0.05 of the share alive. (On BG/NBD data that takes BG/NBD, whose
+    P(alive) = 1 for one-time buyers is the truth there: it beats the others beyond noise overall and on them.)"""
     from models.lifecycle import Horizons
-    from training.train import _holdout_table, choose_purchase_model, windows
+    from models.purchase_models import PURCHASE_MODELS
+    from training.train import _holdout_table, choose_purchase_model, cut_windows
 
-    sim = simulate(SimulationParams(customers=20_000, seed=2, process=process, events=False, prospect_share=0))
+    sim = simulate(SimulationParams(customers=10_000, seed=seed, process=process, events=False, prospect_share=0))
     data = load(transactions=sim.transactions)
     first, last = data.date_range()
-    win = windows(first.date(), last.date(), Horizons())
-    holdout = _holdout_table(data, FeatureBuilder().fit(data, win.t0), win, Horizons())
-    fitted, compared, chosen = choose_purchase_model(holdout, win, Horizons())
-    assert chosen == process, compared
+    wins = cut_windows(data, first.date(), last.date(), Horizons())
+    assert len(wins) == 3
+    holdouts = [_holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
+    _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
     end = FeatureBuilder().fit_transform(data, (sim.end - DAY).date()).df()
-    model = type(fitted[chosen])().fit(end.frequency, end.recency, end["T"])
+    history = (end.frequency, end.recency, end["T"])
     alive = sim.truth.set_index("customer_id").loc[end.customer_id, "alive_at_end"]
-    p = model.p_alive(end.frequency, end.recency, end["T"])
-    assert roc_auc_score(alive, p) > (0.9 if process == "bgnbd" else 0.79)
-    assert abs(p.mean() - alive.mean()) < 0.05
+    generating = PURCHASE_MODELS[process]()
+    generating.params_ = {name: getattr(sim.params, name) for name in generating.parameters}
+    served = PURCHASE_MODELS[chosen]().fit(*history).p_alive(*history)
+    assert roc_auc_score(alive, served) > roc_auc_score(alive, generating.p_alive(*history)) - 0.01, compared
+    assert abs(served.mean() - alive.mean()) < 0.05

@@ -22,6 +22,7 @@ from datetime import date
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -30,14 +31,18 @@ from features.errors import LifecycleError
 from features.sources import Dataset
 from models import pyfunc
 from models.lifecycle import MODEL_FORMAT, model_format
+from training.backtest import Bootstrap, absolute_error, gini, roc_auc
 from training.plots import figures
 from training.train import EvaluationTwin, TrainingResult, evaluate_twin
 
 MODEL_NAME = "customer-lifecycle"
 EXPERIMENT = "customer-lifecycle"
-# Each served prediction's out-of-time metric: churn, next stage, CLV, purchases.
-GATED = {"churn_roc_auc": "higher", "next_stage_roc_auc": "higher", "clv_gini": "higher",
-         "holdout_purchases_mae": "lower"}
+# Each served prediction's out-of-time metric (churn, next stage, CLV, purchases): the evaluation table it is computed
+# from, its outcome and score columns, and the metric.
+GATED = {"churn_roc_auc": ("churn", "churned", "served", roc_auc),
+         "next_stage_roc_auc": ("next_stage", "reached", "probability", roc_auc),
+         "clv_gini": ("value", "spend", "served", gini),
+         "holdout_purchases_mae": ("holdout", "purchases", "predicted", absolute_error)}
 TWIN_ARTIFACT = "evaluation/twin.pkl"
 GATE_TAG = "gate_promoted"  # on a version: "True" or "False" once gated; INTERRUPTED if it never was
 DECIDED = ("True", "False")
@@ -46,6 +51,7 @@ HOST_TAG, PID_TAG = "host", "pid"  # on a run: who logs it
 PLOTS = "plots"
 NOTES_ARTIFACT = "fit_notes.txt"  # what the BTYD fits needed (a penalizer) or found (parameters at an edge)
 FORECAST_ARTIFACT = "forecast.csv"  # the base's totals over the CLV horizon with intervals (training.forecast)
+TRACK_RECORD_ARTIFACT = "track_record.csv"  # what serves, per cut date, beside the baselines
 
 
 def local_tracking_uri(state_dir: Path) -> str:
@@ -88,10 +94,16 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
         mlflow.log_params({**params, **{f"data_{k}": v for k, v in summary.items()}})
         mlflow.log_metrics({f"drift_psi_{k}": v for k, v in drift.items()})
         mlflow.log_params({f"window_{k}": str(v) for k, v in vars(result.windows).items()})
+        mlflow.log_params({"cut_dates": ", ".join(str(w.end) for w in result.cuts)})
+        # Every cut date's metrics, as steps in time order: each metric's latest value is the newest cut date's.
+        for step, evaluation in enumerate(reversed(result.backtest)):
+            mlflow.log_metrics(evaluation.metrics, step=step)
+            mlflow.log_metrics({f"baseline_{k}": v for k, v in evaluation.baselines.items()}, step=step)
+            mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in evaluation.next_stage_auc_by_stage.items()},
+                               step=step)
         evaluation = result.evaluation
-        mlflow.log_metrics(evaluation.metrics)
-        mlflow.log_metrics({f"baseline_{k}": v for k, v in evaluation.baselines.items()})
-        mlflow.log_metrics({f"next_stage_roc_auc_{k}": v for k, v in evaluation.next_stage_auc_by_stage.items()})
+        mlflow.log_text(result.track_record.to_csv(index=False), TRACK_RECORD_ARTIFACT)
+        mlflow.set_tags({f"decision_{k}": v for k, v in result.decisions.items()})
         mlflow.log_metrics({f"purchase_model_{name}_{k}": v for name, row in evaluation.purchase_models.iterrows()
                             for k, v in row.items()})
         mlflow.set_tags(choices := served_by(result))
@@ -105,7 +117,7 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
                             if k.startswith(("purchases", "spend"))})
         with tempfile.TemporaryDirectory() as tmp:
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
-            twin.write_bytes(pickle.dumps(result.twin))
+            twin.write_bytes(pickle.dumps(result.twins))
             mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
         for name, figure in figures(result).items():
             mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
@@ -124,12 +136,16 @@ def served_by(result: TrainingResult) -> dict[str, str]:
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
-    """Compare the challenger with the champion on the challenger's window (relative ``tolerance``).
+    """Compare the challenger with the champion on the challenger's cut dates.
 
-    A challenger trained on older data than the champion (a backfill: ``train --as-of``) is held
-    back: the champion's twin may have seen its window, so no fair comparison exists.
+    At each cut date the champion is scored through its evaluation twin of the same rank (fitted no
+    later, so it saw nothing of the window); each gated metric's difference is pooled over the cut
+    dates with its noise (``training.backtest``). The challenger is held back only where it is worse
+    beyond noise and by more than ``tolerance`` (relative); a tie promotes it (it has seen the newest
+    data). A challenger trained on older data than the champion (a backfill: ``train --as-of``) is held
+    back: the champion's twins may have seen its windows, so no fair comparison exists.
     """
-    ours = {name: challenger.evaluation.metrics[name] for name in GATED}
+    ours = {name: float(np.mean([e.metrics[name] for e in challenger.backtest])) for name in GATED}
     champion = alias_version(client, "champion")
     if champion is None:
         return Decision(True, ours, reasons=["first model"])
@@ -139,18 +155,27 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
         return Decision(False, ours, champion_version=champion,
                         reasons=[f"trained as of {challenger.windows.end}, before the champion's data "
                                  f"(up to {champion_end}): promote it by hand if it is meant to serve"])
-    twin = _load_twin(client, champion)
-    if model_format(twin) != MODEL_FORMAT:  # an older release's champion: nothing to compare it on
+    twins = _load_twins(client, champion)
+    if not isinstance(twins, list) or model_format(twins[0]) != MODEL_FORMAT:  # an older release's champion
         return Decision(True, ours, champion_version=champion,
                         reasons=[f"the champion (version {champion}) was saved by an older, incompatible release"])
-    theirs = evaluate_twin(data, twin, challenger.windows, challenger.model.horizons).metrics
-    theirs = {name: theirs[name] for name in GATED}
-    reasons = []
-    for name, better in GATED.items():
+    ranks = range(min(len(twins), len(challenger.backtest)))
+    horizons = challenger.model.horizons
+    theirs_by_cut = [evaluate_twin(data, twins[k], challenger.cuts[k], horizons) for k in ranks]
+    ours_by_cut = [challenger.backtest[k] for k in ranks]
+    ours = {name: float(np.mean([e.metrics[name] for e in ours_by_cut])) for name in GATED}
+    theirs = {name: float(np.mean([e.metrics[name] for e in theirs_by_cut])) for name in GATED}
+    bootstrap, reasons = Bootstrap(), []
+    for name, (table, outcome, score, metric) in GATED.items():
+        pairs = []
+        for mine, their in zip(ours_by_cut, theirs_by_cut, strict=True):
+            both = getattr(mine, table).merge(getattr(their, table), on="customer_id", suffixes=("", "_champion"))
+            pairs.append((both.customer_id, both[outcome], both[score], both[f"{score}_champion"]))
+        difference = bootstrap.difference(metric, pairs)
         slack = tolerance * abs(theirs[name])
-        worse = ours[name] < theirs[name] - slack if better == "higher" else ours[name] > theirs[name] + slack
-        if worse:
-            reasons.append(f"{name} {ours[name]:.4f} is worse than the champion's {theirs[name]:.4f}")
+        if difference.verdict == "worse" and abs(ours[name] - theirs[name]) > slack:
+            reasons.append(f"{name} {ours[name]:.4f} is worse than the champion's {theirs[name]:.4f} beyond noise "
+                           f"({difference} over {difference.cuts} cut date(s))")
     return Decision(not reasons, ours, theirs, champion, reasons)
 
 
@@ -253,7 +278,7 @@ def drift_from_champion(client: MlflowClient, features: pd.DataFrame) -> dict[st
     return profile.psi(profile.counts(features)) if profile is not None else {}
 
 
-def _load_twin(client: MlflowClient, version: str) -> EvaluationTwin:
+def _load_twins(client: MlflowClient, version: str) -> list[EvaluationTwin]:
     run_id = client.get_model_version(MODEL_NAME, version).run_id
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TWIN_ARTIFACT)
     return pickle.loads(Path(path).read_bytes())

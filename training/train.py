@@ -53,6 +53,7 @@ from models.lifecycle import (
 )
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
+from training.backtest import CUTS, Bootstrap, Z, brier, gini, mean, roc_auc
 from training.forecast import forecast
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
@@ -62,6 +63,17 @@ MIN_REPEAT_BUYERS = 20  # customers with orders on two or more days
 
 # Penalizers tried, in order, when a fit fails at the configured one (see ``Fitter``).
 RETRY_PENALIZERS = (0.001, 0.01, 0.1)
+
+# The track record of what serves, per cut date: churn beside recency alone, the CLV beside the past spend rate, and
+# how often the holdout's purchases and spend fell in their prediction intervals (beside what the intervals stated).
+TRACK_RECORD = ("churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gini", "clv_gini_spend_rate",
+                "clv_decile_mape", "clv_decile_mape_spend_rate", "holdout_purchases_interval_coverage",
+                "holdout_purchases_interval_stated", "holdout_spend_interval_coverage",
+                "holdout_spend_interval_stated")
+# Tied purchase models (holdout log-likelihood within noise of the best) are settled in this order: customers who may
+# leave at any time (Pareto/NBD), then after any purchase (MBG/NBD), and BG/NBD last, whose P(alive) is 1 for every
+# customer without a repeat purchase by construction (docs/models.md).
+PREFERENCE = ("pareto_nbd", "mbgnbd", "bgnbd")
 
 # Label columns joined to the features (orders renamed: the features have their own).
 _LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
@@ -113,29 +125,39 @@ class Fitter:
     A fit that finds no usable maximum (``FitFailed``) at the configured ``penalizer`` is tried
     again with each larger one of ``RETRY_PENALIZERS``; the notes say which model needed which.
     Warnings from the fits (parameters at the edge of their range) become notes too, once each.
+    Each fit's search starts from the last fit of the same model (the same shop a few months apart:
+    about a quarter fewer steps), and from lifetimes' start if that fails.
     """
 
     penalizer: float = 0.0
     found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
+    last: dict[type, dict[str, float]] = field(default_factory=dict)  # each model's last fitted parameters
 
     def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
         """``model_type(penalizer).fit(*columns)``, with the retries; ``what`` names the fit in the notes."""
         failures = []
-        for penalizer in (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer)):
+        penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer))
+        starts = [(penalizer, None) for penalizer in penalizers]
+        if model_type in self.last:
+            starts.insert(0, (self.penalizer, self.last[model_type]))
+        for penalizer, start in starts:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    model = model_type(penalizer).fit(*columns)
+                    model = model_type(penalizer).fit(*columns, start=start)
             except FitFailed as exc:
-                failures.append(f"{exc} (penalizer {penalizer:g})")
+                if start is None:
+                    failures.append(f"{exc} (penalizer {penalizer:g})")
                 continue
             for warning in caught:
                 self.note(str(warning.message), what)
             if failures:
                 self.note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
                            "first one tried)", what)
+            self.last[model_type] = model.params_
             return model
-        raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer up to {RETRY_PENALIZERS[-1]} helped; "
+        tried = " and ".join(f"{p:g}" for p in penalizers)
+        raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer helped (tried {tried}); "
                              "check the order log for one customer or amount that dwarfs the rest")
 
     @property
@@ -212,50 +234,61 @@ class TrainingResult:
     features: pd.DataFrame
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
     forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``training.forecast``)
+    # The backtest, newest cut date first (the first of each is ``twin``, ``windows`` and ``evaluation``).
+    twins: list[EvaluationTwin] = field(default_factory=list)
+    cuts: list[Windows] = field(default_factory=list)
+    backtest: list[Evaluation] = field(default_factory=list)
+    decisions: dict[str, str] = field(default_factory=dict)  # each choice of the run, with its evidence, in a line
+
+    @property
+    def track_record(self) -> pd.DataFrame:
+        """What serves, per cut date (newest first), beside the simple baselines (``TRACK_RECORD``)."""
+        rows = [{"cut": w.end, **{name: (e.metrics | e.baselines).get(name, np.nan) for name in TRACK_RECORD}}
+                for w, e in zip(self.cuts, self.backtest, strict=True)]
+        return pd.DataFrame(rows)
 
 
 def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Horizons,
           seed: int = 0, classifier_params: dict | None = None, purchase_model: str = AUTO,
           as_of: date | None = None, penalizer: float = 0.0, clv_model: str = AUTO,
-          mape_slack: float = MAPE_SLACK) -> TrainingResult:
+          mape_slack: float = MAPE_SLACK, cuts: int = CUTS) -> TrainingResult:
     """Run the protocol on validated data; ``new_builder`` makes an unfitted, configured builder.
 
     ``classifier_params`` override LightGBM's defaults (models.trees.DEFAULT_PARAMS);
-    ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdout);
+    ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the holdouts);
     ``as_of`` trains as of that day, on nothing later (default: the last order day); ``penalizer``
     is the BTYD fits' first penalizer (see ``Fitter``); ``clv_model`` and ``mape_slack`` choose the CLV served
-    (see ``better_clv_source``).
+    (see ``better_clv_source``); ``cuts`` is the most cut dates the run is judged on (``cut_windows``).
     """
-    fitter = Fitter(penalizer)
-    data.materialize()  # the protocol reads every table about ten times
+    fitter, bootstrap = Fitter(penalizer), Bootstrap(seed=seed)
+    data.materialize()  # the protocol reads every table about ten times per cut date
     if as_of is not None:
         data.until(as_of)
     first, last = data.date_range()
     if first is None:
         raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
-    win = windows(first.date(), as_of or last.date(), horizons)
-    check_sufficient(data, win)
-    builder = new_builder()
-    at_t0 = _labelled(data, builder, win.t0, horizons, fit=True)
-    holdout = _holdout_table(data, builder, win, horizons)
-    fitted, compared, chosen = choose_purchase_model(holdout, win, horizons, purchase_model, fitter)
+    wins = cut_windows(data, first.date(), as_of or last.date(), horizons, cuts)
+    builders = [new_builder() for _ in wins]
+    at_t0 = [_labelled(data, b, w.t0, horizons, fit=True) for b, w in zip(builders, wins, strict=True)]
+    holdouts = [_holdout_table(data, b, w, horizons) for b, w in zip(builders, wins, strict=True)]
+    fitted, compared, chosen = choose_purchase_model(holdouts, wins, horizons, purchase_model, fitter, bootstrap)
     model_type = PURCHASE_MODELS[chosen]
-    twin = fit_twin(at_t0, model_type, fitted[chosen], _fit_spend(holdout, fitter, "holdout"), horizons, builder,
-                    seed, classifier_params, fitter)
-    L = win.clv_label_days
-    at_fitted = _value_table(data, new_builder(), win.clv_fitted, L)
-    twin.learned_clv = _fit_learned_clv(at_fitted, *_fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}"),
-                                        horizons, L, seed, fitter, f"learned CLV at {win.clv_fitted}")
-    twin.clv_builder = new_builder()
-    at_judged = _value_table(data, twin.clv_builder, win.clv_judged, L)
-    twin.clv_purchases, twin.clv_spend = _fit_btyd(at_judged, model_type, fitter, f"at {win.clv_judged}")
-    evaluation = evaluate_twin(data, twin, win, horizons, holdout, at_judged)
-    twin.churn_source = better_churn_source(evaluation)
-    twin.clv_source = better_clv_source(evaluation.metrics, clv_model, mape_slack)
-    evaluation.metrics |= churn_metrics(evaluation.churn, twin.churn_source)
-    evaluation.metrics |= clv_metrics(evaluation.value, twin.clv_source)
-    evaluation.purchase_models = compared
-    if clv_model not in (AUTO, twin.clv_source):
+    twins, judged, evaluations = [], [], []
+    for k, win in enumerate(wins):
+        twin = fit_twin(at_t0[k], model_type, fitted[k][chosen], _fit_spend(holdouts[k], fitter, "holdout"),
+                        horizons, builders[k], seed, classifier_params, fitter)
+        judged.append(_fit_clv_twin(data, twin, new_builder, win, horizons, model_type, seed, fitter))
+        twins.append(twin)
+        evaluations.append(evaluate_twin(data, twin, win, horizons, holdouts[k], judged[k]))
+    churn_source, churn_why = better_churn_source(evaluations, bootstrap)
+    clv_source, clv_why = better_clv_source(evaluations, clv_model, mape_slack, bootstrap)
+    for twin, evaluation in zip(twins, evaluations, strict=True):
+        twin.churn_source, twin.clv_source = churn_source, clv_source if twin.learned_clv else "btyd"
+        evaluation.metrics |= churn_metrics(evaluation.churn, churn_source)
+        evaluation.metrics |= clv_metrics(evaluation.value, twin.clv_source)
+    evaluations[0].purchase_models = compared
+    win, twin = wins[0], twins[0]
+    if clv_model not in (AUTO, clv_source):
         fitter.note(f"clv.model is {clv_model}, but no learned CLV could be fitted: the BTYD CLV is served", "CLV")
 
     final = _labelled(data, new_builder(), win.t1, horizons, fit=True)
@@ -265,14 +298,36 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    learned = None if twin.learned_clv is None else _fit_learned_clv(
-        at_judged, twin.clv_purchases, twin.clv_spend, horizons, L, seed, fitter, f"learned CLV at {win.clv_judged}")
+    learned = None if clv_source != "learned" else _fit_learned_clv(
+        judged[0], twin.clv_purchases, twin.clv_spend, horizons, win.clv_label_days, seed, fitter,
+        f"learned CLV at {win.clv_judged}")
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
-                           next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
-                           clv_source=twin.clv_source if learned else "btyd")
+                           next_stage, horizons, profile, churn_source=churn_source, learned_clv=learned,
+                           clv_source=clv_source if learned else "btyd")
     model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
-    return TrainingResult(model, twin, win, evaluation, scoring, fitter.notes, totals)
+    model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why}
+    result = TrainingResult(model, twin, win, evaluations[0], scoring, fitter.notes, totals, twins, wins, evaluations,
+                            model.decisions)
+    model.track_record = [{k: None if pd.isna(v) else v for k, v in row.items()}
+                          for row in result.track_record.astype({"cut": str}).to_dict("records")]
+    return result
+
+
+def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts: int = CUTS) -> list[Windows]:
+    """The protocol's windows at up to ``cuts`` cut dates one churn horizon apart, newest (``end``) first: as many
+    as the history allows (each cut must pass ``windows`` and ``check_sufficient``); at least the newest."""
+    found = []
+    for k in range(cuts):
+        try:
+            win = windows(first, end - timedelta(days=k * horizons.churn_days), horizons)
+            check_sufficient(data, win)
+        except LifecycleError:
+            if not found:
+                raise
+            break
+        found.append(win)
+    return found
 
 
 def check_sufficient(data: Dataset, win: Windows) -> None:
@@ -290,63 +345,127 @@ def check_sufficient(data: Dataset, win: Windows) -> None:
                              + " and ".join(short))
 
 
-def choose_purchase_model(holdout: pd.DataFrame, win: Windows, horizons: Horizons, forced: str = AUTO,
-                          fitter: Fitter | None = None) -> tuple[dict[str, PurchaseModel], pd.DataFrame, str]:
-    """Fit every purchase model on the calibration window and judge it on the holdout.
+def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], horizons: Horizons, forced: str = AUTO,
+                          fitter: Fitter | None = None, bootstrap: Bootstrap | None = None
+                          ) -> tuple[list[dict[str, PurchaseModel]], pd.DataFrame, str]:
+    """Fit every purchase model on each cut date's calibration window and judge it on that cut's holdout.
 
-    Returns the fitted candidates, their metrics (one row per model) and the name chosen: ``forced``
-    unless it is ``"auto"``, else the highest holdout log-likelihood, the mean per customer of
-    log P(holdout purchases and their days | calibration history): a proper score of everything a
-    purchase model predicts (how many purchases, when, and who is gone), with which the generating
-    process wins on large enough data. A candidate that cannot be fitted, even penalized, is left out,
-    with its reason.
+    Returns the fitted candidates per cut date, their metrics (one row per model: means over the cut
+    dates, and the difference of holdout log-likelihood from the best with its noise, ``tied`` when
+    within noise) and the name chosen: ``forced`` unless it is ``"auto"``, else the first of
+    ``PREFERENCE`` among the best and those tied with it. The holdout log-likelihood is the mean per
+    customer of log P(holdout purchases and their days | calibration history): a proper score of
+    everything a purchase model predicts (how many purchases, when, and who is gone), with which the
+    generating process wins on large enough data. A candidate that cannot be fitted at some cut date,
+    even penalized, is left out, with its reason. The choice and its evidence are in ``.attrs["why"]``.
     """
-    fitter = fitter or Fitter()
-    columns = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
-    fitted, scores, failures = {}, {}, {}
+    fitter, bootstrap = fitter or Fitter(), bootstrap or Bootstrap()
+    fitted: list[dict[str, PurchaseModel]] = [{} for _ in wins]
+    scores: dict[str, list[dict[str, float]]] = {}
+    lls: dict[str, list[np.ndarray]] = {}
+    failures = {}
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
             continue
         try:
-            fitted[name] = fitter.fit(model, *columns, what=f"calibration to {win.btyd_calibration_end}")
+            for k, (holdout, win) in enumerate(zip(holdouts, wins, strict=True)):
+                columns = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
+                fitted[k][name] = fitter.fit(model, *columns, what=f"calibration to {win.btyd_calibration_end}")
         except LifecycleError as exc:
             failures[name] = str(exc)
+            for candidates in fitted:
+                candidates.pop(name, None)
             continue
-        scores[name] = _purchase_scores(fitted[name], holdout, win.btyd_holdout_days, horizons.churn_days)
-    if not fitted:
+        judged = [_purchase_scores(fitted[k][name], h, w.btyd_holdout_days, horizons.churn_days)
+                  for k, (h, w) in enumerate(zip(holdouts, wins, strict=True))]
+        lls[name] = [ll for ll, _ in judged]
+        scores[name] = [score for _, score in judged]
+    if not scores:
         raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
     for name, why in failures.items():
         fitter.note(f"{PURCHASE_MODELS[name].label} left out of the choice: {why}", "calibration")
-    chosen = forced if forced != AUTO else max(scores, key=lambda name: scores[name]["holdout_log_likelihood"])
-    return fitted, pd.DataFrame.from_dict(scores, orient="index"), chosen
+    compared = pd.DataFrame({name: pd.DataFrame(rows).mean() for name, rows in scores.items()}).T
 
+    def behind(leader: str, name: str, one_time_buyers: bool = False):
+        """``leader``'s holdout log-likelihood minus ``name``'s, pooled over the cut dates (on every customer, or on
+        those without a repeat purchase)."""
+        rows = [(h.frequency == 0).to_numpy() if one_time_buyers else np.ones(len(h), dtype=bool) for h in holdouts]
+        return bootstrap.difference(mean, [(h.customer_id[r], np.zeros(r.sum()), lls[leader][k][r], lls[name][k][r])
+                                           for k, (h, r) in enumerate(zip(holdouts, rows, strict=True))])
 
-def better_churn_source(evaluation: Evaluation) -> str:
-    """``"classifier"`` if it beats the purchase model's P(no purchase) on buyers in both ROC-AUC and Brier,
-    else ``"btyd"`` (from the numbers ``evaluate_twin`` reports)."""
-    m, b = evaluation.metrics, evaluation.baselines
-    wins = (m["churn_buyers_classifier_roc_auc"] > b["churn_buyers_roc_auc_btyd"]
-            and m["churn_buyers_classifier_brier"] < b["churn_buyers_brier_btyd"])
-    return "classifier" if wins else "btyd"
-
-
-def better_clv_source(metrics: dict[str, float], forced: str = AUTO, mape_slack: float = MAPE_SLACK) -> str:
-    """The CLV to serve, from the numbers ``evaluate_twin`` reports: ``forced`` (``"btyd"`` or ``"learned"``) unless it
-    is ``"auto"``; else ``"learned"`` if it ranks the judged window's spend better (a higher normalized Gini) and
-    sizes it nearly as well (a decile MAPE at most ``mape_slack`` above the BTYD CLV's), else ``"btyd"``. Without a
-    learned CLV, always ``"btyd"``."""
-    if "clv_learned_gini" not in metrics:
-        return "btyd"
+    # BG/NBD's P(alive) is 1 for every customer without a repeat purchase: under auto it serves only where the
+    # data support that, beating every other candidate beyond noise overall and on those customers alone.
+    eligible = list(compared.index)
+    if forced == AUTO and "bgnbd" in eligible and len(eligible) > 1:
+        others = [name for name in eligible if name != "bgnbd"]
+        if not all(behind("bgnbd", name, once).verdict == "better" for name in others for once in (False, True)):
+            eligible = others
+    best = compared.holdout_log_likelihood[eligible].idxmax()
+    differences = {name: behind(best, name) for name in compared.index}
+    compared["ll_behind_best"] = [differences[name].mean for name in compared.index]
+    compared["ll_noise"] = [differences[name].se * Z for name in compared.index]
+    compared["tied"] = [name in eligible and (name == best or differences[name].verdict == "tie")
+                        for name in compared.index]
+    tied = [name for name in PREFERENCE if name in compared.index and compared.tied[name]]
+    chosen = forced if forced != AUTO else tied[0]
+    label = PURCHASE_MODELS[chosen].label
     if forced != AUTO:
-        return forced
-    wins = (metrics["clv_learned_gini"] > metrics["clv_btyd_gini"]
-            and metrics["clv_learned_decile_mape"] <= metrics["clv_btyd_decile_mape"] + mape_slack)
-    return "learned" if wins else "btyd"
+        why = f"{label}, as configured (btyd.model)"
+    elif len(tied) == 1:
+        why = f"{label}: the highest holdout log-likelihood beyond noise over {len(wins)} cut date(s)"
+    else:
+        why = (f"{label}: tied with {', '.join(PURCHASE_MODELS[n].label for n in tied if n != chosen)} on holdout "
+               f"log-likelihood over {len(wins)} cut date(s) (within noise); ties go to "
+               f"{' > '.join(PURCHASE_MODELS[n].label for n in PREFERENCE)}")
+    if chosen != "bgnbd" and "bgnbd" in compared.index and "bgnbd" not in eligible:
+        why += ("; BG/NBD (P(alive) = 1 for every customer without a repeat purchase) did not beat the others "
+                "beyond noise, overall and on those customers")
+    compared.attrs["why"] = why
+    return fitted, compared, chosen
+
+
+def better_churn_source(evaluations: list[Evaluation], bootstrap: Bootstrap | None = None) -> tuple[str, str]:
+    """What serves buyers' churn probability, with why: ``"classifier"`` if, pooled over the cut dates, it beats the
+    purchase model's P(no purchase) on buyers beyond noise in ROC-AUC or Brier and is worse beyond noise in
+    neither; else (a tie included) ``"btyd"``, the simpler model."""
+    bootstrap = bootstrap or Bootstrap()
+    buyers = [e.churn[e.churn.btyd.notna()] for e in evaluations]
+    pairs = [(b.customer_id, b.churned, b.classifier, b.btyd) for b in buyers]
+    auc, score = bootstrap.difference(roc_auc, pairs), bootstrap.difference(brier, pairs)
+    verdicts = {auc.verdict, score.verdict}
+    wins = "better" in verdicts and "worse" not in verdicts
+    evidence = (f"classifier minus P(no purchase) on buyers over {auc.cuts} cut date(s): ROC-AUC {auc} ({auc.verdict}),"
+                f" Brier improvement {score} ({score.verdict})")
+    return ("classifier", f"the classifier: {evidence}") if wins else ("btyd", f"the purchase model: {evidence}")
+
+
+def better_clv_source(evaluations: list[Evaluation], forced: str = AUTO, mape_slack: float = MAPE_SLACK,
+                      bootstrap: Bootstrap | None = None) -> tuple[str, str]:
+    """The CLV to serve, with why: ``forced`` (``"btyd"`` or ``"learned"``) unless it is ``"auto"``; else
+    ``"learned"`` if, pooled over the cut dates it was judged on, it ranks the judged windows' spend better beyond
+    noise (normalized Gini) and sizes it nearly as well (a mean decile MAPE at most ``mape_slack`` above the BTYD
+    CLV's), else ``"btyd"``. Without a learned CLV at the newest cut date, always ``"btyd"``."""
+    judged = [e.value for e in evaluations if "learned" in e.value]
+    if not judged or "learned" not in evaluations[0].value:
+        return "btyd", "the BTYD CLV: no learned CLV at the newest cut date (see the notes)"
+    if forced != AUTO:
+        return forced, f"the {forced} CLV, as configured (clv.model)"
+    bootstrap = bootstrap or Bootstrap()
+    ranking = bootstrap.difference(gini, [(v.customer_id, v.spend, v.learned, v.btyd) for v in judged])
+    mape = {source: float(np.mean([evaluate.value(v.spend, v[source])["decile_mape"] for v in judged]))
+            for source in CLV_SOURCES}
+    sizes = mape["learned"] <= mape["btyd"] + mape_slack
+    evidence = (f"learned minus BTYD Gini over {ranking.cuts} cut date(s) {ranking} ({ranking.verdict}); decile MAPE "
+                f"{mape['learned']:.3f} vs {mape['btyd']:.3f} (slack {mape_slack:g})")
+    if ranking.verdict == "better" and sizes:
+        return "learned", f"the learned CLV: {evidence}"
+    return "btyd", f"the BTYD CLV: {evidence}"
 
 
 def clv_metrics(value: pd.DataFrame, source: str) -> dict[str, float]:
-    """The served CLV's metrics (``clv_*``) when ``source`` (``"btyd"`` or ``"learned"``) serves it."""
-    return {f"clv_{k}": v for k, v in evaluate.value(value.spend, value[source]).items()}
+    """The served CLV's metrics (``clv_*``) when ``source`` (``"btyd"`` or ``"learned"``) serves it; sets ``served``."""
+    value["served"] = value[source]
+    return {f"clv_{k}": v for k, v in evaluate.value(value.spend, value.served).items()}
 
 
 def churn_metrics(churn: pd.DataFrame, source: str) -> dict[str, float]:
@@ -381,6 +500,7 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
     churn = pd.DataFrame({
+        "customer_id": test["customer_id"],
         "churned": test["churned"].astype(int),
         "classifier": twin.churn.predict_proba(inputs),
         "btyd": btyd["btyd_churn_probability"],  # missing for prospects: the purchase model does not apply
@@ -389,6 +509,7 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
     })
     climbing = test["next_stage"].notna().to_numpy()
     next_stage = pd.DataFrame({
+        "customer_id": test.loc[climbing, "customer_id"],
         "stage": test.loc[climbing, "stage"].astype(str),
         "reached": test.loc[climbing, "reached_next_stage"].astype(int),
         "probability": twin.next_stage.predict_proba(inputs[climbing]),
@@ -468,6 +589,26 @@ def _value_inputs(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendMod
     return inputs, spend.future_spend(purchases.future_purchases(days, f, r, t), f, m).mean
 
 
+def _fit_clv_twin(data: Dataset, twin: EvaluationTwin, new_builder: Callable[[], FeatureBuilder], win: Windows,
+                  horizons: Horizons, model_type: type[PurchaseModel], seed: int, fitter: Fitter) -> pd.DataFrame:
+    """Give ``twin`` what judges the CLVs at ``win``: the BTYD models and feature builder fitted at end - L, and the
+    learned CLV fitted at end - 2L when the label window L is at least the churn horizon (else a note: it would
+    learn from too little); returns the judged ``_value_table`` at end - L."""
+    L = win.clv_label_days
+    if horizons.churn_days <= L:
+        at_fitted = _value_table(data, new_builder(), win.clv_fitted, L)
+        btyd = _fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}")
+        twin.learned_clv = _fit_learned_clv(at_fitted, *btyd, horizons, L, seed, fitter,
+                                            f"learned CLV at {win.clv_fitted}")
+    else:
+        fitter.note(f"the learned CLV needs labels over at least the churn horizon ({horizons.churn_days} days); the "
+                    f"history leaves {L}: not fitted", f"cut date {win.end}")
+    twin.clv_builder = new_builder()
+    at_judged = _value_table(data, twin.clv_builder, win.clv_judged, L)
+    twin.clv_purchases, twin.clv_spend = _fit_btyd(at_judged, model_type, fitter, f"at {win.clv_judged}")
+    return at_judged
+
+
 def _fit_learned_clv(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
                      days: int, seed: int, fitter: Fitter, what: str) -> LearnedCLV | None:
     """The learned CLV fitted on a ``_value_table`` with the BTYD models fitted at its date; None (and a note about
@@ -484,7 +625,8 @@ def _judged_value(table: pd.DataFrame, twin: EvaluationTwin, days: int, horizons
     """What buyers at end - L spent over (end - L, end], beside the BTYD expected spend, the learned CLV's (when
     the twin has one) and the past spend rate carried forward, all over those ``days`` days, undiscounted."""
     inputs, expected = _value_inputs(table, twin.clv_purchases, twin.clv_spend, horizons, days)
-    value = pd.DataFrame({"spend": table["spend"].to_numpy(dtype=float), "btyd": expected,
+    value = pd.DataFrame({"customer_id": table["customer_id"], "spend": table["spend"].to_numpy(dtype=float),
+                          "btyd": expected,
                           "spend_rate": table["total_spend"].to_numpy() / (table["T"].to_numpy() + 1) * days})
     if twin.learned_clv is not None:
         value["learned"] = expected * twin.learned_clv.multiplier(inputs)
@@ -506,15 +648,18 @@ def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizon
     return table.sort_values("customer_id", ignore_index=True)
 
 
-def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, churn_days: int) -> dict[str, float]:
-    """A calibration-window purchase model judged on the holdout (see ``choose_purchase_model``)."""
+def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, churn_days: int
+                     ) -> tuple[np.ndarray, dict[str, float]]:
+    """A calibration-window purchase model judged on the holdout (see ``choose_purchase_model``): each customer's
+    holdout log-likelihood, and the metrics."""
     now = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     end = [holdout[f"{c}_end"].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     counts = evaluate.counts(holdout["purchases"], model.expected_purchases(days, *now))
     silent = evaluate.classification(holdout["churned"], model.p_no_purchase(churn_days, *now))
-    return {"holdout_log_likelihood": float(np.mean(model.log_likelihood(*end) - model.log_likelihood(*now))),
-            **{f"holdout_purchases_{k}": v for k, v in counts.items()},
-            "churn_roc_auc": silent["roc_auc"], "churn_brier": silent["brier"]}
+    ll = model.log_likelihood(*end) - model.log_likelihood(*now)
+    return ll, {"holdout_log_likelihood": float(np.mean(ll)),
+                **{f"holdout_purchases_{k}": v for k, v in counts.items()},
+                "churn_roc_auc": silent["roc_auc"], "churn_brier": silent["brier"]}
 
 
 def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horizons: Horizons) -> pd.DataFrame:
@@ -530,6 +675,7 @@ def _btyd_holdout(table: pd.DataFrame, twin: EvaluationTwin, win: Windows, horiz
     money = twin.holdout_spend.future_spend(counts, f, m)
     purchases, spend = table["purchases"].to_numpy(dtype=float), table["spend"].to_numpy(dtype=float)
     return pd.concat([pd.DataFrame({
+        "customer_id": table["customer_id"],
         "frequency": f,
         "purchases": purchases,
         "predicted": twin.holdout_purchases.expected_purchases(days, f, r, t),

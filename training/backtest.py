@@ -1,0 +1,155 @@
+"""Rolling-origin backtests: the cut dates a run is judged on, and paired comparisons with their noise.
+
+A training run is judged as if the data had ended on each of K cut dates, one churn horizon apart
+(the newest is the last day of data); every decision (the purchase model, the churn source, the CLV
+source, the gate) compares two candidates on the same customers at every cut date. The difference of
+a metric is pooled as its mean over the cut dates; its noise is a bootstrap clustered by customer: each
+replicate draws one Poisson(1) weight per customer id, shared by every cut date (the same customer at
+several dates is one draw), and recomputes both candidates' metric with those weights. A difference
+more than ``Z`` bootstrap standard errors from 0 is beyond noise; anything closer is a tie, which
+each decision settles by its own documented rule (docs/models.md).
+
+On large shops the replicates are drawn on a seeded sample of ``MOST_CUSTOMERS`` customer ids and their
+spread scaled by sqrt(sample / all) (the metrics here are smooth means, whose noise falls with the
+square root of the customers); the difference itself is always computed on every customer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+REPLICATES = 200
+Z = 1.96  # a difference beyond Z standard errors is not noise (two-sided 5 %)
+MOST_CUSTOMERS = 50_000  # customer ids the replicates are drawn on, at most
+CUTS = 3  # cut dates a run is judged on, when the history allows
+
+
+@dataclass(frozen=True)
+class Difference:
+    """How much better candidate A did than candidate B, pooled over cut dates (positive: A better)."""
+
+    mean: float
+    se: float
+    cuts: int
+
+    @property
+    def z(self) -> float:
+        return self.mean / self.se if self.se > 0 else (0.0 if self.mean == 0 else np.inf * np.sign(self.mean))
+
+    @property
+    def verdict(self) -> str:
+        """``"better"`` or ``"worse"`` (A than B) beyond noise, else ``"tie"``."""
+        return "better" if self.z > Z else "worse" if self.z < -Z else "tie"
+
+    def __str__(self) -> str:
+        return f"{self.mean:+.4f} +/- {Z * self.se:.4f}"
+
+
+# A metric of (outcome, score, weights (replicates x rows)) -> one value per replicate, and which way is better.
+Metric = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def roc_auc(outcome: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted ROC-AUC per row of ``weights``; tied scores count half."""
+    order = np.argsort(score, kind="stable")
+    s, y, w = score[order], outcome[order].astype(float), weights[:, order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    positive = np.add.reduceat(w * y, starts, axis=1)
+    negative = np.add.reduceat(w * (1 - y), starts, axis=1)
+    below = np.cumsum(negative, axis=1) - negative
+    return (positive * (below + 0.5 * negative)).sum(axis=1) / (positive.sum(axis=1) * negative.sum(axis=1))
+
+
+def brier(outcome: np.ndarray, probability: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean squared error of a probability; lower is better."""
+    return weights @ (np.clip(probability, 0, 1) - outcome) ** 2 / weights.sum(axis=1)
+
+
+def mean(_: np.ndarray, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of a per-customer value given as the score (e.g. a log-likelihood); the outcome is ignored."""
+    return weights @ values / weights.sum(axis=1)
+
+
+def absolute_error(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean absolute error; lower is better."""
+    return weights @ np.abs(predicted - actual) / weights.sum(axis=1)
+
+
+def gini(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted normalized Gini of ``actual`` ordered by ``predicted`` (``training.evaluate.value``'s, weighted)."""
+    return _lorenz(actual, predicted, weights) / _lorenz(actual, actual, weights)
+
+
+def _lorenz(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    order = np.argsort(-predicted, kind="stable")
+    a, w = actual[order], weights[:, order]
+    total = w.sum(axis=1, keepdims=True)
+    earned = np.cumsum(w * a, axis=1) / (w @ a)[:, None]
+    people = np.cumsum(w, axis=1) / total
+    return (w * (earned - people)).sum(axis=1) / total[:, 0]
+
+
+LOWER_IS_BETTER = {brier, absolute_error}
+
+
+class Bootstrap:
+    """Poisson(1) weights per customer id and replicate, derived from a hash of the id: the same customer gets the
+    same weight at every cut date, in every comparison and in every run with the same ``seed``."""
+
+    def __init__(self, replicates: int = REPLICATES, seed: int = 0, most: int = MOST_CUSTOMERS):
+        self.replicates, self.most = replicates, most
+        self._keys = np.random.default_rng(seed).integers(0, 2**63, replicates, dtype=np.uint64)[:, None]
+        self._known = pd.Index([])  # the ids whose weights are drawn already, and their weights (a column each)
+        self._drawn = np.empty((replicates, 0), dtype=np.float32)
+
+    def weights(self, ids: np.ndarray) -> np.ndarray:
+        """Replicates x customers: each customer's Poisson(1) weight in each replicate."""
+        new = pd.Index(pd.unique(np.asarray(ids))).difference(self._known)
+        if len(new):
+            with np.errstate(over="ignore"):
+                mixed = _mix(pd.util.hash_array(new.to_numpy())[None, :] ^ self._keys)
+            drawn = np.searchsorted(_POISSON_CDF, (mixed >> np.uint64(11)) / 2.0**53, side="right")
+            self._known = self._known.append(new)
+            self._drawn = np.hstack([self._drawn, drawn.astype(np.float32)])
+        return self._drawn[:, self._known.get_indexer(ids)].astype(float)
+
+    def difference(self, metric: Metric, cuts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+                   ) -> Difference:
+        """``metric`` of candidate A minus candidate B's (flipped when lower is better), pooled over ``cuts``:
+        per cut date, (customer ids, outcome, A's score, B's score)."""
+        sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+        share = min(1.0, self.most / max(len(c[0]) for c in cuts))
+        points, replicates = [], []
+        for ids, outcome, a, b in cuts:
+            ids = np.asarray(ids)
+            outcome, a, b = (np.asarray(v, dtype=float) for v in (outcome, a, b))
+            ones = np.ones((1, len(outcome)))
+            points.append(sign * (metric(outcome, a, ones)[0] - metric(outcome, b, ones)[0]))
+            inside = _uniform(pd.util.hash_array(ids)) < share if share < 1 else slice(None)
+            w = self.weights(ids[inside])
+            with np.errstate(invalid="ignore", divide="ignore"):
+                replicates.append(sign * (metric(outcome[inside], a[inside], w)
+                                          - metric(outcome[inside], b[inside], w)))
+        spread = np.nanstd(np.mean(replicates, axis=0), ddof=1) * np.sqrt(share)
+        return Difference(float(np.mean(points)), float(spread), len(cuts))
+
+
+_POISSON_CDF = np.cumsum(np.exp(-1.0) / np.cumprod(np.r_[1.0, np.arange(1.0, 20.0)]))[:-1]
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: 64 well-mixed bits from any 64 bits."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(hashes: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (_mix(hashes ^ np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)) / 2.0**53
