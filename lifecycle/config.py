@@ -31,6 +31,7 @@ from models.actions import RiskBands
 from models.learned_clv import CLV_SOURCES, MAPE_SLACK
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from serving.settings import ServingSettings
+from training.backtest import CUTS
 
 DEFAULT_CONFIG = Path("lifecycle.toml")
 
@@ -123,6 +124,8 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     seed: int = Field(0, description="seed of every random step of training")
+    backtest_cuts: int = Field(CUTS, ge=1, description="cut dates, one churn horizon apart, that training judges every "
+                               "choice on (as many as the history allows, down to 1)")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction
 

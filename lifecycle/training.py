@@ -127,7 +127,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
                    purchase_model=settings.btyd.model, as_of=settings.as_of,
                    penalizer=settings.btyd.penalizer, clv_model=settings.clv.model,
-                   mape_slack=settings.clv.mape_slack)
+                   mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),

@@ -81,19 +81,16 @@ class PurchaseModel:
         self.log_likelihood_: float | None = None
         self.customers_ = 0
 
-    def fit(self, frequency, recency, T, start: dict[str, float] | None = None) -> Self:
-        """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence. The search starts
-        from ``start`` (parameters, e.g. a fit of nearby data) when given, else where lifetimes starts."""
+    def fit(self, frequency, recency, T) -> Self:
+        """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence."""
         x, t_x, age = _as_arrays(frequency, recency, T)
         repeaters = int((x > 0).sum())
         if repeaters < MIN_REPEAT_BUYERS:
             raise LifecycleError(f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS}")
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
         scale = 1 / uage.max()
-        x0 = None if start is None else [start[name] * (scale if name in self.time_parameters else 1)
-                                         for name in self.parameters]
         values = _maximize_likelihood(self.label, self._objective(), (ux, ut_x * scale, uage * scale), counts,
-                                      self.penalizer, len(self.parameters), x0)
+                                      self.penalizer, len(self.parameters))
         self.params_ = {name: value / scale if name in self.time_parameters else value
                         for name, value in zip(self.parameters, values, strict=True)}
         _warn_at_boundary(self.label, self.params_)
@@ -249,9 +246,8 @@ class SpendModel:
         self.params_: dict[str, float] | None = None
         self.spend_correlation_: float | None = None
 
-    def fit(self, frequency, monetary_value, start: dict[str, float] | None = None) -> Self:
-        """Fit on repeat buyers with a positive mean repeat spend; checks q > 1 and independence. The search starts
-        from ``start`` (parameters) when given."""
+    def fit(self, frequency, monetary_value) -> Self:
+        """Fit on repeat buyers with a positive mean repeat spend; checks q > 1 and independence."""
         x, m = _as_arrays(frequency, monetary_value)
         usable = (x > 0) & (m > 0)
         if usable.sum() < MIN_REPEAT_BUYERS:
@@ -265,8 +261,7 @@ class SpendModel:
                 "Gamma-Gamma assumes they are independent, so its order values are biased", stacklevel=2)
         (ux, um), counts, _ = _unique_rows(x, m)
         p, q, gamma = _maximize_likelihood("Gamma-Gamma", value_and_grad(GammaGammaFitter._negative_log_likelihood),
-                                           (ux, um), counts, self.penalizer, 3,
-                                           None if start is None else [start[k] for k in ("p", "q", "gamma")])
+                                           (ux, um), counts, self.penalizer, 3)
         params = {"p": p, "q": q, "gamma": gamma}
         if params["q"] <= 1:
             raise FitFailed(f"Gamma-Gamma q = {params['q']:.3f} <= 1: the mean order value is infinite; "
@@ -379,9 +374,8 @@ def discounted_purchases(cumulative: np.ndarray, monthly_discount: float) -> np.
 
 
 def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
-                         penalizer: float, size: int, start: Sequence[float] | None = None) -> list[float]:
-    """BFGS from log-parameters 0.1 (or the log of ``start``) to a tolerance of 1e-7, as lifetimes fits; the
-    parameters, exponentiated.
+                         penalizer: float, size: int) -> list[float]:
+    """BFGS from log-parameters 0.1 to a tolerance of 1e-7, as lifetimes fits; the parameters, exponentiated.
 
     ``objective(log_params, *columns, weights, penalizer)`` is -sum(w ll) / sum(w) + penalty with its
     gradient. Large inputs are split into chunks evaluated in parallel threads (numpy and scipy
@@ -403,8 +397,7 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
             values, gradients = zip(*pool.map(partial(part, log_params), chunks, shares), strict=True)
             return sum(values), sum(gradients)
 
-        x0 = np.full(size, 0.1) if start is None else np.log(start)
-        result = minimize(total, jac=True, x0=x0, tol=1e-7)
+        result = minimize(total, jac=True, x0=np.full(size, 0.1), tol=1e-7)
     # BFGS also stops on "precision loss" when its line search cannot improve on rounding noise: at the
     # maximum if the gradient is that small too (scipy 1.17 stops so on a Gamma-Gamma fit at 2e-7), unless
     # the parameters are drifting off to an edge, where the likelihood flattens out (a penalizer helps).

@@ -85,12 +85,14 @@ def gini(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.n
 
 
 def _lorenz(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean gap between the Lorenz curve of ``actual`` ordered by ``predicted`` and the diagonal, a customer of weight
+    w counted as w customers in a row (so a weight is exactly a repeated row)."""
     order = np.argsort(-predicted, kind="stable")
     a, w = actual[order], weights[:, order]
-    total = w.sum(axis=1, keepdims=True)
-    earned = np.cumsum(w * a, axis=1) / (w @ a)[:, None]
-    people = np.cumsum(w, axis=1) / total
-    return (w * (earned - people)).sum(axis=1) / total[:, 0]
+    people, money = w.sum(axis=1, keepdims=True), (w @ a)[:, None]
+    step = w * a / money - w / people  # each row's rise of the curve over the diagonal's
+    before = np.cumsum(step, axis=1) - step
+    return (w * before + (w + 1) / 2 * step).sum(axis=1) / people[:, 0]
 
 
 LOWER_IS_BETTER = {brier, absolute_error}

@@ -125,38 +125,30 @@ class Fitter:
     A fit that finds no usable maximum (``FitFailed``) at the configured ``penalizer`` is tried
     again with each larger one of ``RETRY_PENALIZERS``; the notes say which model needed which.
     Warnings from the fits (parameters at the edge of their range) become notes too, once each.
-    Each fit's search starts from the last fit of the same model (the same shop a few months apart:
-    about a quarter fewer steps), and from lifetimes' start if that fails.
     """
 
     penalizer: float = 0.0
     found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
-    last: dict[type, dict[str, float]] = field(default_factory=dict)  # each model's last fitted parameters
 
     def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
         """``model_type(penalizer).fit(*columns)``, with the retries; ``what`` names the fit in the notes."""
         failures = []
         penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer))
-        starts = [(penalizer, None) for penalizer in penalizers]
-        if model_type in self.last:
-            starts.insert(0, (self.penalizer, self.last[model_type]))
-        for penalizer, start in starts:
+        for penalizer in penalizers:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    model = model_type(penalizer).fit(*columns, start=start)
+                    model = model_type(penalizer).fit(*columns)
             except FitFailed as exc:
-                if start is None:
-                    failures.append(f"{exc} (penalizer {penalizer:g})")
+                failures.append(f"{exc} (penalizer {penalizer:g})")
                 continue
             for warning in caught:
                 self.note(str(warning.message), what)
             if failures:
                 self.note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
                            "first one tried)", what)
-            self.last[model_type] = model.params_
             return model
-        tried = " and ".join(f"{p:g}" for p in penalizers)
+        tried = ", ".join(f"{p:g}" for p in penalizers)
         raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer helped (tried {tried}); "
                              "check the order log for one customer or amount that dwarfs the rest")
 
@@ -298,7 +290,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     scoring_builder = new_builder()
     scoring = scoring_builder.fit_transform(data, win.end).df()
     profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
-    learned = None if clv_source != "learned" else _fit_learned_clv(
+    learned = None if twin.learned_clv is None else _fit_learned_clv(
         judged[0], twin.clv_purchases, twin.clv_spend, horizons, win.clv_label_days, seed, fitter,
         f"learned CLV at {win.clv_judged}")
     model = LifecycleModel(scoring_builder, *_fit_btyd(scoring, model_type, fitter, f"at {win.end}"), churn,
