@@ -246,6 +246,10 @@ def models(ctx: typer.Context) -> None:
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
                       datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
+    champion = registry.alias_version(client, "champion")
+    if champion is not None:
+        rows, decisions = registry.track_record(client, champion)
+        _print_track_record(rows, decisions, f"the champion's (version {champion}) track record")
 
 
 @app.command()
@@ -438,7 +442,8 @@ def report(
         with console.status(f"scoring every customer as of {day} with version {model.version}..."):
             score_batch(model, data, day, scores)
     with console.status("computing the KPIs..."):
-        built = build_report(data, model.builder, scores, out, settings.churn_horizon_days)
+        built = build_report(data, model.builder, scores, out, settings.churn_horizon_days, model.track_record,
+                             model.decisions)
     _print_report(built)
 
 
@@ -525,7 +530,7 @@ def demo(ctx: typer.Context) -> None:
     _print_published_models()
     with console.status("writing the lifecycle report..."):
         built = build_report(data, model.builder, out, settings.state_dir / "output" / "report",
-                             settings.churn_horizon_days)
+                             settings.churn_horizon_days, model.track_record, model.decisions)
     _print_report(built)
 
 
@@ -647,7 +652,7 @@ def _print_training(run, clv_model: str) -> None:
     console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _print_purchase_models(evaluation.purchase_models, result.model.purchases.name)
-    _print_track_record(result.model)
+    _print_track_record(result.model.track_record, result.model.decisions)
     table = Table("metric", "model", "baseline", "baseline value", title=f"out-of-time evaluation at {w.end}")
     btyd = "P(no purchase)"
     rows = [("churn ROC-AUC", "churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
@@ -693,20 +698,23 @@ def _print_purchase_models(compared, chosen: str) -> None:
     console.print(table)
 
 
-def _print_track_record(model) -> None:
-    """What serves, per cut date, beside the simple baselines; then each decision with its evidence."""
-    table = Table("cut date", "churn AUC", "recency AUC", "churn Brier", "CLV Gini", "spend-rate Gini",
-                  "CLV decile MAPE", "spend-rate MAPE", "purchases in interval", "spend in interval",
-                  title=f"track record of what serves ({model.horizons.interval:.0%} intervals: coverage / stated)")
-    for row in model.track_record:
-        cells = [f"{row[k]:.4f}" if row[k] is not None else "-" for k in (
-            "churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gini", "clv_gini_spend_rate",
-            "clv_decile_mape", "clv_decile_mape_spend_rate")]
-        cover = [f"{row[f'holdout_{n}_interval_coverage']:.2f} / {row[f'holdout_{n}_interval_stated']:.2f}"
-                 for n in ("purchases", "spend")]
-        table.add_row(row["cut"], *cells, *cover)
+def _print_track_record(rows: list[dict], decisions: dict[str, str], title: str = "track record of what serves"
+                        ) -> None:
+    """What serves, per cut date, beside the simple baselines (in brackets); then each decision with its evidence."""
+    def pair(row: dict, served: str, baseline: str) -> str:
+        return "-" if row[served] is None else f"{row[served]:.3f} ({row[baseline]:.3f})"
+
+    table = Table("cut date", "churn ROC-AUC (recency alone)", "churn Brier", "CLV Gini (past spend rate)",
+                  "CLV decile MAPE (spend rate)", "purchases in interval (stated)", "spend in interval (stated)",
+                  title=title)
+    for row in rows:
+        table.add_row(row["cut"], pair(row, "churn_roc_auc", "churn_roc_auc_recency"), f"{row['churn_brier']:.4f}",
+                      pair(row, "clv_gini", "clv_gini_spend_rate"), pair(row, "clv_decile_mape",
+                                                                          "clv_decile_mape_spend_rate"),
+                      *(pair(row, f"holdout_{n}_interval_coverage", f"holdout_{n}_interval_stated")
+                        for n in ("purchases", "spend")))
     console.print(table)
-    for what, why in model.decisions.items():
+    for what, why in decisions.items():
         console.print(f"{what.replace('_', ' ')}: {escape(why)}", highlight=False)
 
 

@@ -41,10 +41,12 @@ class Report:
 
 
 def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out: str | Path,
-                 window_days: int = 90) -> Report:
+                 window_days: int = 90, track_record: list[dict] | None = None,
+                 decisions: dict[str, str] | None = None) -> Report:
     """Write the KPI tables and ``report.html`` into the folder ``out`` from the records in ``scores`` (the
     output of ``lifecycle score``: Parquet or CSV) and the validated inputs in ``data``; ``builder`` (the
-    model's fitted one) places customers in stages ``window_days`` before the scores' as-of date."""
+    model's fitted one) places customers in stages ``window_days`` before the scores' as-of date;
+    ``track_record`` and ``decisions`` (the model's) say how its predictions held up out of time."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reader = "read_parquet" if str(scores).lower().endswith((".parquet", ".pq")) else "read_csv_auto"
@@ -61,6 +63,9 @@ def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out
     if tables["satisfaction"] is None:
         missing["satisfaction"] = "no event carries an NPS or CSAT answer"
     tables["value_at_risk"], tables["act_first"] = _value_at_risk(data)
+    tables["track_record"] = pd.DataFrame(track_record) if track_record else None
+    if tables["track_record"] is None:
+        missing["track_record"] = "the model carries no track record (it was trained by an older release)"
     paths = {}
     for name, table in tables.items():
         if table is not None:
@@ -68,7 +73,7 @@ def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out
             table.to_csv(paths[name], index=False)
     headline = _headline(con, tables)
     html = out / "report.html"
-    html.write_text(_render(as_of, window_days, tables, missing, headline, data), encoding="utf-8")
+    html.write_text(_render(as_of, window_days, tables, missing, headline, data, decisions or {}), encoding="utf-8")
     return Report(as_of, html, paths, missing, headline)
 
 
@@ -221,14 +226,14 @@ def _headline(con, tables: dict[str, pd.DataFrame | None]) -> dict[str, float]:
             "value_at_risk": at_risk, "value_at_risk_share": at_risk / clv if clv else 0.0}
 
 
-def _render(as_of, window_days, tables, missing, headline, data) -> str:
+def _render(as_of, window_days, tables, missing, headline, data, decisions) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATE.parent), autoescape=select_autoescape(["html"]))
     env.filters["number"] = _number
     return env.get_template(TEMPLATE.name).render(
         as_of=as_of, window_days=window_days, tables=tables, missing=missing, headline=headline,
-        plots=_plots(tables), columns=COLUMNS, formats=FORMATS, threshold=HEALTHY_CLV_TO_CAC,
+        plots=_plots(tables), columns=COLUMNS, formats=FORMATS, threshold=HEALTHY_CLV_TO_CAC, decisions=decisions,
         inputs={name: report.valid for name, report in data.report.items()})
 
 
@@ -247,11 +252,17 @@ COLUMNS = {
     "act_first": {"customer_id": "customer", "stage": "stage", "activity_status": "status",
                   "rfm_segment": "segment", "value_tier": "tier", "clv": "CLV", "churn_probability": "churn",
                   "value_at_risk": "CLV at risk", "next_order_date": "next order"},
+    "track_record": {"cut": "cut date", "churn_roc_auc": "churn ROC-AUC", "churn_roc_auc_recency": "recency alone",
+                     "churn_brier": "churn Brier", "clv_gini": "CLV Gini", "clv_gini_spend_rate": "past spend rate",
+                     "clv_decile_mape": "CLV decile error", "clv_decile_mape_spend_rate": "past spend rate's",
+                     "holdout_purchases_interval_coverage": "purchases in interval",
+                     "holdout_purchases_interval_stated": "stated",
+                     "holdout_spend_interval_coverage": "spend in interval", "holdout_spend_interval_stated": "stated"},
 }
 FORMATS = {"conversion_from_previous": "percent", "moved_up_since": "percent", "repeat_rate": "percent",
            "share_of_clv": "percent", "churn_probability": "fraction", "clv_to_cac": "ratio", "payback_months": "ratio",
            "nps": "ratio", "csat": "ratio", "cac": "money", "clv": "money", "value_at_risk": "money",
-           "next_order_date": "date"}
+           "next_order_date": "date", **dict.fromkeys(COLUMNS["track_record"], "score"), "cut": None}
 
 
 def _number(value, kind: str | None = None) -> str:
@@ -262,6 +273,8 @@ def _number(value, kind: str | None = None) -> str:
         return f"{100 * value:.1f}%"
     if kind == "fraction":
         return f"{value:.2f}"
+    if kind == "score":
+        return f"{value:.3f}"
     if kind == "ratio":
         return f"{value:,.1f}"
     if kind == "money":

@@ -215,9 +215,11 @@ def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     assert "ten most valuable" in out and "Champions" in out and "Fader, Hardie & Lee (2005)" in out
     assert "│ r │ 0.2426 │ 0.243 │" in out and "-9582.43" in out
     assert "Fader & Hardie (2005)" in out and "│ beta │ 11.6679 │ 11.66 │" in out and "-9594.97" in out
-    # the purchase models side by side, the one chosen, and what serves the churn probability
+    # the purchase models side by side, the one chosen, the track record over three cut dates and each decision
     assert "│ BG/NBD │" in out and "│ MBG/NBD │" in out and "│ Pareto/NBD │" in out and "chosen" in out
-    assert "churn_probability: " in out
+    assert "judged on 3 cut date(s), one churn horizon apart: 1998-06-30, 1998-04-01, 1998-01-01" in out
+    assert "track record of what serves" in out and "│ 1998-01-01 │" in out
+    assert "churn source: the " in out and "clv source: the " in out and "purchase model: MBG/NBD" in out
     scores = pd.read_parquet(tmp_path / ".lifecycle/output/cdnow_scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
     assert ".lifecycle/output/report/report.html" in out

@@ -13,6 +13,7 @@ first model is promoted. Aliases move only at the very end, so a failed run move
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import socket
@@ -33,7 +34,7 @@ from models import pyfunc
 from models.lifecycle import MODEL_FORMAT, model_format
 from training.backtest import Bootstrap, absolute_error, gini, roc_auc
 from training.plots import figures
-from training.train import EvaluationTwin, TrainingResult, evaluate_twin
+from training.train import EvaluationTwin, TrainingResult, evaluate_twin, track_record_rows
 
 MODEL_NAME = "customer-lifecycle"
 EXPERIMENT = "customer-lifecycle"
@@ -257,6 +258,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def track_record(client: MlflowClient, version: str) -> tuple[list[dict], dict[str, str]]:
+    """A version's track record (one row per cut date, as ``TrainingResult.track_record``) and its run's decisions
+    (empty for versions trained before they were recorded)."""
+    run = client.get_run(client.get_model_version(MODEL_NAME, version).run_id)
+    decisions = {k.removeprefix("decision_"): v for k, v in run.data.tags.items() if k.startswith("decision_")}
+    try:
+        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{TRACK_RECORD_ARTIFACT}")
+    except MlflowException:
+        return [], decisions
+    return track_record_rows(pd.read_csv(io.StringIO(text), dtype={"cut": str})), decisions
 
 
 def alias_version(client: MlflowClient, alias: str) -> str | None:

@@ -301,9 +301,14 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why}
     result = TrainingResult(model, twin, win, evaluations[0], scoring, fitter.notes, totals, twins, wins, evaluations,
                             model.decisions)
-    model.track_record = [{k: None if pd.isna(v) else v for k, v in row.items()}
-                          for row in result.track_record.astype({"cut": str}).to_dict("records")]
+    model.track_record = track_record_rows(result.track_record)
     return result
+
+
+def track_record_rows(table: pd.DataFrame) -> list[dict]:
+    """A track record as JSON-ready rows: cut dates as text, missing numbers as None."""
+    rows = table.astype({"cut": str}).to_dict("records")
+    return [{k: None if pd.isna(v) else v for k, v in row.items()} for row in rows]
 
 
 def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts: int = CUTS) -> list[Windows]:
