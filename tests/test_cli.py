@@ -304,7 +304,7 @@ def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained)
     assert "note: the channels section has no numbers: the customer table has no acquisition channels" in out
     assert {p.name for p in (folder / "rep").iterdir()} == {
         "scores.parquet", "scores.drift.csv", "report.html", "funnel.csv", "cohorts.csv", "cohort_retention.csv",
-        "value_at_risk.csv", "act_first.csv"}
+        "value_at_risk.csv", "act_first.csv", "track_record.csv"}
     again = run("report", "--transactions", "data/transactions.csv", "--scores", "rep/scores.parquet", "--out",
                 "again", cwd=folder)  # from records scored before: the same tables
     assert again.returncode == 0, again.stderr

@@ -30,7 +30,8 @@ def reported(shop, tmp_path_factory):
     run = train(data, FeatureBuilder, Horizons())
     folder = tmp_path_factory.mktemp("report")
     score_batch(run.model, data, run.windows.end, folder / "scores.parquet")
-    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW)
+    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW, run.model.track_record,
+                         run.model.decisions)
     scores = pd.read_parquet(folder / "scores.parquet").astype({"customer_id": str})
     return data, run, scores, built
 
@@ -148,7 +149,8 @@ def cdnow_reported(cdnow_run, tmp_path_factory):
     data, run = cdnow_run
     folder = tmp_path_factory.mktemp("cdnow_report")
     score_batch(run.model, data, run.windows.end, folder / "scores.parquet")
-    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW)
+    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW, run.model.track_record,
+                         run.model.decisions)
     return data, run, pd.read_parquet(folder / "scores.parquet").astype({"customer_id": str}), built
 
 
@@ -170,7 +172,7 @@ BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networkin
 
 
 # How far a shown number may be from the table's: half its last digit (money whole, percentages to 0.1 %, ...).
-SHOWN_TO = {"money": 0.5, "percent": 0.0005, "ratio": 0.05, "fraction": 0.005, None: 0.005}
+SHOWN_TO = {"money": 0.5, "percent": 0.0005, "ratio": 0.05, "fraction": 0.005, "score": 0.0005, None: 0.005}
 
 
 def _parse(text: str) -> float | str | None:
@@ -211,7 +213,7 @@ def test_the_page_in_a_real_browser(which, request, tmp_path):
         browser.close()
     assert problems == []
     assert [name for name, _ in sections] == ["overview", "funnel", "cohorts", "channels", "satisfaction",
-                                              "value_at_risk", "act_first"]
+                                              "value_at_risk", "act_first", "track_record"]
     assert all(height > 50 for _, height in sections)
     assert len(images) == 4 - ("channels" in built.missing) and all(width > 100 for _, width in images), images
     assert (tmp_path / "report.png").stat().st_size > 50_000
