@@ -73,8 +73,12 @@ def test_a_large_shop_draws_its_replicates_on_a_sample():
 
 
 def _evaluation(value: pd.DataFrame | None = None, churn: pd.DataFrame | None = None) -> Evaluation:
+    """An evaluation of the given tables, with each CLV's metrics as ``evaluate_twin`` computes them."""
     empty = pd.DataFrame()
-    return Evaluation(churn if churn is not None else empty, empty, empty, value if value is not None else empty)
+    value = value if value is not None else empty
+    metrics = {f"clv_{source}_{k}": v for source in value.columns.intersection(["btyd", "learned"])
+               for k, v in evaluate.value(value.spend, value[source]).items()}
+    return Evaluation(churn if churn is not None else empty, empty, empty, value, metrics)
 
 
 def _value(seed: int, learned_noise: float, btyd_noise: float, learned_scale: float = 1.0, n: int = 4000):

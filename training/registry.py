@@ -146,7 +146,7 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     data). A challenger trained on older data than the champion (a backfill: ``train --as-of``) is held
     back: the champion's twins may have seen its windows, so no fair comparison exists.
     """
-    ours = {name: float(np.mean([e.metrics[name] for e in challenger.backtest])) for name in GATED}
+    ours = _pooled_gated(challenger.backtest)
     champion = alias_version(client, "champion")
     if champion is None:
         return Decision(True, ours, reasons=["first model"])
@@ -164,8 +164,7 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     horizons = challenger.model.horizons
     theirs_by_cut = [evaluate_twin(data, twins[k], challenger.cuts[k], horizons) for k in ranks]
     ours_by_cut = [challenger.backtest[k] for k in ranks]
-    ours = {name: float(np.mean([e.metrics[name] for e in ours_by_cut])) for name in GATED}
-    theirs = {name: float(np.mean([e.metrics[name] for e in theirs_by_cut])) for name in GATED}
+    ours, theirs = _pooled_gated(ours_by_cut), _pooled_gated(theirs_by_cut)
     bootstrap, reasons = Bootstrap(), []
     for name, (table, outcome, score, metric) in GATED.items():
         pairs = []
@@ -178,6 +177,11 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
             reasons.append(f"{name} {ours[name]:.4f} is worse than the champion's {theirs[name]:.4f} beyond noise "
                            f"({difference} over {difference.cuts} cut date(s))")
     return Decision(not reasons, ours, theirs, champion, reasons)
+
+
+def _pooled_gated(evaluations: list) -> dict[str, float]:
+    """Each gated metric's mean over the cut dates of ``evaluations``."""
+    return {name: float(np.mean([e.metrics[name] for e in evaluations])) for name in GATED}
 
 
 def conclude(client: MlflowClient, version: str, decision: Decision) -> None:

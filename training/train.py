@@ -216,21 +216,35 @@ class Evaluation:
 
 @dataclass
 class TrainingResult:
-    """The fitted model, its evaluation twin, how the twin did out of time, and the features the model
-    was fitted on (every customer at the end of the data)."""
+    """The fitted model, the features it was fitted on (every customer at the end of the data), and the backtest:
+    per cut date, newest first, the protocol's windows, the evaluation twin and how it did out of time."""
 
     model: LifecycleModel
-    twin: EvaluationTwin
-    windows: Windows
-    evaluation: Evaluation
     features: pd.DataFrame
+    cuts: list[Windows]
+    twins: list[EvaluationTwin]
+    backtest: list[Evaluation]
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
     forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``training.forecast``)
-    # The backtest, newest cut date first (the first of each is ``twin``, ``windows`` and ``evaluation``).
-    twins: list[EvaluationTwin] = field(default_factory=list)
-    cuts: list[Windows] = field(default_factory=list)
-    backtest: list[Evaluation] = field(default_factory=list)
-    decisions: dict[str, str] = field(default_factory=dict)  # each choice of the run, with its evidence, in a line
+
+    @property
+    def windows(self) -> Windows:
+        """The newest cut date's windows (its end is the last day of data)."""
+        return self.cuts[0]
+
+    @property
+    def twin(self) -> EvaluationTwin:
+        return self.twins[0]
+
+    @property
+    def evaluation(self) -> Evaluation:
+        """How the newest twin did (it holds the purchase models' comparison over every cut date)."""
+        return self.backtest[0]
+
+    @property
+    def decisions(self) -> dict[str, str]:
+        """Each choice of the run, with its evidence, in a line (the model's)."""
+        return self.model.decisions
 
     @property
     def track_record(self) -> pd.DataFrame:
@@ -299,8 +313,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
     model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why}
-    result = TrainingResult(model, twin, win, evaluations[0], scoring, fitter.notes, totals, twins, wins, evaluations,
-                            model.decisions)
+    result = TrainingResult(model, scoring, wins, twins, evaluations, fitter.notes, totals)
     model.track_record = track_record_rows(result.track_record)
     return result
 
@@ -442,15 +455,15 @@ def better_clv_source(evaluations: list[Evaluation], forced: str = AUTO, mape_sl
     ``"learned"`` if, pooled over the cut dates it was judged on, it ranks the judged windows' spend better beyond
     noise (normalized Gini) and sizes it nearly as well (a mean decile MAPE at most ``mape_slack`` above the BTYD
     CLV's), else ``"btyd"``. Without a learned CLV at the newest cut date, always ``"btyd"``."""
-    judged = [e.value for e in evaluations if "learned" in e.value]
+    judged = [e for e in evaluations if "learned" in e.value]
     if not judged or "learned" not in evaluations[0].value:
         return "btyd", "the BTYD CLV: no learned CLV at the newest cut date (see the notes)"
     if forced != AUTO:
         return forced, f"the {forced} CLV, as configured (clv.model)"
     bootstrap = bootstrap or Bootstrap()
-    ranking = bootstrap.difference(gini, [(v.customer_id, v.spend, v.learned, v.btyd) for v in judged])
-    mape = {source: float(np.mean([evaluate.value(v.spend, v[source])["decile_mape"] for v in judged]))
-            for source in CLV_SOURCES}
+    ranking = bootstrap.difference(gini, [(e.value.customer_id, e.value.spend, e.value.learned, e.value.btyd)
+                                          for e in judged])
+    mape = {source: float(np.mean([e.metrics[f"clv_{source}_decile_mape"] for e in judged])) for source in CLV_SOURCES}
     sizes = mape["learned"] <= mape["btyd"] + mape_slack
     evidence = (f"learned minus BTYD Gini over {ranking.cuts} cut date(s) {ranking} ({ranking.verdict}); decile MAPE "
                 f"{mape['learned']:.3f} vs {mape['btyd']:.3f} (slack {mape_slack:g})")
