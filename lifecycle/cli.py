@@ -233,7 +233,7 @@ def models(ctx: typer.Context) -> None:
     from lifecycle.training import open_registry, registry
 
     client, uri = open_registry(_settings(ctx))
-    table = Table("version", "aliases", "gate", "purchase model", "churn from", "CLV from", "churn AUC",
+    table = Table("version", "aliases", "gate", "quality", "purchase model", "churn from", "CLV from", "churn AUC",
                   "next stage AUC", "CLV Gini", "purchases MAE", "created", title=f"{registry.MODEL_NAME} in {uri}")
     found = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
     for number in sorted((int(v.version) for v in found), reverse=True):
@@ -242,7 +242,8 @@ def models(ctx: typer.Context) -> None:
         gate = {"True": "promoted", "False": "held back", registry.INTERRUPTED: "interrupted"}.get(
             version.tags.get(registry.GATE_TAG, ""), "not yet")
         table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
-                      *(version.tags.get(key, "-") for key in ("purchase_model", "churn_source", "clv_source")),
+                      *(version.tags.get(key, "-") for key in (registry.QUALITY_TAG, "purchase_model", "churn_source",
+                                                               "clv_source")),
                       *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
                       datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
@@ -442,8 +443,7 @@ def report(
         with console.status(f"scoring every customer as of {day} with version {model.version}..."):
             score_batch(model, data, day, scores)
     with console.status("computing the KPIs..."):
-        built = build_report(data, model.builder, scores, out, settings.churn_horizon_days, model.track_record,
-                             model.decisions)
+        built = build_report(data, model, scores, out)
     _print_report(built)
 
 
@@ -529,8 +529,7 @@ def demo(ctx: typer.Context) -> None:
     _print_scores(scores, out)
     _print_published_models()
     with console.status("writing the lifecycle report..."):
-        built = build_report(data, model.builder, out, settings.state_dir / "output" / "report",
-                             settings.churn_horizon_days, model.track_record, model.decisions)
+        built = build_report(data, model, out, settings.state_dir / "output" / "report")
     _print_report(built)
 
 
@@ -715,7 +714,8 @@ def _print_track_record(rows: list[dict], decisions: dict[str, str], title: str 
                         for n in ("purchases", "spend")))
     console.print(table)
     for what, why in decisions.items():
-        console.print(f"{what.replace('_', ' ')}: {escape(why)}", highlight=False)
+        style = "bold red" if why.startswith("weak:") else "default"  # the quality line of a run that learned little
+        console.print(f"{what.replace('_', ' ')}: {escape(why)}", style=style, highlight=False)
 
 
 def _print_drift(psi: dict[str, float], reference: str, shown: int = 10) -> None:

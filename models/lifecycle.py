@@ -32,9 +32,9 @@ DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,
 # the churn source, interpolated calibration; 3: purchases and spend over the CLV horizon with their
 # intervals; 4: the learned CLV beside the BTYD one; 5: value tiers, risk bands, next orders; 6: activity status,
-# the typical gap; 7: a twin per cut date, the track record and the decisions); a model records the format it was
-# fitted in.
-MODEL_FORMAT = 7
+# the typical gap; 7: a twin per cut date, the track record and the decisions; 8: the weaknesses and the churn
+# horizon derived from the shop); a model records the format it was fitted in.
+MODEL_FORMAT = 8
 FEW_DRIVER_ROWS = 64  # drivers of up to this many rows are joined in Python, of more by Arrow
 Columns = Mapping[str, Any]  # feature columns by name: a DataFrame, or arrays (cheapest for a few rows)
 NOT_FEATURES = ("customer_id", "as_of", "next_stage", "evidence", "typical_gap_days")  # record fields, not inputs
@@ -137,7 +137,14 @@ class LifecycleModel:
     # choice of the training run with its evidence in a line.
     track_record: list[dict[str, Any]] = field(default_factory=list)
     decisions: dict[str, str] = field(default_factory=dict)
+    # Why it is weak (it did not beat the simple baselines out of time, or ranks near chance): empty if it is not.
+    weaknesses: list[str] = field(default_factory=list)
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
+
+    @property
+    def quality(self) -> str:
+        """``"weak"`` when the run learned little (``weaknesses``), else ``"ok"``."""
+        return "weak" if self.weaknesses else "ok"
 
     def predict(self, features: pd.DataFrame, drivers: int = 3) -> pd.DataFrame:
         """Output records (one per feature row) in the order of ``OUTPUT_COLUMNS``; each row's ``drivers``

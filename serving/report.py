@@ -20,7 +20,7 @@ import pandas as pd
 
 from features.build import STAGES, FeatureBuilder, orders_sql
 from features.sources import Dataset, sql_literal
-from models.lifecycle import DAYS_PER_MONTH
+from models.lifecycle import DAYS_PER_MONTH, LifecycleModel
 
 HEALTHY_CLV_TO_CAC = 3.0  # the usual rule of thumb: a customer should be worth three times what they cost
 COHORT_MONTHS = 12  # retention shown for the first months after the first order
@@ -40,13 +40,11 @@ class Report:
     headline: dict[str, float] = field(default_factory=dict)
 
 
-def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out: str | Path,
-                 window_days: int = 90, track_record: list[dict] | None = None,
-                 decisions: dict[str, str] | None = None) -> Report:
+def build_report(data: Dataset, model: LifecycleModel, scores: str | Path, out: str | Path) -> Report:
     """Write the KPI tables and ``report.html`` into the folder ``out`` from the records in ``scores`` (the
-    output of ``lifecycle score``: Parquet or CSV) and the validated inputs in ``data``; ``builder`` (the
-    model's fitted one) places customers in stages ``window_days`` before the scores' as-of date;
-    ``track_record`` and ``decisions`` (the model's) say how its predictions held up out of time."""
+    output of ``lifecycle score``: Parquet or CSV) and the validated inputs in ``data``; ``model`` (the one that
+    scored them) places customers in stages one churn horizon before the scores' as-of date, and its track record,
+    decisions and weaknesses say how its predictions held up out of time."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reader = "read_parquet" if str(scores).lower().endswith((".parquet", ".pq")) else "read_csv_auto"
@@ -54,7 +52,8 @@ def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out
     con.execute(f"CREATE OR REPLACE TEMP VIEW scores AS SELECT * FROM {reader}({sql_literal(str(scores))})")
     as_of = con.execute("SELECT CAST(max(as_of) AS DATE) FROM scores").fetchall()[0][0]
     tables, missing = {}, {}
-    tables["funnel"] = _funnel(data, builder, as_of, window_days)
+    window_days = model.horizons.churn_days
+    tables["funnel"] = _funnel(data, model.builder, as_of, window_days)
     tables["cohorts"], tables["cohort_retention"] = _cohorts(data, as_of)
     tables["channels"] = _channels(data, as_of)
     if tables["channels"] is None:
@@ -63,7 +62,7 @@ def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out
     if tables["satisfaction"] is None:
         missing["satisfaction"] = "no event carries an NPS or CSAT answer"
     tables["value_at_risk"], tables["act_first"] = _value_at_risk(data)
-    tables["track_record"] = pd.DataFrame(track_record) if track_record else None
+    tables["track_record"] = pd.DataFrame(model.track_record) if model.track_record else None
     if tables["track_record"] is None:
         missing["track_record"] = "the model carries no track record (it was trained by an older release)"
     paths = {}
@@ -73,7 +72,7 @@ def build_report(data: Dataset, builder: FeatureBuilder, scores: str | Path, out
             table.to_csv(paths[name], index=False)
     headline = _headline(con, tables)
     html = out / "report.html"
-    html.write_text(_render(as_of, window_days, tables, missing, headline, data, decisions or {}), encoding="utf-8")
+    html.write_text(_render(as_of, window_days, tables, missing, headline, data, model), encoding="utf-8")
     return Report(as_of, html, paths, missing, headline)
 
 
@@ -226,14 +225,15 @@ def _headline(con, tables: dict[str, pd.DataFrame | None]) -> dict[str, float]:
             "value_at_risk": at_risk, "value_at_risk_share": at_risk / clv if clv else 0.0}
 
 
-def _render(as_of, window_days, tables, missing, headline, data, decisions) -> str:
+def _render(as_of, window_days, tables, missing, headline, data, model) -> str:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATE.parent), autoescape=select_autoescape(["html"]))
     env.filters["number"] = _number
     return env.get_template(TEMPLATE.name).render(
         as_of=as_of, window_days=window_days, tables=tables, missing=missing, headline=headline,
-        plots=_plots(tables), columns=COLUMNS, formats=FORMATS, threshold=HEALTHY_CLV_TO_CAC, decisions=decisions,
+        plots=_plots(tables), columns=COLUMNS, formats=FORMATS, threshold=HEALTHY_CLV_TO_CAC,
+        decisions=model.decisions, weaknesses=model.weaknesses,
         inputs={name: report.valid for name, report in data.report.items()})
 
 

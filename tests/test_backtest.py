@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from training import evaluate
-from training.backtest import Bootstrap, absolute_error, brier, gini, mean, roc_auc
-from training.train import Evaluation, better_churn_source, better_clv_source
+from training.backtest import Bootstrap, absolute_error, brier, decile_mape, gini, mean, roc_auc
+from training.train import NEAR_CHANCE_AUC, Evaluation, better_churn_source, better_clv_source, weaknesses
 
 ONES = np.ones((1, 7))
 
@@ -23,6 +23,11 @@ def test_weighted_metrics_at_unit_weights_are_the_unweighted_ones():
     assert gini(spend, score, ONES)[0] == pytest.approx(evaluate.value(spend, score)["gini"])
     assert absolute_error(spend, score * 100, ONES)[0] == pytest.approx(np.mean(np.abs(score * 100 - spend)))
     assert mean(y, score, ONES)[0] == pytest.approx(score.mean())
+    rng = np.random.default_rng(0)  # deciles of 100 customers each: the same split as evaluate.value's
+    spend = rng.gamma(0.5, 100.0, 1000)
+    predicted = spend * rng.lognormal(0, 0.5, 1000)
+    assert decile_mape(spend, predicted, np.ones((1, 1000)))[0] == pytest.approx(
+        evaluate.value(spend, predicted)["decile_mape"])
 
 
 def test_a_weight_counts_a_customer_that_many_times():
@@ -32,6 +37,10 @@ def test_a_weight_counts_a_customer_that_many_times():
     spend = np.array([10, 0, 30, 5.0])
     assert gini(spend, score, twice)[0] == pytest.approx(
         evaluate.value(np.r_[10, spend], np.r_[0.3, score])["gini"])
+    # ten customers in two deciles of five: predicted 1 and 3 against spend 2 and 2, off by half in each
+    by_half = decile_mape(np.full(8, 2.0), np.array([3, 3, 3, 3, 1, 1, 1, 1.0]), np.array([[2.0, 1, 1, 1, 2, 1, 1, 1]]),
+                          groups=2)
+    assert by_half[0] == pytest.approx(0.5)
 
 
 def test_the_noise_of_a_mean_difference_is_its_standard_error():
@@ -134,3 +143,44 @@ def test_the_rule_that_serves_a_churn_probability(tables, served):
     source, why = better_churn_source([_evaluation(churn=t) for t in tables])
     assert source == served and why.startswith("the classifier" if served == "classifier" else "the purchase model")
     assert "+/-" in why
+
+
+def _served(seed: int, churn_signal: float, clv_noise: float, n: int = 4000) -> Evaluation:
+    """An evaluation where the served churn probability sees ``churn_signal`` of the truth beside recency, which
+    sees half of it, and the served CLV is the spend's mean with ``clv_noise`` beside a past spend rate with 0.5."""
+    rng = np.random.default_rng(seed)
+    truth = rng.beta(2, 2, n)
+    churned = (rng.random(n) < truth).astype(int)
+    rate = rng.gamma(0.6, 50.0, n)
+    churn = pd.DataFrame({"customer_id": np.arange(n), "churned": churned,
+                          "served": churn_signal * truth + (1 - churn_signal) * rng.random(n),
+                          "recency": 0.5 * truth + 0.5 * rng.random(n)})
+    value = pd.DataFrame({"customer_id": np.arange(n), "spend": rng.poisson(rate / 20) * 20.0,
+                          "served": rate * rng.lognormal(0, clv_noise, n),
+                          "spend_rate": 3 * rate * rng.lognormal(0, 0.5, n)})  # it ignores that customers leave
+    metrics = {"churn_roc_auc": evaluate.ranking(churned, churn.served),
+               "clv_gini": evaluate.value(value.spend, value.served)["gini"]}
+    return Evaluation(churn, pd.DataFrame(), pd.DataFrame(), value, metrics)
+
+
+def test_a_run_that_beats_the_baselines_is_not_weak():
+    found, line = weaknesses([_served(0, 0.9, 0.2), _served(1, 0.9, 0.2)])
+    assert found == [] and line.startswith("not weak: ") and "(better)" in line
+
+
+def test_a_run_no_better_than_the_baselines_is_weak_and_says_why():
+    found, line = weaknesses([_served(0, 0.5, 0.2), _served(1, 0.5, 0.2)])  # churn only as good as recency
+    assert len(found) == 1 and found[0].startswith("churn is no better than recency alone over 2 cut date(s)")
+    assert line == f"weak: {found[0]}"
+
+
+def test_a_run_that_ranks_near_chance_is_weak():
+    found, _ = weaknesses([_served(0, 0.05, 0.2)])
+    assert any(f.startswith("churn ranks near chance") for f in found)
+    assert _served(0, 0.05, 0.2).metrics["churn_roc_auc"] < NEAR_CHANCE_AUC
+    clv = _served(0, 0.9, 0.2)
+    clv.value["served"] = np.random.default_rng(5).random(len(clv.value))  # a CLV that ranks nothing
+    clv.metrics["clv_gini"] = evaluate.value(clv.value.spend, clv.value.served)["gini"]
+    found, _ = weaknesses([clv])
+    assert [f.split(" (")[0] for f in found] == ["the CLV is no better than the past spend rate over 1 cut date(s)",
+                                                 "the CLV ranks near chance"]

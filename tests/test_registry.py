@@ -107,3 +107,29 @@ def test_a_champion_from_an_older_release_is_replaced_not_compared(cdnow_run, tm
     decision = registry.gate(client, data, result, tolerance=0.01)
     assert decision.promote and decision.reasons == [
         f"the champion (version {version}) was saved by an older, incompatible release"]
+
+
+def test_a_weak_version_never_replaces_a_champion_that_is_not(cdnow_run, tmp_path):
+    """A first version is promoted weak or not (a shop needs scores); after that, a weak challenger is held back
+    over a champion that is not weak, and judged on its numbers against one that is."""
+    data, result = cdnow_run
+    client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
+    weak = copy.deepcopy(result)
+    weak.model.weaknesses = ["churn is no better than recency alone over 3 cut date(s)"]
+    assert result.model.quality == "ok" and weak.model.quality == "weak"
+    decision = registry.gate(client, data, weak, tolerance=0.01)
+    assert decision.promote and decision.reasons == ["first model (weak, but a shop needs scores)"]
+
+    _, sound = registry.record(result, params={}, summary={}, drift={})
+    registry.conclude(client, sound, registry.Decision(True, {}))
+    assert client.get_model_version(registry.MODEL_NAME, sound).tags[registry.QUALITY_TAG] == "ok"
+    decision = registry.gate(client, data, weak, tolerance=0.01)
+    assert not decision.promote and decision.reasons == [
+        f"weak (churn is no better than recency alone over 3 cut date(s)), and the champion (version {sound}) is not"]
+
+    _, also_weak = registry.record(weak, params={}, summary={}, drift={})
+    tags = client.get_model_version(registry.MODEL_NAME, also_weak).tags
+    assert tags[registry.QUALITY_TAG] == "weak" and tags["quality_reasons"] == weak.model.weaknesses[0]
+    registry.conclude(client, also_weak, registry.Decision(True, {}))
+    decision = registry.gate(client, data, weak, tolerance=0.01)  # the same numbers as the weak champion's
+    assert decision.promote and decision.reasons == []

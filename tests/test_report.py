@@ -18,8 +18,6 @@ from serving.report import ACT_FIRST, COHORT_MONTHS, COLUMNS, FORMATS, build_rep
 from tests.conftest import load
 from training.train import train
 
-WINDOW = 90
-
 
 @pytest.fixture(scope="module")
 def reported(shop, tmp_path_factory):
@@ -30,8 +28,7 @@ def reported(shop, tmp_path_factory):
     run = train(data, FeatureBuilder, Horizons())
     folder = tmp_path_factory.mktemp("report")
     score_batch(run.model, data, run.windows.end, folder / "scores.parquet")
-    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW, run.model.track_record,
-                         run.model.decisions)
+    built = build_report(data, run.model, folder / "scores.parquet", folder)
     scores = pd.read_parquet(folder / "scores.parquet").astype({"customer_id": str})
     return data, run, scores, built
 
@@ -50,7 +47,8 @@ def test_funnel_counts_stages_and_who_moved_up(reported):
     assert funnel.reached.tolist() == reached.tolist()
     np.testing.assert_allclose(funnel.conversion_from_previous[1:], (reached / reached.shift())[1:])
     rank = {stage: i for i, stage in enumerate(STAGES)}
-    before = run.model.builder.transform(data, built.as_of - timedelta(days=WINDOW)).df().astype({"customer_id": str})
+    earlier = built.as_of - timedelta(days=run.model.horizons.churn_days)
+    before = run.model.builder.transform(data, earlier).df().astype({"customer_id": str})
     moved = before.merge(scores[["customer_id", "stage"]], on="customer_id", suffixes=("", "_now"))
     moved["up"] = moved.stage_now.map(rank) > moved.stage_rank
     share = moved.groupby("stage").up.mean().reindex(STAGES[:-1])
@@ -149,8 +147,7 @@ def cdnow_reported(cdnow_run, tmp_path_factory):
     data, run = cdnow_run
     folder = tmp_path_factory.mktemp("cdnow_report")
     score_batch(run.model, data, run.windows.end, folder / "scores.parquet")
-    built = build_report(data, run.model.builder, folder / "scores.parquet", folder, WINDOW, run.model.track_record,
-                         run.model.decisions)
+    built = build_report(data, run.model, folder / "scores.parquet", folder)
     return data, run, pd.read_parquet(folder / "scores.parquet").astype({"customer_id": str}), built
 
 

@@ -161,6 +161,8 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     assert about["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd") and about["churn_source"] in (
         "classifier", "btyd")
     assert about["clv_source"] == "learned"  # it beats BTYD on CDNOW's judged window (test_learned_clv)
+    assert about["quality"] == "ok" and about["weaknesses"] == [] and about["decisions"]["quality"].startswith(
+        "not weak: ")
     for path in ("/livez", "/readyz", "/docs.json"):
         assert server.request("GET", path, auth=False)[0] == 200, path
     # with a token the metrics need it too: every path a client sends becomes a label there

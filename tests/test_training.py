@@ -100,6 +100,8 @@ def test_cdnow_serves_what_beats_it_out_of_time(cdnow_run):
     beats = "better" in verdicts and "worse" not in verdicts
     assert run.model.churn_source == ("classifier" if beats else "btyd")
     assert run.decisions["churn_source"].startswith("the classifier" if beats else "the purchase model")
+    # and what serves beats recency alone and the past spend rate beyond noise: CDNOW's model is not weak
+    assert run.model.weaknesses == [] and run.decisions["quality"].startswith("not weak: ")
     scores = run.model.predict(run.features)
     if run.model.churn_source == "btyd":
         np.testing.assert_array_equal(scores.churn_probability, scores.btyd_churn_probability)

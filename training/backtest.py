@@ -95,7 +95,25 @@ def _lorenz(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> n
     return (w * before + (w + 1) / 2 * step).sum(axis=1) / people[:, 0]
 
 
-LOWER_IS_BETTER = {brier, absolute_error}
+def decile_mape(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray, groups: int = 10) -> np.ndarray:
+    """Weighted mean |mean predicted - mean actual| / mean actual over the prediction's deciles (each customer in the
+    decile its weight's midpoint falls in, ordered by ``predicted``, highest first); lower is better."""
+    order = np.argsort(-predicted, kind="stable")
+    a, p, w = actual[order], predicted[order], weights[:, order]
+    total = w.sum(axis=1, keepdims=True)
+    group = np.minimum(((np.cumsum(w, axis=1) - w / 2) / total * groups).astype(int), groups - 1)
+    cell = (group + groups * np.arange(len(w))[:, None]).ravel()  # replicate x decile, flattened
+
+    def per_decile(values: np.ndarray) -> np.ndarray:
+        return np.bincount(cell, weights=(w * values).ravel(), minlength=groups * len(w)).reshape(len(w), groups)
+
+    people, spent, sized = per_decile(np.ones_like(a)), per_decile(a), per_decile(p)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        errors = np.abs(sized - spent) / spent
+    return np.nanmean(np.where((people > 0) & (spent > 0), errors, np.nan), axis=1)
+
+
+LOWER_IS_BETTER = {brier, absolute_error, decile_mape}
 
 
 class Bootstrap:

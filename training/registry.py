@@ -4,11 +4,12 @@ Every training run is logged (parameters, data summary, metrics, baselines, ever
 purchase model's holdout metrics, plots, the pyfunc model and its evaluation twin, and each
 feature's drift from the champion's training population) and registered as a new version of
 ``customer-lifecycle``, tagged with the purchase model it uses and what serves its churn
-probability and its CLV (``purchase_model``, ``churn_source``, ``clv_source``). The gate scores
-the challenger and the current champion on the challenger's (latest) out-of-time window: the
-champion through its evaluation twin, which saw nothing of that window. The challenger is
-promoted only if no gated metric is worse than the champion's by more than the tolerance; the
-first model is promoted. Aliases move only at the very end, so a failed run moves nothing.
+probability and its CLV (``purchase_model``, ``churn_source``, ``clv_source``) and whether it learned
+little (``quality``). The gate scores the challenger and the current champion on the challenger's
+cut dates: the champion through its evaluation twins, which saw nothing of those windows. The
+challenger is promoted unless a gated metric is worse than the champion's beyond noise and by more
+than the tolerance, or it is weak and the champion is not; the first model is promoted. Aliases
+move only at the very end, so a failed run moves nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ GATED = {"churn_roc_auc": ("churn", "churned", "served", roc_auc),
          "clv_gini": ("value", "spend", "served", gini),
          "holdout_purchases_mae": ("holdout", "purchases", "predicted", absolute_error)}
 TWIN_ARTIFACT = "evaluation/twin.pkl"
+QUALITY_TAG = "quality"  # on a version: "weak" when it learned little (LifecycleModel.weaknesses), else "ok"
 GATE_TAG = "gate_promoted"  # on a version: "True" or "False" once gated; INTERRUPTED if it never was
 DECIDED = ("True", "False")
 INTERRUPTED = "interrupted"
@@ -130,10 +132,11 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
 
 
 def served_by(result: TrainingResult) -> dict[str, str]:
-    """What the model serves, as run and version tags: the purchase model and the sources of the churn probability
-    and of the CLV."""
-    return {"purchase_model": result.model.purchases.name, "churn_source": result.model.churn_source,
-            "clv_source": result.model.clv_source}
+    """What the model serves, as run and version tags: the purchase model, the sources of the churn probability and
+    of the CLV, and its quality (``"weak"`` or ``"ok"``) with the reasons it is weak."""
+    model = result.model
+    return {"purchase_model": model.purchases.name, "churn_source": model.churn_source,
+            "clv_source": model.clv_source, QUALITY_TAG: model.quality, "quality_reasons": "; ".join(model.weaknesses)}
 
 
 def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
@@ -149,13 +152,18 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     ours = _pooled_gated(challenger.backtest)
     champion = alias_version(client, "champion")
     if champion is None:
-        return Decision(True, ours, reasons=["first model"])
+        first = "first model" + (" (weak, but a shop needs scores)" if challenger.model.weaknesses else "")
+        return Decision(True, ours, reasons=[first])
     run = client.get_run(client.get_model_version(MODEL_NAME, champion).run_id)
     champion_end = run.data.params.get("window_end")
     if champion_end and challenger.windows.end < date.fromisoformat(champion_end):
         return Decision(False, ours, champion_version=champion,
                         reasons=[f"trained as of {challenger.windows.end}, before the champion's data "
                                  f"(up to {champion_end}): promote it by hand if it is meant to serve"])
+    if challenger.model.weaknesses and client.get_model_version(MODEL_NAME, champion).tags.get(QUALITY_TAG) != "weak":
+        return Decision(False, ours, champion_version=champion,
+                        reasons=[f"weak ({'; '.join(challenger.model.weaknesses)}), and the champion (version "
+                                 f"{champion}) is not"])
     twins = _load_twins(client, champion)
     if not isinstance(twins, list) or model_format(twins[0]) != MODEL_FORMAT:  # an older release's champion
         return Decision(True, ours, champion_version=champion,

@@ -53,7 +53,7 @@ from models.lifecycle import (
 )
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
-from training.backtest import CUTS, Bootstrap, Z, brier, gini, mean, roc_auc
+from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, mean, roc_auc
 from training.forecast import forecast
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
@@ -70,6 +70,10 @@ TRACK_RECORD = ("churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gi
                 "clv_decile_mape", "clv_decile_mape_spend_rate", "holdout_purchases_interval_coverage",
                 "holdout_purchases_interval_stated", "holdout_spend_interval_coverage",
                 "holdout_spend_interval_stated")
+# A served churn probability or CLV that ranks below these (pooled over the cut dates) learned next to nothing
+# (``weaknesses``).
+NEAR_CHANCE_AUC = 0.55
+NEAR_CHANCE_GINI = 0.1
 # Tied purchase models (holdout log-likelihood within noise of the best) are settled in this order: customers who may
 # leave at any time (Pareto/NBD), then after any purchase (MBG/NBD), and BG/NBD last, whose P(alive) is 1 for every
 # customer without a repeat purchase by construction (docs/models.md).
@@ -312,7 +316,9 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
                            clv_source=clv_source if learned else "btyd")
     model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
     totals = forecast(model.purchases, model.spend, horizons, scoring)
-    model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why}
+    model.weaknesses, quality = weaknesses(evaluations, bootstrap)
+    model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why,
+                       "quality": quality}
     result = TrainingResult(model, scoring, wins, twins, evaluations, fitter.notes, totals)
     model.track_record = track_record_rows(result.track_record)
     return result
@@ -470,6 +476,39 @@ def better_clv_source(evaluations: list[Evaluation], forced: str = AUTO, mape_sl
     if ranking.verdict == "better" and sizes:
         return "learned", f"the learned CLV: {evidence}"
     return "btyd", f"the BTYD CLV: {evidence}"
+
+
+def weaknesses(evaluations: list[Evaluation], bootstrap: Bootstrap | None = None) -> tuple[list[str], str]:
+    """What the run learned too little about, pooled over the cut dates, and the evidence in a line.
+
+    Weak churn: the served probability does not rank churners better than recency alone beyond noise, or its
+    ROC-AUC is below ``NEAR_CHANCE_AUC``. Weak CLV: the served CLV is not better than the past spend rate carried
+    forward beyond noise in Gini or decile MAPE, or worse beyond noise in either, or its Gini is below
+    ``NEAR_CHANCE_GINI``. A weak run's scores are still served where nothing better is (``registry.gate``).
+    """
+    bootstrap = bootstrap or Bootstrap()
+    churn = bootstrap.difference(roc_auc, [(e.churn.customer_id, e.churn.churned, e.churn.served, e.churn.recency)
+                                           for e in evaluations])
+    pairs = [(e.value.customer_id, e.value.spend, e.value.served, e.value.spend_rate) for e in evaluations]
+    ranking, sizing = bootstrap.difference(gini, pairs), bootstrap.difference(decile_mape, pairs)
+    auc = float(np.mean([e.metrics["churn_roc_auc"] for e in evaluations]))
+    value_gini = float(np.mean([e.metrics["clv_gini"] for e in evaluations]))
+    over = f"over {churn.cuts} cut date(s)"
+    found = []
+    if churn.verdict != "better":
+        found.append(f"churn is no better than recency alone {over} (ROC-AUC {churn}, {churn.verdict})")
+    if auc < NEAR_CHANCE_AUC:
+        found.append(f"churn ranks near chance (ROC-AUC {auc:.3f} {over})")
+    verdicts = {ranking.verdict, sizing.verdict}
+    if "better" not in verdicts or "worse" in verdicts:
+        found.append(f"the CLV is no better than the past spend rate {over} (Gini {ranking}, {ranking.verdict}; "
+                     f"decile MAPE improvement {sizing}, {sizing.verdict})")
+    if value_gini < NEAR_CHANCE_GINI:
+        found.append(f"the CLV ranks near chance (Gini {value_gini:.3f} {over})")
+    evidence = (f"served minus baseline {over}: churn ROC-AUC vs recency alone {churn} ({churn.verdict}); CLV Gini vs "
+                f"the past spend rate {ranking} ({ranking.verdict}), decile MAPE improvement {sizing} "
+                f"({sizing.verdict})")
+    return found, f"weak: {'; '.join(found)}" if found else f"not weak: {evidence}"
 
 
 def clv_metrics(value: pd.DataFrame, source: str) -> dict[str, float]:
