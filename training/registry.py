@@ -111,7 +111,7 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
                             for k, v in row.items()})
         mlflow.set_tags(choices := served_by(result))
         mlflow.log_params({"fitted_purchase_penalizer": result.model.purchases.penalizer,
-                           "fitted_spend_penalizer": result.model.spend.penalizer})
+                           "spend_model": "pooled" if result.model.spend.pooled_ else "gamma_gamma"})
         if result.notes:
             mlflow.log_text("\n".join(result.notes), NOTES_ARTIFACT)
         mlflow.log_text(result.forecast.to_csv(index=False), FORECAST_ARTIFACT)

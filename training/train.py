@@ -126,8 +126,8 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
 class Fitter:
     """Fits BTYD models, recovering from failure with a penalizer, and keeps notes for the user.
 
-    A fit that finds no usable maximum (``FitFailed``) at the configured ``penalizer`` is tried
-    again with each larger one of ``RETRY_PENALIZERS``; the notes say which model needed which.
+    A purchase model's fit that finds no usable maximum (``FitFailed``) at the configured ``penalizer``
+    is tried again with each larger one of ``RETRY_PENALIZERS``; the notes say which model needed which.
     Warnings from the fits (parameters at the edge of their range) become notes too, once each.
     """
 
@@ -135,16 +135,18 @@ class Fitter:
     found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
 
     def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
-        """``model_type(penalizer).fit(*columns)``, with the retries; ``what`` names the fit in the notes."""
+        """``model_type(penalizer).fit(*columns)``, with the retries (Gamma-Gamma takes no penalizer: ``SpendModel``
+        is fitted once); ``what`` names the fit in the notes."""
         failures = []
-        penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer))
+        penalized = issubclass(model_type, PurchaseModel)
+        penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer)) if penalized else (None,)
         for penalizer in penalizers:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    model = model_type(penalizer).fit(*columns)
+                    model = (model_type(penalizer) if penalized else model_type()).fit(*columns)
             except FitFailed as exc:
-                failures.append(f"{exc} (penalizer {penalizer:g})")
+                failures.append(f"{exc} (penalizer {penalizer:g})" if penalized else str(exc))
                 continue
             for warning in caught:
                 self.note(str(warning.message), what)
@@ -152,6 +154,8 @@ class Fitter:
                 self.note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
                            "first one tried)", what)
             return model
+        if not penalized:
+            raise LifecycleError(f"{failures[0]} [{what}]")
         tried = ", ".join(f"{p:g}" for p in penalizers)
         raise LifecycleError(f"{'; '.join(failures)} [{what}]: no penalizer helped (tried {tried}); "
                              "check the order log for one customer or amount that dwarfs the rest")
