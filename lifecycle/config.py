@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Self, get_origin
 
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -108,7 +108,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path(".lifecycle"), description="local state: data, outputs, MLflow, BentoML home")
     as_of: date | None = Field(None, description="score as of this date (default: the last transaction day)")
     clv_horizon_days: int = Field(365, ge=1)
-    churn_horizon_days: int = Field(90, ge=1)
+    churn_horizon_days: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        AUTO, description="days without an order that make a churner; auto: from the shop's purchase cycle "
+        "(features.cycle)")
     annual_discount_rate: float = Field(0.10, ge=0, lt=1)
     prediction_interval: float = Field(0.8, gt=0, lt=1, description="level of the purchase and spend intervals")
     churn_risk: ChurnRiskSettings = Field(default_factory=ChurnRiskSettings)
@@ -138,7 +140,10 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def feature_builder(self) -> FeatureBuilder:
-        """An unfitted feature builder configured by these settings."""
+        """An unfitted feature builder configured by these settings (the churn horizon resolved:
+        ``lifecycle.pipeline.with_churn_horizon``)."""
+        if self.churn_horizon_days == AUTO:
+            raise RuntimeError("the churn horizon is not resolved: call lifecycle.pipeline.with_churn_horizon")
         return FeatureBuilder(self.features, self.stages, self.churn_horizon_days, self.activity)
 
     def to_toml(self) -> str:

@@ -8,8 +8,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 from features.build import FeatureBuilder
+from features.cycle import purchase_cycle
 from features.sources import Dataset, connect, load, output_format, sql_literal, write_relation
 from lifecycle.config import Settings
+from models.purchase_models import AUTO
 
 
 @dataclass
@@ -44,11 +46,35 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
     )
 
 
+@dataclass(frozen=True)
+class ChurnHorizon:
+    """The churn horizon a command uses: settings that hold it in days, where it comes from, and a warning for a
+    configured one far shorter than the shop's purchase cycle."""
+
+    settings: Settings
+    why: str
+    warning: str | None
+
+
+def with_churn_horizon(settings: Settings, data: Dataset) -> ChurnHorizon:
+    """``settings`` with ``churn_horizon_days`` in days: derived from the orders up to the as-of date (the last
+    order day by default) when it is ``"auto"`` (``features.cycle``), else as configured."""
+    last = data.date_range()[1]
+    as_of = settings.as_of or (last.date() if last is not None else date.today())
+    cycle = purchase_cycle(data, as_of)
+    configured = settings.churn_horizon_days
+    days = cycle.churn_horizon if configured == AUTO else configured
+    return ChurnHorizon(settings.model_copy(update={"churn_horizon_days": days}), cycle.describe(days),
+                        None if configured == AUTO else cycle.warning(configured))
+
+
 def build_features(settings: Settings, out: Path) -> FeatureRun:
-    """Build the feature table at the configured as-of date and write it (and the rejects) to ``out``."""
+    """Build the feature table at the configured as-of date and write it (and the rejects) to ``out``; an
+    ``"auto"`` churn horizon is derived from the data (``with_churn_horizon``)."""
     output_format(out)
     clock = _Clock()
     data = open_dataset(settings)
+    settings = with_churn_horizon(settings, data).settings
     as_of = settings.as_of or data.date_range()[1].date()
     clock.lap("validate")
     builder = settings.feature_builder()

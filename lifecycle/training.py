@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from features.errors import LifecycleError
 from features.sources import Dataset
 from lifecycle.config import Settings
-from lifecycle.pipeline import open_dataset
+from lifecycle.pipeline import open_dataset, with_churn_horizon
 from models import pyfunc
 from models.actions import RiskBands
 from models.lifecycle import Horizons, LifecycleModel
@@ -42,7 +42,9 @@ def _to_stderr(line: str) -> None:
 
 
 def horizons(settings: Settings) -> Horizons:
-    """What the predictions are about, from the configuration."""
+    """What the predictions are about, from the configuration (its churn horizon resolved: ``with_churn_horizon``)."""
+    if not isinstance(settings.churn_horizon_days, int):
+        raise RuntimeError("the churn horizon is not resolved: call lifecycle.pipeline.with_churn_horizon")
     return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate,
                     settings.prediction_interval, RiskBands(settings.churn_risk.medium, settings.churn_risk.high))
 
@@ -124,10 +126,15 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     lock_path(settings)  # a read-only state folder stops the run now, not after the training
     data = data or open_dataset(settings)
     client, uri = open_registry(settings, on_wait)
+    horizon = with_churn_horizon(settings, data)
+    settings = horizon.settings
     result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
                    purchase_model=settings.btyd.model, as_of=settings.as_of,
                    penalizer=settings.btyd.penalizer, clv_model=settings.clv.model,
                    mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts)
+    result.model.decisions = {"churn_horizon": horizon.why, **result.model.decisions}
+    if horizon.warning:
+        result.notes.insert(0, horizon.warning)
     first, last = data.date_range()
     report = data.report["transactions"]
     summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),

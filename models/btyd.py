@@ -257,10 +257,11 @@ class SpendModel:
 
         Unpenalized, in units of the mean repeat spend (``gamma`` scaled back): the likelihood is then well posed
         wherever q > 1 in any currency, and a penalizer on the parameters' squares would only pull q towards 1 and
-        inflate the mean order value (by 78x at 0.1 on a shop of mean 60 and q = 4). Where customers' mean order values differ no more than one customer's own orders do
-        (Gamma-Gamma's q runs off to infinity, or its likelihood beats the pooled model's by less than
-        ``POOLED_LR`` / 2), the pooled model serves (``pooled_``): every order Gamma(p, nu) with the same nu for
-        everyone, Gamma-Gamma's limit q -> infinity, held as q = ``POOLED_Q``.
+        inflate the mean order value (by 78x at 0.1 on a shop of mean 60 and q = 4). Where customers' mean order
+        values differ no more than one customer's own orders do (Gamma-Gamma's q runs off to infinity, or its
+        likelihood beats the pooled model's by less than ``POOLED_LR`` / 2), the pooled model serves (``pooled_``):
+        every order Gamma(p, nu) with the same nu for everyone, Gamma-Gamma's limit q -> infinity, held as
+        q = ``POOLED_Q``.
         """
         x, m = _as_arrays(frequency, monetary_value)
         usable = (x > 0) & (m > 0)

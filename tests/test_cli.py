@@ -182,14 +182,15 @@ def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_pa
     from models.actions import RiskBands
 
     (tmp_path / "lifecycle.toml").write_text("[churn_risk]\nmedium = 0.3\nhigh = 0.8\n")
-    assert horizons(load_settings(tmp_path / "lifecycle.toml")).risk_bands == RiskBands(0.3, 0.8)
-    assert horizons(load_settings()).risk_bands == RiskBands(0.4, 0.7)  # the documented defaults
+    assert horizons(load_settings(tmp_path / "lifecycle.toml", churn_horizon_days=90)).risk_bands == RiskBands(0.3, 0.8)
+    assert horizons(load_settings(churn_horizon_days=90)).risk_bands == RiskBands(0.4, 0.7)  # the documented defaults
     bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_RISK__HIGH": "0.2"})
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert ("churn risk thresholds must be 0 < medium < high < 1: churn_risk.medium is 0.3, churn_risk.high 0.2"
             in " ".join(bad.stderr.split()))
     (tmp_path / "activity.toml").write_text("[activity]\nactive_within_gaps = 2\nlapsed_after_gaps = 4\n")
-    assert load_settings(tmp_path / "activity.toml").feature_builder().activity.lapsed_after_gaps == 4
+    settings = load_settings(tmp_path / "activity.toml", churn_horizon_days=90)
+    assert settings.feature_builder().activity.lapsed_after_gaps == 4
     bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_ACTIVITY__LAPSED_AFTER_GAPS": "1"})
     assert bad.returncode == 2 and "activity gaps must rise: active_within_gaps (1.5) < lapsed_after_gaps (1.0)" in (
         " ".join(bad.stderr.split()))
