@@ -6,8 +6,8 @@
   against edges learned from the training population (the buyers at the end of the data) and stored with
   the model, as the RFM edges are: one customer scored alone gets the tier the whole table would give them.
 - Activity status: ``active``, ``at risk``, ``lapsed`` or ``churned`` from the days since the last order in
-  the customer's typical gaps (``recency_gaps``), whether it is past the churn window (``lapsed``) and the
-  purchase model's P(alive) (``activity_status``).
+  the customer's typical gaps (``recency_gaps``), whether it is past the churn window (``lapsed``), the
+  purchase model's P(alive) and the churn risk (``activity_status``).
 - Next order: the day by which the customer is as likely as not to have ordered again, from the purchase
   model's probability of no purchase within t (``next_order_days``); none for a customer less likely than
   not to order within the CLV horizon (most of them are gone: a date for them would mean nothing).
@@ -91,19 +91,22 @@ def next_order_days(purchases, frequency, recency, T, horizon_days: float) -> np
     return days
 
 
-def activity_status(recency_gaps, frequency, lapsed, p_alive, rules: ActivityRules) -> np.ndarray:
+def activity_status(recency_gaps, frequency, lapsed, p_alive, high_risk, rules: ActivityRules) -> np.ndarray:
     """Each buyer's status (None for prospects, whose gaps are missing), by the first rule that holds:
 
     - churned: ``lapsed`` (no purchase in the churn window) and more than ``lapsed_after_gaps`` typical gaps since
       the last order, and either more than ``churned_after_gaps`` or a one-time buyer (``frequency`` 0: no rhythm
       of their own to lapse from);
     - lapsed: ``lapsed`` and more than ``lapsed_after_gaps``;
-    - active: not ``lapsed``, at most ``active_within_gaps``, with P(alive) at least ``min_p_alive``;
-    - at risk: the rest (overdue by the window or by their rhythm, or doubted by the purchase model).
+    - active: not ``lapsed``, at most ``active_within_gaps``, with P(alive) at least ``min_p_alive`` and not at
+      high churn risk (``high_risk``: the served churn probability in the high band);
+    - at risk: the rest (overdue by the window or by their rhythm, doubted by the purchase model, or unlikely to
+      order within the churn horizon).
     """
     gaps, quiet = np.asarray(recency_gaps, dtype=float), np.asarray(lapsed, dtype=bool)
     past = quiet & (gaps > rules.lapsed_after_gaps)
     gone = (gaps > rules.churned_after_gaps) | (np.asarray(frequency, dtype=float) == 0)
-    active = ~quiet & (gaps <= rules.active_within_gaps) & (np.asarray(p_alive, dtype=float) >= rules.min_p_alive)
+    active = (~quiet & (gaps <= rules.active_within_gaps) & (np.asarray(p_alive, dtype=float) >= rules.min_p_alive)
+              & ~np.asarray(high_risk, dtype=bool))
     status = np.select([past & gone, past, active], ["churned", "lapsed", "active"], default="at risk")
     return np.where(np.isnan(gaps), None, status.astype(object))

@@ -170,16 +170,15 @@ class LifecycleModel:
             probability[climbing], next_order, next_credit = self.next_stage.predict_with_drivers(some, drivers)
             reasons[climbing] = drivers_json(self.next_stage.features_, next_order, next_credit)
         clv, learned = self.served_clv(features, btyd)
+        risk = np.where(np.asarray(features["evidence"]) == "none", None, self.horizons.risk_bands.band(churn))
         out = {name: features[name] for name in OUTPUT_COLUMNS if name in features} | btyd | {
             "clv": clv, "clv_btyd": btyd["clv"], "clv_learned": learned,
             "total_clv": np.asarray(features["total_spend"], dtype=float) + clv,
             "value_tier": self.value_tiers.tier(clv) if self.value_tiers else np.full(rows, None, dtype=object),
             "next_order_date": self.next_order_date(features), "churn_probability": churn,
-            "churn_risk": np.where(np.asarray(features["evidence"]) == "none", None,
-                                   self.horizons.risk_bands.band(churn)),
-            "next_stage_probability": probability,
+            "churn_risk": risk, "next_stage_probability": probability,
             "activity_status": activity_status(features["recency_gaps"], features["frequency"], features["lapsed"],
-                                               btyd["p_alive"], self.builder.activity),
+                                               btyd["p_alive"], risk == "high", self.builder.activity),
             "churn_drivers": churn_drivers, "next_stage_drivers": reasons,
             "model_version": np.full(rows, self.version, dtype=object)}
         return {name: out[name] for name in OUTPUT_COLUMNS}

@@ -65,10 +65,11 @@ def assert_labels_agree_with_behaviour(scores: pd.DataFrame, features: pd.DataFr
     assert status[buyers].notna().all() and status[~buyers].isna().all()
     assert set(status[buyers]) == {"active", "at risk", "lapsed", "churned"}
     np.testing.assert_array_equal(lapsed, buyers & (features.recency_days > model.horizons.churn_days))
-    # active: an order in the churn window, at most active_within_gaps of their own typical gaps ago, believed alive
+    # active: an order in the churn window, at most active_within_gaps of their own typical gaps ago, believed alive,
+    # not at high churn risk
     active = (status == "active").to_numpy()
     assert not lapsed[active].any() and (gaps[active] <= rules.active_within_gaps).all()
-    assert (scores.p_alive[active] >= rules.min_p_alive).all()
+    assert (scores.p_alive[active] >= rules.min_p_alive).all() and (scores.churn_risk[active] != "high").all()
     # gone quiet, lapsed or churned, exactly when past the churn window and more than lapsed_after_gaps
     gone = status.isin(["lapsed", "churned"]).to_numpy()
     np.testing.assert_array_equal(gone, lapsed & (gaps > rules.lapsed_after_gaps))

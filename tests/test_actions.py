@@ -63,9 +63,13 @@ def test_activity_status_by_hand():
     frequency = [3, 3, 3, 3, 0, 3, 3, 3, 0, 3, 3, np.nan]
     lapsed = [False, False, False, True, False, True, False, True, True, True, True, False]
     alive = [0.9, 0.5, 0.49, 0.9, 0.9, 0.9, 0.9, 0.1, 0.9, 0.9, 0.9, np.nan]
-    assert activity_status(gaps, frequency, lapsed, alive, rules).tolist() == [
+    high = [False] * 12
+    assert activity_status(gaps, frequency, lapsed, alive, high, rules).tolist() == [
         "active", "active", "at risk", "at risk", "at risk", "at risk", "at risk", "lapsed", "churned", "lapsed",
         "churned", None]
+    high[0] = high[7] = True  # at high churn risk: not active; the other statuses do not depend on it
+    assert activity_status(gaps, frequency, lapsed, alive, high, rules).tolist()[:8] == [
+        "at risk", "active", "at risk", "at risk", "at risk", "at risk", "at risk", "lapsed"]
 
 
 def _out_of_time(transactions: pd.DataFrame, data, cut, model_name: str, horizon: int):
@@ -81,8 +85,9 @@ def _out_of_time(transactions: pd.DataFrame, data, cut, model_name: str, horizon
     first = (after.groupby("customer_id").timestamp.min().dt.normalize() - pd.Timestamp(cut)).dt.days
     waited = table.customer_id.map(first).to_numpy(float)  # NaN: no order in what the data hold
     dated = ~np.isnan(wait)
+    high_risk = purchases.p_no_purchase(builder.churn_horizon_days, *history) >= RiskBands().high
     status = activity_status(table.recency_gaps, table.frequency, table.lapsed, purchases.p_alive(*history),
-                             builder.activity)
+                             high_risk, builder.activity)
     by_status = pd.DataFrame({"status": status, "ordered": waited <= horizon}).groupby("status").ordered
     return float((waited[dated] <= np.round(wait[dated])).mean()), int(dated.sum()), by_status.agg(["mean", "size"])
 
@@ -147,4 +152,6 @@ def test_cdnow_labels_agree_with_behaviour(cdnow_run):
     assert once.sum() == 12_054 and (scores.activity_status[once] == "churned").all()
     loyal = scores.rfm_segment.isin(CURRENT_SEGMENTS)
     assert loyal.sum() > 1000 and (scores.recency_days[loyal] <= run.model.horizons.churn_days).all()
-    assert scores.activity_status[scores.stage == "advocacy"].eq("active").all()  # CDNOW has no advocacy signals
+    # CDNOW has no advocacy signals: every advocate buys now, so is active unless at high churn risk
+    advocates = scores[scores.stage == "advocacy"]
+    assert (advocates.activity_status.eq("active") | advocates.churn_risk.eq("high")).all()
