@@ -63,6 +63,11 @@ class SimulationParams(BaseModel):
     q: float = Field(4.0, gt=0)
     gamma: float = Field(15.0, gt=0)
     events: bool = True
+    growth: float = Field(0.0, description="signups grow (> 0) or shrink (< 0) over the acquisition days: the "
+                          "last day's rate is e^growth times the first's")
+    peak_month: int | None = Field(None, ge=1, le=12, description="a calendar month when customers buy more")
+    peak_boost: float = Field(1.0, gt=0, description="how many times more they buy in peak_month than in the rest "
+                              "(the year's purchases stay as many)")
 
 
 @dataclass
@@ -106,7 +111,7 @@ def simulate(params: SimulationParams) -> Simulation:
     n = params.customers
     start = np.datetime64(pd.Timestamp(params.start).to_datetime64(), "ms")
 
-    signup = rng.uniform(0, params.acquisition_days, n)
+    signup = _signups(rng, n, params.acquisition_days, params.growth)
     buyer = rng.random(n) >= params.prospect_share
     first = signup + rng.exponential(2.0, n)
     buyer &= first < params.days
@@ -117,8 +122,10 @@ def simulate(params: SimulationParams) -> Simulation:
     nu = rng.gamma(params.q, 1 / params.gamma, n)
     engagement = lam * params.alpha / params.r
 
-    # Repeat purchases (times in days after the first purchase) and the dropout time.
-    horizon = np.where(buyer, params.days - first, 0.0)
+    # Repeat purchases and the dropout time, in the customers' own clock: days, or with a peak month, "shop time",
+    # which runs faster in the peak (``_Season``): the processes are the models' exactly in it.
+    season = _Season(params, start)
+    horizon = np.where(buyer, season.clock(params.days) - season.clock(first), 0.0)
     if bgnbd:
         repeats, tau, died = _bgnbd_purchases(rng, buyer, lam, drop, horizon)
     else:
@@ -131,7 +138,7 @@ def simulate(params: SimulationParams) -> Simulation:
     block_start = np.cumsum(repeats) - repeats
     if bgnbd:
         offsets[block_start[died & (repeats > 0)]] = 1.0  # the dropout purchase itself, at exactly tau
-    repeat_time = first[owner] + offsets * span
+    repeat_time = season.days(season.clock(first[owner]) + offsets * span)
     last = np.zeros(n)  # recency: days from the first purchase to the last
     if owner.size:
         last[repeats > 0] = np.maximum.reduceat(offsets * span, block_start[repeats > 0])
@@ -178,6 +185,39 @@ def simulate(params: SimulationParams) -> Simulation:
     events = _events(rng, params, start, ids, signup, np.where(died, dropout, np.inf), engagement,
                      tx_owner, tx_time, amount)
     return Simulation(params, transactions, events, customers, truth)
+
+
+def _signups(rng: np.random.Generator, n: int, days: float, growth: float) -> np.ndarray:
+    """Signup days on [0, days): uniform, or with density proportional to e^(growth t / days)."""
+    u = rng.random(n)
+    if growth == 0:
+        return u * days
+    return days * np.log1p(u * np.expm1(growth)) / growth
+
+
+class _Season:
+    """A shop's clock: purchase intensity ``peak_boost`` times higher in ``peak_month`` than in the other months,
+    normalized so that a year holds as much shop time as days. ``clock`` maps days since the start to shop time,
+    ``days`` back; without a peak month both are the identity."""
+
+    def __init__(self, params: SimulationParams, start: np.datetime64):
+        self.grid = None
+        if params.peak_month is None or params.peak_boost == 1:
+            return
+        dates = pd.date_range(pd.Timestamp(start), periods=params.days + 1, freq="D")
+        rate = np.where(dates.month == params.peak_month, params.peak_boost, 1.0)
+        year = np.where(np.arange(1, 13) == params.peak_month, params.peak_boost, 1.0) @ _MONTH_DAYS / 365.0
+        self.grid = np.arange(params.days + 2, dtype=float)
+        self.shop = np.r_[0.0, np.cumsum(rate / year)]
+
+    def clock(self, days: np.ndarray) -> np.ndarray:
+        return days if self.grid is None else np.interp(days, self.grid, self.shop)
+
+    def days(self, shop: np.ndarray) -> np.ndarray:
+        return shop if self.grid is None else np.interp(shop, self.shop, self.grid)
+
+
+_MONTH_DAYS = np.array([31, 28.25, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
 def _bgnbd_purchases(rng: np.random.Generator, buyer, lam, drop_p, horizon):

@@ -388,7 +388,7 @@ def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop,
     if shop == "one day":
         assert result.returncode == 2
         assert err == ("error: the data span 2024-05-01..2024-05-01; the out-of-time protocol needs more than two "
-                       "churn horizons (180 days)")
+                       "churn horizons (60 days)")
         return
     assert result.returncode == 0, err
     assert "version 1: promoted to champion (first model)" in out
