@@ -80,6 +80,7 @@ class PurchaseModel:
     label: ClassVar[str]
     parameters: ClassVar[tuple[str, ...]]
     time_parameters: ClassVar[tuple[str, ...]]
+    most: ClassVar[dict[str, float]] = {}  # shape parameters the search holds at a largest value (see the fit)
 
     def __init__(self, penalizer: float = 0.0):
         self.penalizer = penalizer
@@ -95,8 +96,13 @@ class PurchaseModel:
             raise LifecycleError(f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS}")
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
         scale = 1 / uage.max()
+        caps = {self.parameters.index(name): most for name, most in self.most.items()}
         values = _maximize_likelihood(self.label, self._objective(), (ux, ut_x * scale, uage * scale), counts,
-                                      self.penalizer, len(self.parameters))
+                                      self.penalizer, len(self.parameters), caps)
+        for name, most in self.most.items():
+            if values[self.parameters.index(name)] >= most * (1 - 1e-9):
+                warnings.warn(f"{self.label}: {name} held at {most:g}, where customers hardly differ in it "
+                              "(the likelihood only flattens beyond)", stacklevel=2)
         self.params_ = {name: value / scale if name in self.time_parameters else value
                         for name, value in zip(self.parameters, values, strict=True)}
         _warn_at_boundary(self.label, self.params_)
@@ -434,8 +440,11 @@ def discounted_purchases(cumulative: np.ndarray, monthly_discount: float) -> np.
 
 
 def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.ndarray, ...], weights: np.ndarray,
-                         penalizer: float, size: int) -> list[float]:
+                         penalizer: float, size: int, caps: dict[int, float] | None = None) -> list[float]:
     """BFGS from log-parameters 0.1 to a tolerance of 1e-7, as lifetimes fits; the parameters, exponentiated.
+
+    ``caps`` (parameter index -> largest value): a search that goes beyond one is stopped and finished by
+    L-BFGS-B with the parameter bounded there (where the likelihood only flattens and each step costs more).
 
     ``objective(log_params, *columns, weights, penalizer)`` is -sum(w ll) / sum(w) + penalty with its
     gradient. Large inputs are split into chunks evaluated in parallel threads (numpy and scipy
@@ -457,7 +466,18 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
             values, gradients = zip(*pool.map(partial(part, log_params), chunks, shares), strict=True)
             return sum(values), sum(gradients)
 
-        result = minimize(total, jac=True, x0=np.full(size, 0.1), tol=1e-7)
+        limit = np.full(size, np.inf)
+        for index, most in (caps or {}).items():
+            limit[index] = np.log(most)
+
+        def beyond_a_cap(intermediate_result) -> None:
+            if (intermediate_result.x > limit).any():
+                raise StopIteration
+
+        result = minimize(total, jac=True, x0=np.full(size, 0.1), tol=1e-7, callback=beyond_a_cap if caps else None)
+        if (result.x > limit).any():  # on to the maximum with the capped parameters held at most at their caps
+            result = minimize(total, jac=True, x0=np.minimum(result.x, limit), method="L-BFGS-B", tol=1e-10,
+                              bounds=[(None, None if np.isinf(top) else top) for top in limit])
     # BFGS also stops on "precision loss" when its line search cannot improve on rounding noise: at the
     # maximum if the gradient is that small too (scipy 1.17 stops so on a Gamma-Gamma fit at 2e-7), unless
     # the parameters are drifting off to an edge, where the likelihood flattens out (a penalizer helps).
