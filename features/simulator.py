@@ -70,6 +70,26 @@ class SimulationParams(BaseModel):
                               "(the year's purchases stay as many)")
 
 
+# Shapes real shops have, as changes to the default parameters (the Pareto/NBD process, so that customers can leave
+# before a repeat purchase): docs/simulator.md. Each keeps the default mean order value of about 50 unless its point
+# is the spend.
+SHAPES: dict[str, dict] = {
+    "yearly": {"r": 2.0, "alpha": 730.0, "s": 1.0, "beta": 700.0, "days": 1095, "acquisition_days": 730},
+    "homogeneous spend": {"q": 1e4, "gamma": 1e4 * 50 / 6},  # customers' mean orders differ by 1 %
+    "heavy-tailed spend": {"p": 2.0, "q": 1.8, "gamma": 20.0},  # the mean orders' spread has no variance
+    "seasonal": {"peak_month": 11, "peak_boost": 4.0},  # a November four times as busy
+    "growing": {"growth": 3.0},  # the last day brings 20x the signups of the first
+    "shrinking": {"growth": -3.0},
+    "short history": {"days": 200, "acquisition_days": 120},
+}
+
+
+def shop_shape(shape: str, customers: int, seed: int) -> SimulationParams:
+    """The parameters of a shop of one of ``SHAPES`` (orders only, every customer a buyer)."""
+    return SimulationParams(customers=customers, seed=seed, process="pareto_nbd", events=False, prospect_share=0.0,
+                            **SHAPES[shape])
+
+
 @dataclass
 class Simulation:
     """The simulated shop: input tables in our canonical schema plus per-customer ground truth."""

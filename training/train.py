@@ -413,12 +413,21 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
         return bootstrap.difference(mean, [(h.customer_id[r], np.zeros(r.sum()), lls[leader][k][r], lls[name][k][r])
                                            for k, (h, r) in enumerate(zip(holdouts, rows, strict=True))])
 
+    def ranks_who_orders(name: str, other: str):
+        """``name``'s P(alive) minus ``other``'s in ROC-AUC of who ordered in each holdout's first churn horizon."""
+        alive = {n: [fitted[k][n].p_alive(*(h[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")))
+                     for k, h in enumerate(holdouts)] for n in (name, other)}
+        return bootstrap.difference(roc_auc, [(h.customer_id, 1 - h.churned, alive[name][k], alive[other][k])
+                                              for k, h in enumerate(holdouts)])
+
     # BG/NBD's P(alive) is 1 for every customer without a repeat purchase: under auto it serves only where the
-    # data support that, beating every other candidate beyond noise overall and on those customers alone.
+    # data support that, beating every other candidate beyond noise overall and on those customers alone, with a
+    # P(alive) that ranks who orders next no worse beyond noise than theirs.
     eligible = list(compared.index)
     if forced == AUTO and "bgnbd" in eligible and len(eligible) > 1:
         others = [name for name in eligible if name != "bgnbd"]
-        if not all(behind("bgnbd", name, once).verdict == "better" for name in others for once in (False, True)):
+        if not all(behind("bgnbd", name, once).verdict == "better" for name in others for once in (False, True)) \
+                or any(ranks_who_orders("bgnbd", name).verdict == "worse" for name in others):
             eligible = others
     best = compared.holdout_log_likelihood[eligible].idxmax()
     differences = {name: behind(best, name) for name in compared.index}
@@ -439,7 +448,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
                f"{' > '.join(PURCHASE_MODELS[n].label for n in PREFERENCE)}")
     if chosen != "bgnbd" and "bgnbd" in compared.index and "bgnbd" not in eligible:
         why += ("; BG/NBD (P(alive) = 1 for every customer without a repeat purchase) did not beat the others "
-                "beyond noise, overall and on those customers")
+                "beyond noise, overall and on those customers, with a P(alive) that ranks who orders next as well")
     compared.attrs["why"] = why
     return fitted, compared, chosen
 
