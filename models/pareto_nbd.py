@@ -32,6 +32,8 @@ parameters that autograd knows).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from scipy.special import betaln, digamma, expit, gamma, gammaln, hyp2f1, polygamma
 
@@ -53,7 +55,7 @@ class ParetoNBD(PurchaseModel):
     # Where customers' drop-out rates barely differ, s and beta run off together (s / beta, the mean rate, fixed) and
     # each step costs more (2F1 of ever larger arguments: a minute per fit at s = 5,000): at s = 100 the rates' spread
     # is 10 % of their mean, the limit already.
-    most = {"s": 100.0}
+    most: ClassVar[dict[str, float]] = {"s": 100.0}
 
     def _objective(self) -> Objective:
         return _value_and_gradient
