@@ -139,12 +139,16 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
         return tuple(sources)
 
-    def feature_builder(self) -> FeatureBuilder:
-        """An unfitted feature builder configured by these settings (the churn horizon resolved:
-        ``lifecycle.pipeline.with_churn_horizon``)."""
+    @property
+    def churn_days(self) -> int:
+        """The churn horizon in days, once resolved (``lifecycle.pipeline.with_churn_horizon``)."""
         if self.churn_horizon_days == AUTO:
             raise RuntimeError("the churn horizon is not resolved: call lifecycle.pipeline.with_churn_horizon")
-        return FeatureBuilder(self.features, self.stages, self.churn_horizon_days, self.activity)
+        return self.churn_horizon_days
+
+    def feature_builder(self) -> FeatureBuilder:
+        """An unfitted feature builder configured by these settings (the churn horizon resolved)."""
+        return FeatureBuilder(self.features, self.stages, self.churn_days, self.activity)
 
     def to_toml(self) -> str:
         """The effective configuration as TOML (unset optional values left out)."""

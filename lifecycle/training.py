@@ -43,9 +43,7 @@ def _to_stderr(line: str) -> None:
 
 def horizons(settings: Settings) -> Horizons:
     """What the predictions are about, from the configuration (its churn horizon resolved: ``with_churn_horizon``)."""
-    if not isinstance(settings.churn_horizon_days, int):
-        raise RuntimeError("the churn horizon is not resolved: call lifecycle.pipeline.with_churn_horizon")
-    return Horizons(settings.churn_horizon_days, settings.clv_horizon_days, settings.annual_discount_rate,
+    return Horizons(settings.churn_days, settings.clv_horizon_days, settings.annual_discount_rate,
                     settings.prediction_interval, RiskBands(settings.churn_risk.medium, settings.churn_risk.high))
 
 

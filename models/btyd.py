@@ -283,12 +283,12 @@ class SpendModel:
         unit = m.mean()
         (ux, um), counts, _ = _unique_rows(x, m / unit)
         pooled = _fit_pooled(ux, um, counts)
-        try:  # Gamma-Gamma's gain over the pooled model, unpenalized
+        try:  # Gamma-Gamma's gain in log-likelihood over the pooled model, unpenalized
             p, q, gamma = _maximize_likelihood("Gamma-Gamma", _GAMMA_GAMMA, (ux, um), counts, 0.0, 3)
-            gain = counts @ _gamma_gamma_ll((p, q, gamma), ux, um) - pooled.log_likelihood
+            fitted = -GammaGammaFitter._negative_log_likelihood(np.log([p, q, gamma]), ux, um, counts, 0.0)
+            self.pooled_ = 2 * (fitted * counts.sum() - pooled.log_likelihood) < POOLED_LR or q > POOLED_Q
         except FitFailed:  # not converging: q running off to infinity
-            gain = 0.0
-        self.pooled_ = 2 * gain < POOLED_LR or q > POOLED_Q
+            self.pooled_ = True
         if self.pooled_:
             p, q, gamma = pooled.params
             warnings.warn("Gamma-Gamma: customers' mean order values differ no more than one customer's own orders "
@@ -350,13 +350,6 @@ class SpendModel:
 
 
 _GAMMA_GAMMA = value_and_grad(GammaGammaFitter._negative_log_likelihood)
-
-
-def _gamma_gamma_ll(params, x, m) -> np.ndarray:
-    """Each repeat buyer's Gamma-Gamma log-likelihood of their mean repeat spend m over x repeat orders."""
-    p, q, gamma = params
-    return (gammaln(p * x + q) - gammaln(p * x) - gammaln(q) + q * np.log(gamma) + (p * x - 1) * np.log(m)
-            + p * x * np.log(x) - (p * x + q) * np.log(x * m + gamma))
 
 
 @dataclass(frozen=True)

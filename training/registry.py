@@ -154,13 +154,14 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     if champion is None:
         first = "first model" + (" (weak, but a shop needs scores)" if challenger.model.weaknesses else "")
         return Decision(True, ours, reasons=[first])
-    run = client.get_run(client.get_model_version(MODEL_NAME, champion).run_id)
+    registered = client.get_model_version(MODEL_NAME, champion)
+    run = client.get_run(registered.run_id)
     champion_end = run.data.params.get("window_end")
     if champion_end and challenger.windows.end < date.fromisoformat(champion_end):
         return Decision(False, ours, champion_version=champion,
                         reasons=[f"trained as of {challenger.windows.end}, before the champion's data "
                                  f"(up to {champion_end}): promote it by hand if it is meant to serve"])
-    if challenger.model.weaknesses and client.get_model_version(MODEL_NAME, champion).tags.get(QUALITY_TAG) != "weak":
+    if challenger.model.weaknesses and registered.tags.get(QUALITY_TAG) != "weak":
         return Decision(False, ours, champion_version=champion,
                         reasons=[f"weak ({'; '.join(challenger.model.weaknesses)}), and the champion (version "
                                  f"{champion}) is not"])

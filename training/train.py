@@ -383,6 +383,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     fitted: list[dict[str, PurchaseModel]] = [{} for _ in wins]
     scores: dict[str, list[dict[str, float]]] = {}
     lls: dict[str, list[np.ndarray]] = {}
+    alive: dict[str, list[np.ndarray]] = {}  # each candidate's P(alive) of the holdout's buyers, per cut date
     failures = {}
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
@@ -398,8 +399,9 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
             continue
         judged = [_purchase_scores(fitted[k][name], h, w.btyd_holdout_days, horizons.churn_days)
                   for k, (h, w) in enumerate(zip(holdouts, wins, strict=True))]
-        lls[name] = [ll for ll, _ in judged]
-        scores[name] = [score for _, score in judged]
+        lls[name] = [ll for ll, _, _ in judged]
+        alive[name] = [p_alive for _, p_alive, _ in judged]
+        scores[name] = [score for _, _, score in judged]
     if not scores:
         raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
     for name, why in failures.items():
@@ -415,8 +417,6 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
 
     def ranks_who_orders(name: str, other: str):
         """``name``'s P(alive) minus ``other``'s in ROC-AUC of who ordered in each holdout's first churn horizon."""
-        alive = {n: [fitted[k][n].p_alive(*(h[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")))
-                     for k, h in enumerate(holdouts)] for n in (name, other)}
         return bootstrap.difference(roc_auc, [(h.customer_id, 1 - h.churned, alive[name][k], alive[other][k])
                                               for k, h in enumerate(holdouts)])
 
@@ -711,15 +711,15 @@ def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizon
 
 
 def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, churn_days: int
-                     ) -> tuple[np.ndarray, dict[str, float]]:
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """A calibration-window purchase model judged on the holdout (see ``choose_purchase_model``): each customer's
-    holdout log-likelihood, and the metrics."""
+    holdout log-likelihood and P(alive) at the calibration end, and the metrics."""
     now = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     end = [holdout[f"{c}_end"].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     counts = evaluate.counts(holdout["purchases"], model.expected_purchases(days, *now))
     silent = evaluate.classification(holdout["churned"], model.p_no_purchase(churn_days, *now))
     ll = model.log_likelihood(*end) - model.log_likelihood(*now)
-    return ll, {"holdout_log_likelihood": float(np.mean(ll)),
+    return ll, model.p_alive(*now), {"holdout_log_likelihood": float(np.mean(ll)),
                 **{f"holdout_purchases_{k}": v for k, v in counts.items()},
                 "churn_roc_auc": silent["roc_auc"], "churn_brier": silent["brier"]}
 
