@@ -162,12 +162,15 @@ def test_each_model_recovers_its_parameters_on_its_own_process(process, large, p
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("process", ["bgnbd", "pareto_nbd"])
-def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, seed):
-    """On 10,000 customers of each process, five seeds each, judged on three cut dates: the served P(alive) at the
-    end ranks the truly alive within 0.01 ROC-AUC of the generating model at its true parameters (the best a
-    population model can do), with a mean within 0.05 of the share alive. (On BG/NBD data that takes BG/NBD, whose
-    P(alive) = 1 for one-time buyers is the truth there: it beats the others beyond noise overall and on them.)"""
+@pytest.mark.parametrize(("process", "serves"), [("bgnbd", "mbgnbd"), ("pareto_nbd", "pareto_nbd")])
+def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, seed):
+    """On 10,000 customers of each process, five seeds each, judged on three cut dates, auto serves the same model on
+    every seed: Pareto/NBD on its own process; on the BG/NBD process, where BG/NBD itself is compared but does not
+    serve, MBG/NBD. Among repeat buyers the served P(alive) at the end ranks the truly alive within 0.01 ROC-AUC of the
+    generating model at its true parameters (the best a population model can do), with a mean within 0.03 of their
+    share alive, and the next 180 days' purchases are within 6 % of the generating model's in total. On the Pareto/NBD
+    process that holds on every customer too. (On the BG/NBD process the one-time buyers, all alive there by
+    construction, get P(alive) < 1: the documented cost of the rule.)"""
     from models.lifecycle import Horizons
     from models.purchase_models import PURCHASE_MODELS
     from training.train import _holdout_table, choose_purchase_model, cut_windows
@@ -179,11 +182,19 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, seed):
     assert len(wins) == 3
     holdouts = [_holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
     _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
+    assert chosen == serves, compared
     end = FeatureBuilder().fit_transform(data, (sim.end - DAY).date()).df()
     history = (end.frequency, end.recency, end["T"])
-    alive = sim.truth.set_index("customer_id").loc[end.customer_id, "alive_at_end"]
+    alive = sim.truth.set_index("customer_id").loc[end.customer_id, "alive_at_end"].to_numpy()
     generating = PURCHASE_MODELS[process]()
     generating.params_ = {name: getattr(sim.params, name) for name in generating.parameters}
-    served = PURCHASE_MODELS[chosen]().fit(*history).p_alive(*history)
-    assert roc_auc_score(alive, served) > roc_auc_score(alive, generating.p_alive(*history)) - 0.01, compared
-    assert abs(served.mean() - alive.mean()) < 0.05
+    served_model = PURCHASE_MODELS[chosen]().fit(*history)
+    served, best = served_model.p_alive(*history), generating.p_alive(*history)
+    groups = {"repeat buyers": (end.frequency > 0).to_numpy()}
+    if process == "pareto_nbd":
+        groups["everyone"] = np.ones(len(end), dtype=bool)
+    for who, rows in groups.items():
+        assert roc_auc_score(alive[rows], served[rows]) > roc_auc_score(alive[rows], best[rows]) - 0.01, who
+        assert abs(served[rows].mean() - alive[rows].mean()) < 0.03, who
+    total = served_model.expected_purchases(180, *history).sum() / generating.expected_purchases(180, *history).sum()
+    assert abs(total - 1) < 0.06

@@ -76,7 +76,7 @@ NEAR_CHANCE_AUC = 0.55
 NEAR_CHANCE_GINI = 0.1
 # Tied purchase models (holdout log-likelihood within noise of the best) are settled in this order: customers who may
 # leave at any time (Pareto/NBD), then after any purchase (MBG/NBD), and BG/NBD last, whose P(alive) is 1 for every
-# customer without a repeat purchase by construction (docs/models.md).
+# customer without a repeat purchase by construction (under auto it serves only when nothing else fits: docs/models.md).
 PREFERENCE = ("pareto_nbd", "mbgnbd", "bgnbd")
 
 # Label columns joined to the features (orders renamed: the features have their own).
@@ -373,7 +373,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     Returns the fitted candidates per cut date, their metrics (one row per model: means over the cut
     dates, and the difference of holdout log-likelihood from the best with its noise, ``tied`` when
     within noise) and the name chosen: ``forced`` unless it is ``"auto"``, else the first of
-    ``PREFERENCE`` among the best and those tied with it. The holdout log-likelihood is the mean per
+    ``PREFERENCE`` among the best and those tied with it, BG/NBD aside. The holdout log-likelihood is the mean per
     customer of log P(holdout purchases and their days | calibration history): a proper score of
     everything a purchase model predicts (how many purchases, when, and who is gone), with which the
     generating process wins on large enough data. A candidate that cannot be fitted at some cut date,
@@ -383,7 +383,6 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     fitted: list[dict[str, PurchaseModel]] = [{} for _ in wins]
     scores: dict[str, list[dict[str, float]]] = {}
     lls: dict[str, list[np.ndarray]] = {}
-    alive: dict[str, list[np.ndarray]] = {}  # each candidate's P(alive) of the holdout's buyers, per cut date
     failures = {}
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
@@ -399,36 +398,22 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
             continue
         judged = [_purchase_scores(fitted[k][name], h, w.btyd_holdout_days, horizons.churn_days)
                   for k, (h, w) in enumerate(zip(holdouts, wins, strict=True))]
-        lls[name] = [ll for ll, _, _ in judged]
-        alive[name] = [p_alive for _, p_alive, _ in judged]
-        scores[name] = [score for _, _, score in judged]
+        lls[name] = [ll for ll, _ in judged]
+        scores[name] = [score for _, score in judged]
     if not scores:
         raise LifecycleError("no purchase model could be fitted: " + "; ".join(failures.values()))
     for name, why in failures.items():
         fitter.note(f"{PURCHASE_MODELS[name].label} left out of the choice: {why}", "calibration")
     compared = pd.DataFrame({name: pd.DataFrame(rows).mean() for name, rows in scores.items()}).T
 
-    def behind(leader: str, name: str, one_time_buyers: bool = False):
-        """``leader``'s holdout log-likelihood minus ``name``'s, pooled over the cut dates (on every customer, or on
-        those without a repeat purchase)."""
-        rows = [(h.frequency == 0).to_numpy() if one_time_buyers else np.ones(len(h), dtype=bool) for h in holdouts]
-        return bootstrap.difference(mean, [(h.customer_id[r], np.zeros(r.sum()), lls[leader][k][r], lls[name][k][r])
-                                           for k, (h, r) in enumerate(zip(holdouts, rows, strict=True))])
+    def behind(leader: str, name: str):
+        """``leader``'s holdout log-likelihood minus ``name``'s, pooled over the cut dates."""
+        return bootstrap.difference(mean, [(h.customer_id, np.zeros(len(h)), lls[leader][k], lls[name][k])
+                                           for k, h in enumerate(holdouts)])
 
-    def ranks_who_orders(name: str, other: str):
-        """``name``'s P(alive) minus ``other``'s in ROC-AUC of who ordered in each holdout's first churn horizon."""
-        return bootstrap.difference(roc_auc, [(h.customer_id, 1 - h.churned, alive[name][k], alive[other][k])
-                                              for k, h in enumerate(holdouts)])
-
-    # BG/NBD's P(alive) is 1 for every customer without a repeat purchase: under auto it serves only where the
-    # data support that, beating every other candidate beyond noise overall and on those customers alone, with a
-    # P(alive) that ranks who orders next no worse beyond noise than theirs.
-    eligible = list(compared.index)
-    if forced == AUTO and "bgnbd" in eligible and len(eligible) > 1:
-        others = [name for name in eligible if name != "bgnbd"]
-        if not all(behind("bgnbd", name, once).verdict == "better" for name in others for once in (False, True)) \
-                or any(ranks_who_orders("bgnbd", name).verdict == "worse" for name in others):
-            eligible = others
+    # BG/NBD's P(alive) is 1 for every customer without a repeat purchase, by construction: under auto it is compared
+    # but serves only if nothing else could be fitted.
+    eligible = [name for name in compared.index if forced != AUTO or name != "bgnbd"] or list(compared.index)
     best = compared.holdout_log_likelihood[eligible].idxmax()
     differences = {name: behind(best, name) for name in compared.index}
     compared["ll_behind_best"] = [differences[name].mean for name in compared.index]
@@ -446,9 +431,8 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
         why = (f"{label}: tied with {', '.join(PURCHASE_MODELS[n].label for n in tied if n != chosen)} on holdout "
                f"log-likelihood over {len(wins)} cut date(s) (within noise); ties go to "
                f"{' > '.join(PURCHASE_MODELS[n].label for n in PREFERENCE)}")
-    if chosen != "bgnbd" and "bgnbd" in compared.index and "bgnbd" not in eligible:
-        why += ("; BG/NBD (P(alive) = 1 for every customer without a repeat purchase) did not beat the others "
-                "beyond noise, overall and on those customers, with a P(alive) that ranks who orders next as well")
+    if chosen != "bgnbd" and "bgnbd" in compared.index:
+        why += "; BG/NBD is compared but under auto does not serve (P(alive) = 1 for every one-time buyer)"
     compared.attrs["why"] = why
     return fitted, compared, chosen
 
@@ -711,15 +695,15 @@ def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizon
 
 
 def _purchase_scores(model: PurchaseModel, holdout: pd.DataFrame, days: int, churn_days: int
-                     ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                     ) -> tuple[np.ndarray, dict[str, float]]:
     """A calibration-window purchase model judged on the holdout (see ``choose_purchase_model``): each customer's
-    holdout log-likelihood and P(alive) at the calibration end, and the metrics."""
+    holdout log-likelihood, and the metrics."""
     now = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     end = [holdout[f"{c}_end"].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
     counts = evaluate.counts(holdout["purchases"], model.expected_purchases(days, *now))
     silent = evaluate.classification(holdout["churned"], model.p_no_purchase(churn_days, *now))
     ll = model.log_likelihood(*end) - model.log_likelihood(*now)
-    return ll, model.p_alive(*now), {"holdout_log_likelihood": float(np.mean(ll)),
+    return ll, {"holdout_log_likelihood": float(np.mean(ll)),
                 **{f"holdout_purchases_{k}": v for k, v in counts.items()},
                 "churn_roc_auc": silent["roc_auc"], "churn_brier": silent["brier"]}
 
