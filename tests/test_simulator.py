@@ -169,8 +169,9 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     serve, MBG/NBD. Among repeat buyers the served P(alive) at the end ranks the truly alive within 0.01 ROC-AUC of the
     generating model at its true parameters (the best a population model can do), with a mean within 0.03 of their
     share alive, and the next 180 days' purchases are within 6 % of the generating model's in total. On the Pareto/NBD
-    process that holds on every customer too. (On the BG/NBD process the one-time buyers, all alive there by
-    construction, get P(alive) < 1: the documented cost of the rule.)"""
+    process that holds on every customer too, and on the BG/NBD process with BG/NBD forced (``btyd.model = "bgnbd"``):
+    under auto its one-time buyers, all alive there by construction, get P(alive) < 1, the documented cost of never
+    serving BG/NBD's P(alive) = 1 for them unasked."""
     from models.lifecycle import Horizons
     from models.purchase_models import PURCHASE_MODELS
     from training.train import _holdout_table, choose_purchase_model, cut_windows
@@ -198,3 +199,6 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
         assert abs(served[rows].mean() - alive[rows].mean()) < 0.03, who
     total = served_model.expected_purchases(180, *history).sum() / generating.expected_purchases(180, *history).sum()
     assert abs(total - 1) < 0.06
+    forced = PURCHASE_MODELS[process]().fit(*history).p_alive(*history)
+    assert roc_auc_score(alive, forced) > roc_auc_score(alive, best) - 0.01
+    assert abs(forced.mean() - alive.mean()) < 0.05
