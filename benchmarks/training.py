@@ -8,7 +8,8 @@
   ``customer_lifetime_value`` with the same parameters; largest relative difference.
 - `lifecycle train` end to end (a fresh process: imports, validation, features, fits, evaluation,
   plots, MLflow logging and registry, gate) on CDNOW, on a simulated shop of N customers (orders
-  only) and on one of N / 10 customers with engagement events; wall time and peak memory.
+  only) and on one of N / 10 customers with engagement events; wall time and peak memory, judged on
+  one cut date (``backtest_cuts = 1``, the protocol before the backtest) and on the default three.
 
 Usage: python -m benchmarks.training [--customers 1000000] [--only fits|train]
 """
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.report import machine, print_table, run_measured
+from training.backtest import CUTS
 
 MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS = 12, 0.01, 30
 
@@ -95,13 +97,19 @@ def compare_btyd(summary: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def train_run(transactions: Path, events: Path | None, state: Path) -> tuple[float, float]:
-    """Seconds and peak resident memory (GB) of one `lifecycle train` process."""
+def train_runs(transactions: Path, events: Path | None, state: Path) -> list[str]:
+    """Seconds and peak resident memory (GB) of `lifecycle train` judged on one cut date and on the default number,
+    each a fresh process with its own state, and the ratio of their times."""
     command = [sys.executable, "-m", "lifecycle", "train", "--transactions", str(transactions)]
     if events is not None:
         command += ["--events", str(events)]
-    seconds, peak, _ = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)})
-    return seconds, peak
+    measured = []
+    for cuts in (1, CUTS):
+        env = {**os.environ, "LIFECYCLE_STATE_DIR": str(state / f"cuts-{cuts}"), "LIFECYCLE_BACKTEST_CUTS": str(cuts)}
+        seconds, peak, _ = run_measured(command, env=env)
+        measured.append((seconds, peak))
+    (one, one_peak), (all_, all_peak) = measured
+    return [f"{one:.1f}", f"{all_:.1f}", f"{all_ / one:.2f}x", f"{one_peak:.2f}", f"{all_peak:.2f}"]
 
 
 def main() -> None:
@@ -131,20 +139,20 @@ def main() -> None:
         folder = Path(tmp)
         path = cdnow.write_master(folder / "cdnow")
         with console.status("lifecycle train on CDNOW..."):
-            runs.append(["CDNOW (real)", "69,659", "-", "23,570", *train_run(path, None, folder / "state-cdnow")])
+            runs.append(["CDNOW (real)", "69,659", "-", "23,570", *train_runs(path, None, folder / "state-cdnow")])
         # orders only at full size; engagement events (about 83 per customer) on a tenth of it
         for customers, events in ((args.customers, False), (args.customers // 10, True)):
             with console.status(f"simulating {customers:,} customers..."):
                 sim = simulate(SimulationParams(customers=customers, seed=0, events=events))
                 paths = sim.write(folder / f"sim-{customers}")
             with console.status(f"lifecycle train on {customers:,} simulated customers..."):
-                measured = train_run(paths["transactions"], paths["events"] if events else None,
-                                     folder / f"state-{customers}")
+                measured = train_runs(paths["transactions"], paths["events"] if events else None,
+                                      folder / f"state-{customers}")
             runs.append([f"simulated {customers / 1e6:g}M", f"{len(sim.transactions):,}",
                          f"{len(sim.events):,}" if events else "-", f"{customers:,}", *measured])
-    print_table(f"lifecycle train, end to end ({machine()})",
-                ["data", "orders", "events", "customers", "seconds", "peak GB"],
-                [[*row[:4], f"{row[4]:.1f}", f"{row[5]:.2f}"] for row in runs], console)
+    print_table(f"lifecycle train, end to end, on 1 and {CUTS} cut dates ({machine()})",
+                ["data", "orders", "events", "customers", "1 cut s", f"{CUTS} cuts s", "ratio", "1 cut peak GB",
+                 f"{CUTS} cuts peak GB"], runs, console)
 
 
 if __name__ == "__main__":
