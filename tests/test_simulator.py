@@ -199,6 +199,6 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
         assert abs(served[rows].mean() - alive[rows].mean()) < 0.03, who
     total = served_model.expected_purchases(180, *history).sum() / generating.expected_purchases(180, *history).sum()
     assert abs(total - 1) < 0.06
-    forced = PURCHASE_MODELS[process]().fit(*history).p_alive(*history)
+    forced = served if chosen == process else PURCHASE_MODELS[process]().fit(*history).p_alive(*history)
     assert roc_auc_score(alive, forced) > roc_auc_score(alive, best) - 0.01
     assert abs(forced.mean() - alive.mean()) < 0.05
