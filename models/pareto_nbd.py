@@ -27,13 +27,16 @@ to at least 24 / (r + x) above the mean for its exponential right tail; within [
 
 ``lifetimes``' ``ParetoNBDFitter`` searches with Nelder-Mead on every customer; here BFGS on the
 unique rows, with central differences for the gradient (the 2F1 has no derivative in its
-parameters that autograd knows).
+parameters that autograd knows). Gauss's continued fraction is compiled (numba): where drop-out
+rates hardly differ (s near its cap), u runs to the thousands and each row takes hundreds of steps,
+which as numpy steps over the rows made a fit 13x slower (6 s instead of 0.5 s on 600 rows).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import numba
 import numpy as np
 from scipy.special import betaln, digamma, expit, gamma, gammaln, hyp2f1, polygamma
 
@@ -204,24 +207,30 @@ def _inverse_series(c, d, u) -> np.ndarray:
     return total
 
 
-def _continued_fraction(c, d, u) -> np.ndarray:
-    """1 / 2F1(1, c; d; -u) by the modified Lentz method: 1 + a1 / (1 + a2 / ...), a_j = k_j u."""
-    value, front, back = np.ones_like(u), np.ones_like(u), np.zeros_like(u)
-    going = np.arange(len(u))
-    j = 1
-    while going.size:
-        cc, dd, uu = c[going], d[going], u[going]
-        m = j // 2
-        if j == 1:
-            k = cc / dd
-        elif j % 2 == 0:
-            k = m * (dd - cc + m - 1) / ((dd + j - 2) * (dd + j - 1))
-        else:
-            k = (cc + m) * (dd + m - 1) / ((dd + j - 2) * (dd + j - 1))
-        back[going] = 1 / (1 + k * uu * back[going])
-        front[going] = 1 + k * uu / front[going]
-        step = front[going] * back[going]
-        value[going] *= step
-        going = going[np.abs(step - 1) > 1e-15]
-        j += 1
-    return value
+@numba.njit(cache=True)
+def _continued_fraction(c, d, u):
+    """1 / 2F1(1, c; d; -u) by the modified Lentz method: 1 + a1 / (1 + a2 / ...), a_j = k_j u.
+
+    Compiled, one row at a time: a row with u in the thousands takes a few hundred steps, and a numpy
+    step over the rows still going costs more in overhead than all of its arithmetic.
+    """
+    out = np.empty(len(u))
+    for i in range(len(u)):
+        value, front, back, j = 1.0, 1.0, 0.0, 1
+        while True:
+            m = j // 2
+            if j == 1:
+                k = c[i] / d[i]
+            elif j % 2 == 0:
+                k = m * (d[i] - c[i] + m - 1) / ((d[i] + j - 2) * (d[i] + j - 1))
+            else:
+                k = (c[i] + m) * (d[i] + m - 1) / ((d[i] + j - 2) * (d[i] + j - 1))
+            back = 1 / (1 + k * u[i] * back)
+            front = 1 + k * u[i] / front
+            step = front * back
+            value *= step
+            if abs(step - 1) <= 1e-15:
+                break
+            j += 1
+        out[i] = value
+    return out
