@@ -56,6 +56,9 @@ _THREADS = min(len(os.sched_getaffinity(0)), 8)
 _ROWS_PER_THREAD = 50_000  # below this a thread costs more than it saves
 TAIL = 1e-9  # P(X >= k | alive) below this ends a distribution of future purchases
 FIRST_BLOCK = 32  # counts in the first block of the tail; each next block doubles, up to 128
+MIXTURE_ABOVE = 0.5  # P(spend > 0) above which spend is a mixture over bands of counts (FutureSpend)
+BANDS = 8  # of purchase counts in SpendMixture
+MOST_STEPS = 60  # of SpendMixture's quantile search
 DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
@@ -341,7 +344,9 @@ class SpendModel:
             variance = square / buys - mean ** 2
             shape = mean ** 2 / variance
         spent = scale * p / q1 * mean_x
-        return FutureSpend(buys, shape, scale * variance / mean, spent, scale ** 2 * square - spent ** 2)
+        likely = np.flatnonzero(buys > MIXTURE_ABOVE)
+        mixture = SpendMixture.of(purchases, likely, p, posterior_q[likely], scale[likely]) if likely.size else None
+        return FutureSpend(buys, shape, scale * variance / mean, spent, scale ** 2 * square - spent ** 2, mixture)
 
     def _params(self) -> tuple[float, float, float]:
         if self.params_ is None:
@@ -374,13 +379,91 @@ def _fit_pooled(x, m, weights) -> _Pooled:
 
 
 @dataclass
+class SpendMixture:
+    """Spend given X >= 1 as a mixture of Gammas, one per band of purchase counts, for some customers
+    (``customers``, positions in the batch).
+
+    Given X >= 1 the count distribution depends on (x, T) alone; it is cut into ``BANDS`` bands of consecutive
+    counts of about equal probability, and spend given each band (a mixture of BetaPrime(p k, q') over its k,
+    times gamma + x m) is the Gamma with its mean and variance. One Gamma for all counts (``FutureSpend``'s)
+    cannot follow a count that may be ~50 or may be 3 (a frequent buyer who may stay or leave early); within a
+    band the counts are close. Columns: the bands; ``weight`` their probabilities, ``shape`` and ``scale``
+    their Gammas' (in money).
+    """
+
+    customers: np.ndarray
+    weight: np.ndarray
+    shape: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, purchases: FuturePurchases, customers: np.ndarray, p: float, posterior_q: np.ndarray,
+           scale: np.ndarray) -> SpendMixture:
+        rows, row = np.unique(purchases.row[customers], return_inverse=True)  # the count table's, per customer
+        tail = purchases.tail[rows]
+        weight = -np.diff(tail, axis=1, append=0.0) / tail[:, :1]  # P(X = k | X >= 1), k = 1, 2, ...
+        band = np.minimum(((np.cumsum(weight, axis=1) - weight / 2) * BANDS).astype(int), BANDS - 1)
+        cell = (band + BANDS * np.arange(len(rows))[:, None]).ravel()
+        k = np.arange(1.0, tail.shape[1] + 1)
+
+        def per_band(values: np.ndarray) -> np.ndarray:
+            return np.bincount(cell, (weight * values).ravel(), minlength=BANDS * len(rows)).reshape(-1, BANDS)[row]
+
+        mass = per_band(np.ones_like(k))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            count, square = per_band(k) / mass, per_band(k * k) / mass  # E[X | band], E[X^2 | band]
+            # spend / (gamma + x m) given the band: its mean and variance, as FutureSpend's given X >= 1
+            q1, q2 = posterior_q[:, None] - 1, np.maximum(posterior_q[:, None], 2.05) - 2
+            mean = p * count / q1
+            variance = (p * p * square + p * count) / (q1 * q2) - mean ** 2
+        used = mass > 0
+        return cls(customers, mass, np.where(used, mean ** 2 / variance, 1.0),
+                   np.where(used, scale[:, None] * variance / mean, 1.0))
+
+    def cdf(self, amount: np.ndarray, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``P(S <= amount | X >= 1)`` and its density in log amount, for the mixture's customers (or those
+        ``among`` them, ``amount`` one per customer there)."""
+        weight, shape, scale = (v if among is None else v[among] for v in (self.weight, self.shape, self.scale))
+        at = amount[:, None] / scale
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            density = weight * np.exp(shape * np.log(at) - at - gammaln(shape))  # the Gamma's, times the amount
+        return (weight * gammainc(shape, at)).sum(axis=1), np.nan_to_num(density).sum(axis=1)
+
+    def quantile(self, level: np.ndarray, guess: np.ndarray) -> np.ndarray:
+        """Per customer, the amount with ``P(S <= amount | X >= 1) = level`` (0 < level < 1), from ``guess``:
+        Newton's method in its log, kept inside a bracket that each step narrows (bisection where Newton leaves
+        it), to 1e-9 in probability."""
+        log_y = np.log(np.where(guess > 0, guess, 1.0))
+        low, high = np.full(len(level), -np.inf), np.full(len(level), np.inf)
+        going = np.arange(len(level))
+        for _ in range(MOST_STEPS):
+            probability, density = self.cdf(np.exp(log_y[going]), going)
+            error = probability - level[going]
+            low[going] = np.where(error < 0, log_y[going], low[going])
+            high[going] = np.where(error >= 0, log_y[going], high[going])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = log_y[going] - error / density
+            lo, hi = low[going], high[going]
+            inside = (step > lo) & (step < hi)
+            fallback = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.where(error < 0, lo + 2, hi - 2))
+            log_y[going] = np.where(inside, step, fallback)
+            going = going[(np.abs(error) > 1e-9) & (hi - lo > 1e-12)]
+            if not going.size:
+                break
+        return np.exp(log_y)
+
+
+@dataclass
 class FutureSpend:
     """Customers' distributions of spend S over a horizon: nothing with probability ``1 - buys``, else
-    (approximately) Gamma(``shape``, ``scale``).
+    (approximately) Gamma(``shape``, ``scale``), or, where a purchase is likely, a mixture of Gammas (``mixture``).
 
     Given k purchases, Gamma-Gamma makes S / (gamma + x m) a BetaPrime(p k, q + p x) (the order values'
     rate has its posterior given the history); the mixture over k given X >= 1 is matched by the Gamma
-    with the same mean and variance (docs/models.md measures how close).
+    with the same mean and variance. That Gamma's lower tail is too thin where the count given X >= 1 is
+    wide (a frequent buyer who may stay or leave early), so where ``buys`` exceeds ``MIXTURE_ABOVE`` (every
+    customer whose central interval, at any level, can exclude 0) ``SpendMixture`` serves instead
+    (docs/models.md measures both).
     """
 
     buys: np.ndarray
@@ -388,18 +471,27 @@ class FutureSpend:
     scale: np.ndarray
     mean: np.ndarray  # E[S] = E[X] E[order value]
     variance: np.ndarray  # Var[S], of the mixture itself
+    mixture: SpendMixture | None = None
 
     def quantile(self, level: float) -> np.ndarray:
         """The smallest s with P(S <= s) >= level, per customer."""
         nothing = 1 - self.buys
         with np.errstate(divide="ignore", invalid="ignore"):
-            spent = self.scale * gammaincinv(self.shape, (level - nothing) / self.buys)
+            given = (level - nothing) / self.buys  # the level given X >= 1
+            spent = self.scale * gammaincinv(self.shape, given)
+        if self.mixture is not None and 0 < level < 1:
+            likely = self.mixture.customers
+            spent[likely] = self.mixture.quantile(np.clip(given[likely], 1e-12, 1 - 1e-12), spent[likely])
         return np.where(level <= nothing, 0.0, spent)
 
     def cdf(self, amount) -> np.ndarray:
         """P(S <= amount) per customer (amount >= 0)."""
+        amount = np.broadcast_to(np.asarray(amount, dtype=float), self.buys.shape)
         with np.errstate(divide="ignore", invalid="ignore"):
-            spent = np.where(self.buys > 0, gammainc(self.shape, np.asarray(amount, dtype=float) / self.scale), 1.0)
+            spent = np.where(self.buys > 0, gammainc(self.shape, amount / self.scale), 1.0)
+        if self.mixture is not None:
+            likely = self.mixture.customers
+            spent[likely] = self.mixture.cdf(amount[likely])[0]
         return 1 - self.buys + self.buys * spent
 
     def below(self, amount) -> np.ndarray:
