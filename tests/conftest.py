@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from datetime import datetime
+from datetime import date, datetime
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,8 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 NOW = datetime(2026, 1, 1)  # the validation clock of every test
 # Files that take minutes go first: `make test` runs two workers, each given whole files in this order,
 # and one of these last would leave a worker alone with it at the end.
-SLOWEST_FIRST = ("test_writers.py", "test_spark.py", "test_cli.py", "test_service.py", "test_registry.py")
+SLOWEST_FIRST = ("test_shapes.py", "test_writers.py", "test_spark.py", "test_cli.py", "test_service.py",
+                 "test_registry.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -88,3 +90,30 @@ def assert_labels_agree_with_behaviour(scores: pd.DataFrame, features: pd.DataFr
     days = features.purchase_days.to_numpy()
     assert (scores.stage[days == 1] == "conversion").all()
     assert scores.stage[days >= 2].isin(["retention", "advocacy"]).all()
+
+
+def trained_on_its_own_cycle(data: sources.Dataset, as_of: date | None = None):
+    """``lifecycle train``'s protocol with the churn horizon derived from the shop (``churn_horizon_days = "auto"``)."""
+    from features.build import FeatureBuilder
+    from features.cycle import purchase_cycle
+    from models.lifecycle import Horizons
+    from training.train import train
+
+    horizon = purchase_cycle(data, as_of or data.date_range()[1].date()).churn_horizon
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return train(data, partial(FeatureBuilder, churn_horizon_days=horizon), Horizons(churn_days=horizon),
+                     as_of=as_of)
+
+
+def assert_not_below_the_baselines_unless_weak(run) -> None:
+    """Served churn not below recency alone, the served CLV not below the past spend rate, beyond noise pooled over
+    the cut dates; or else the run is flagged weak."""
+    from training.backtest import Bootstrap, gini, roc_auc
+
+    bootstrap = Bootstrap()
+    churn = bootstrap.difference(roc_auc, [(e.churn.customer_id, e.churn.churned, e.churn.served, e.churn.recency)
+                                           for e in run.backtest])
+    value = bootstrap.difference(gini, [(e.value.customer_id, e.value.spend, e.value.served, e.value.spend_rate)
+                                        for e in run.backtest])
+    assert run.model.weaknesses or "worse" not in (churn.verdict, value.verdict), (churn, value)

@@ -57,6 +57,22 @@ def test_the_noise_of_a_mean_difference_is_its_standard_error():
     assert clear.verdict == "better" and Bootstrap().difference(mean, [(ids, zero, zero, a + 0.05)]).verdict == "worse"
 
 
+def test_a_difference_within_the_margin_is_a_tie_however_sure():
+    """A gain of 0.002 per customer with a standard error of 0.0002 is beyond noise: better with no margin, a tie
+    with a margin of 0.002 (the gain less its noise is below it), better again with a margin of 0.001."""
+    rng = np.random.default_rng(2)
+    n = 20_000
+    ids, zero = np.arange(n), np.zeros(n)
+    gain = rng.normal(0.0, 0.03, n)
+    gain += 0.002 - gain.mean()
+    found = {margin: Bootstrap().difference(mean, [(ids, zero, gain, zero)], margin) for margin in (0.0, 0.002, 0.001)}
+    assert found[0.0].se == pytest.approx(0.03 / np.sqrt(n), rel=0.15)
+    assert [found[m].verdict for m in (0.0, 0.002, 0.001)] == ["better", "tie", "better"]
+    assert Bootstrap().difference(mean, [(ids, zero, zero, gain)], 0.002).verdict == "tie"
+    assert Bootstrap().difference(mean, [(ids, zero, zero, gain)], 0.001).verdict == "worse"
+    assert str(found[0.002]).endswith("(margin 0.002)")
+
+
 def test_the_same_customers_at_several_cut_dates_are_one_draw():
     """Identical numbers at three cut dates tell no more than one: the pooled noise is one cut date's, not
     1 / sqrt(3) of it, because each replicate weights a customer the same at every date."""
@@ -105,6 +121,7 @@ def _value(seed: int, learned_noise: float, btyd_noise: float, learned_scale: fl
     ([_value(0, 0.1, 0.8), _value(1, 0.1, 0.8)], "auto", "learned"),  # ranks far better, sizes as well
     ([_value(0, 0.1, 0.8, 3.0), _value(1, 0.1, 0.8, 3.0)], "auto", "btyd"),  # ranks better, sizes deciles 3x
     ([_value(0, 0.3, 0.3), _value(1, 0.3, 0.3)], "auto", "btyd"),  # as good: a tie keeps the simpler model
+    ([_value(0, 0.75, 0.8), _value(1, 0.75, 0.8)], "auto", "btyd"),  # +0.013 +/- 0.011: under a Gini point for sure
     ([_value(0, 0.8, 0.1), _value(1, 0.8, 0.1)], "learned", "learned"),  # forced, whatever the numbers
     ([_value(0, 0.1, 0.8).drop(columns="learned"), _value(1, 0.1, 0.8)], "auto", "btyd"),  # none at the newest
 ])

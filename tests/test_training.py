@@ -13,10 +13,11 @@ from features import cdnow
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
+from models.btyd import SpendModel
 from models.lifecycle import OUTPUT_COLUMNS, Horizons, btyd_columns, classifier_inputs
 from tests.conftest import assert_labels_agree_with_behaviour, load
 from training.backtest import Bootstrap, Difference, brier, gini, roc_auc
-from training.train import train, windows
+from training.train import Fitter, train, windows
 
 
 def test_cdnow_windows_follow_the_published_protocol(cdnow_run):
@@ -231,3 +232,16 @@ def test_the_model_is_a_self_contained_mlflow_pyfunc(cdnow_run, tmp_path):
     assert done.stdout.strip().startswith(str(tmp_path / "model" / "code"))  # the code that travelled with it
     expected = run.model.predict(features)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "scores.parquet"), expected, check_dtype=False)
+
+
+def test_a_fit_on_inputs_fitted_before_is_not_repeated_and_its_notes_name_both():
+    """Where two of the protocol's dates coincide, the fitter returns the first fit and notes it for both."""
+    rng = np.random.default_rng(4)
+    repeat = rng.integers(1, 6, 400).astype(float)
+    mean_spend = rng.gamma(6 * repeat, 50 / (6 * repeat))  # every order Gamma(6, mean 50): nothing between customers
+    fitter = Fitter()
+    first = fitter.fit(SpendModel, repeat, mean_spend, what="at 2024-01-01")
+    assert fitter.fit(SpendModel, repeat, mean_spend, what="at 2024-02-01") is first
+    assert fitter.fit(SpendModel, repeat, mean_spend * 2, what="twice as much") is not first
+    pooled = [note for note in fitter.notes if "pooled spend model serves" in note]
+    assert pooled and pooled[0].endswith("[at 2024-01-01, at 2024-02-01, twice as much]")

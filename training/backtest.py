@@ -7,7 +7,9 @@ a metric is pooled as its mean over the cut dates; its noise is a bootstrap clus
 replicate draws one Poisson(1) weight per customer id, shared by every cut date (the same customer at
 several dates is one draw), and recomputes both candidates' metric with those weights. A difference
 more than ``Z`` bootstrap standard errors from 0 is beyond noise; anything closer is a tie, which
-each decision settles by its own documented rule (docs/models.md).
+each decision settles by its own documented rule (docs/models.md). A decision may also ask for a
+``margin``: a candidate is then better only if it is better by more than the margin beyond noise (the
+difference less ``Z`` standard errors still above it), so a gain too small to matter is a tie too.
 
 On large shops the replicates are drawn on a seeded sample of ``MOST_CUSTOMERS`` customer ids and their
 spread scaled by sqrt(sample / all) (the metrics here are smooth means, whose noise falls with the
@@ -35,18 +37,16 @@ class Difference:
     mean: float
     se: float
     cuts: int
-
-    @property
-    def z(self) -> float:
-        return self.mean / self.se if self.se > 0 else (0.0 if self.mean == 0 else np.inf * np.sign(self.mean))
+    margin: float = 0.0  # a difference this small is a tie, whatever the noise
 
     @property
     def verdict(self) -> str:
-        """``"better"`` or ``"worse"`` (A than B) beyond noise, else ``"tie"``."""
-        return "better" if self.z > Z else "worse" if self.z < -Z else "tie"
+        """``"better"`` or ``"worse"`` (A than B) by more than the margin beyond noise, else ``"tie"``."""
+        noise = Z * self.se
+        return "better" if self.mean - noise > self.margin else "worse" if self.mean + noise < -self.margin else "tie"
 
     def __str__(self) -> str:
-        return f"{self.mean:+.4f} +/- {Z * self.se:.4f}"
+        return f"{self.mean:+.4f} +/- {Z * self.se:.4f}" + (f" (margin {self.margin:g})" if self.margin else "")
 
 
 # A metric of (outcome, score, weights (replicates x rows)) -> one value per replicate, and which way is better.
@@ -137,10 +137,10 @@ class Bootstrap:
             self._drawn = np.hstack([self._drawn, drawn.astype(np.float32)])
         return self._drawn[:, self._known.get_indexer(ids)].astype(float)
 
-    def difference(self, metric: Metric, cuts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-                   ) -> Difference:
+    def difference(self, metric: Metric, cuts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                   margin: float = 0.0) -> Difference:
         """``metric`` of candidate A minus candidate B's (flipped when lower is better), pooled over ``cuts``:
-        per cut date, (customer ids, outcome, A's score, B's score)."""
+        per cut date, (customer ids, outcome, A's score, B's score); ``margin``: the least difference that counts."""
         sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
         share = min(1.0, self.most / max(len(c[0]) for c in cuts))
         points, replicates = [], []
@@ -155,7 +155,7 @@ class Bootstrap:
                 replicates.append(sign * (metric(outcome[inside], a[inside], w)
                                           - metric(outcome[inside], b[inside], w)))
         spread = np.nanstd(np.mean(replicates, axis=0), ddof=1) * np.sqrt(share)
-        return Difference(float(np.mean(points)), float(spread), len(cuts))
+        return Difference(float(np.mean(points)), float(spread), len(cuts), margin)
 
 
 _POISSON_CDF = np.cumsum(np.exp(-1.0) / np.cumprod(np.r_[1.0, np.arange(1.0, 20.0)]))[:-1]

@@ -26,6 +26,7 @@ With h the churn horizon and ``end`` the last day of data:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Callable
@@ -78,6 +79,11 @@ NEAR_CHANCE_GINI = 0.1
 # leave at any time (Pareto/NBD), then after any purchase (MBG/NBD), and BG/NBD last, whose P(alive) is 1 for every
 # customer without a repeat purchase by construction (under auto it serves only when nothing else fits: docs/models.md).
 PREFERENCE = ("pareto_nbd", "mbgnbd", "bgnbd")
+# Differences too small to act on, whatever the noise: holdout log-likelihood per customer (1e-4 is a likelihood ratio
+# of e over 10,000 customers; models that meet at the same edge differ by the fits' rounding, ~1e-7), and the learned
+# CLV's Gini gain over the BTYD CLV (a second model serves only for a gain of a Gini point or more, beyond noise).
+LL_MARGIN = 1e-4
+GINI_MARGIN = 0.01
 
 # Label columns joined to the features (orders renamed: the features have their own).
 _LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
@@ -133,27 +139,41 @@ class Fitter:
 
     penalizer: float = 0.0
     found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
+    fitted: dict[str, tuple] = field(default_factory=dict)  # a fit's inputs -> (model, its notes)
 
     def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
         """``model_type(penalizer).fit(*columns)``, with the retries (Gamma-Gamma takes no penalizer: ``SpendModel``
-        is fitted once); ``what`` names the fit in the notes."""
+        is fitted once); ``what`` names the fit in the notes. A fit on inputs fitted before is not repeated (two of
+        the protocol's dates coincide where the history is short)."""
+        key = hashlib.blake2b(model_type.__name__.encode())
+        for column in columns:
+            key.update(np.ascontiguousarray(column, dtype=float).tobytes())
+        if (known := self.fitted.get(key.hexdigest())) is not None:
+            model, lines = known
+        else:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model, failures = self._fit(model_type, columns, what)
+            lines = [str(warning.message) for warning in caught] + failures
+            self.fitted[key.hexdigest()] = model, lines
+        for line in lines:
+            self.note(line, what)
+        return model
+
+    def _fit(self, model_type, columns, what: str) -> tuple:
         failures = []
         penalized = issubclass(model_type, PurchaseModel)
         penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer)) if penalized else (None,)
         for penalizer in penalizers:
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    model = (model_type(penalizer) if penalized else model_type()).fit(*columns)
+                model = (model_type(penalizer) if penalized else model_type()).fit(*columns)
             except FitFailed as exc:
                 failures.append(f"{exc} (penalizer {penalizer:g})" if penalized else str(exc))
                 continue
-            for warning in caught:
-                self.note(str(warning.message), what)
             if failures:
-                self.note(f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets the "
-                           "first one tried)", what)
-            return model
+                return model, [f"{'; '.join(failures)}; fitted with penalizer {penalizer:g} (btyd.penalizer sets "
+                               "the first one tried)"]
+            return model, []
         if not penalized:
             raise LifecycleError(f"{failures[0]} [{what}]")
         tried = ", ".join(f"{p:g}" for p in penalizers)
@@ -372,7 +392,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
 
     Returns the fitted candidates per cut date, their metrics (one row per model: means over the cut
     dates, and the difference of holdout log-likelihood from the best with its noise, ``tied`` when
-    within noise) and the name chosen: ``forced`` unless it is ``"auto"``, else the first of
+    within noise or ``LL_MARGIN``) and the name chosen: ``forced`` unless it is ``"auto"``, else the first of
     ``PREFERENCE`` among the best and those tied with it, BG/NBD aside. The holdout log-likelihood is the mean per
     customer of log P(holdout purchases and their days | calibration history): a proper score of
     everything a purchase model predicts (how many purchases, when, and who is gone), with which the
@@ -409,7 +429,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     def behind(leader: str, name: str):
         """``leader``'s holdout log-likelihood minus ``name``'s, pooled over the cut dates."""
         return bootstrap.difference(mean, [(h.customer_id, np.zeros(len(h)), lls[leader][k], lls[name][k])
-                                           for k, h in enumerate(holdouts)])
+                                           for k, h in enumerate(holdouts)], LL_MARGIN)
 
     # BG/NBD's P(alive) is 1 for every customer without a repeat purchase, by construction: under auto it is compared
     # but serves only if nothing else could be fitted.
@@ -429,7 +449,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
         why = f"{label}: the highest holdout log-likelihood beyond noise over {len(wins)} cut date(s)"
     else:
         why = (f"{label}: tied with {', '.join(PURCHASE_MODELS[n].label for n in tied if n != chosen)} on holdout "
-               f"log-likelihood over {len(wins)} cut date(s) (within noise); ties go to "
+               f"log-likelihood over {len(wins)} cut date(s) (within noise or {LL_MARGIN:g} per customer); ties go to "
                f"{' > '.join(PURCHASE_MODELS[n].label for n in PREFERENCE)}")
     if chosen != "bgnbd" and "bgnbd" in compared.index:
         why += "; BG/NBD is compared but under auto does not serve (P(alive) = 1 for every one-time buyer)"
@@ -455,9 +475,10 @@ def better_churn_source(evaluations: list[Evaluation], bootstrap: Bootstrap | No
 def better_clv_source(evaluations: list[Evaluation], forced: str = AUTO, mape_slack: float = MAPE_SLACK,
                       bootstrap: Bootstrap | None = None) -> tuple[str, str]:
     """The CLV to serve, with why: ``forced`` (``"btyd"`` or ``"learned"``) unless it is ``"auto"``; else
-    ``"learned"`` if, pooled over the cut dates it was judged on, it ranks the judged windows' spend better beyond
-    noise (normalized Gini) and sizes it nearly as well (a mean decile MAPE at most ``mape_slack`` above the BTYD
-    CLV's), else ``"btyd"``. Without a learned CLV at the newest cut date, always ``"btyd"``."""
+    ``"learned"`` if, pooled over the cut dates it was judged on, it ranks the judged windows' spend better by more
+    than ``GINI_MARGIN`` beyond noise (normalized Gini) and sizes it nearly as well (a mean decile MAPE at most
+    ``mape_slack`` above the BTYD CLV's), else ``"btyd"``. Without a learned CLV at the newest cut date, always
+    ``"btyd"``."""
     judged = [e for e in evaluations if "learned" in e.value]
     if not judged or "learned" not in evaluations[0].value:
         return "btyd", "the BTYD CLV: no learned CLV at the newest cut date (see the notes)"
@@ -465,7 +486,7 @@ def better_clv_source(evaluations: list[Evaluation], forced: str = AUTO, mape_sl
         return forced, f"the {forced} CLV, as configured (clv.model)"
     bootstrap = bootstrap or Bootstrap()
     ranking = bootstrap.difference(gini, [(e.value.customer_id, e.value.spend, e.value.learned, e.value.btyd)
-                                          for e in judged])
+                                          for e in judged], GINI_MARGIN)
     mape = {source: float(np.mean([e.metrics[f"clv_{source}_decile_mape"] for e in judged])) for source in CLV_SOURCES}
     sizes = mape["learned"] <= mape["btyd"] + mape_slack
     evidence = (f"learned minus BTYD Gini over {ranking.cuts} cut date(s) {ranking} ({ranking.verdict}); decile MAPE "
@@ -632,7 +653,7 @@ def _value_inputs(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendMod
     features = table.drop(columns=["spend"])
     inputs = pd.DataFrame(classifier_inputs(features, btyd_columns(purchases, spend, features, horizons)))
     f, r, t, m = (features[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
-    return inputs, spend.future_spend(purchases.future_purchases(days, f, r, t), f, m).mean
+    return inputs, spend.expected_order_value(f, m) * purchases.expected_purchases(days, f, r, t)
 
 
 def _fit_clv_twin(data: Dataset, twin: EvaluationTwin, new_builder: Callable[[], FeatureBuilder], win: Windows,
@@ -643,9 +664,13 @@ def _fit_clv_twin(data: Dataset, twin: EvaluationTwin, new_builder: Callable[[],
     L = win.clv_label_days
     if horizons.churn_days <= L:
         at_fitted = _value_table(data, new_builder(), win.clv_fitted, L)
-        btyd = _fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}")
-        twin.learned_clv = _fit_learned_clv(at_fitted, *btyd, horizons, L, seed, fitter,
-                                            f"learned CLV at {win.clv_fitted}")
+        try:  # end - 2L is earlier than the days check_sufficient vouches for: a young shop may have too few buyers
+            btyd = _fit_btyd(at_fitted, model_type, fitter, f"at {win.clv_fitted}")
+        except LifecycleError as exc:
+            fitter.note(f"{exc}; the learned CLV is not fitted", f"cut date {win.end}")
+        else:
+            twin.learned_clv = _fit_learned_clv(at_fitted, *btyd, horizons, L, seed, fitter,
+                                                f"learned CLV at {win.clv_fitted}")
     else:
         fitter.note(f"the learned CLV needs labels over at least the churn horizon ({horizons.churn_days} days); the "
                     f"history leaves {L}: not fitted", f"cut date {win.end}")
