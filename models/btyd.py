@@ -395,6 +395,7 @@ class SpendMixture:
     weight: np.ndarray
     shape: np.ndarray
     scale: np.ndarray
+    log_gamma: np.ndarray  # log Gamma(shape), for the densities
 
     @classmethod
     def of(cls, purchases: FuturePurchases, customers: np.ndarray, p: float, posterior_q: np.ndarray,
@@ -417,40 +418,41 @@ class SpendMixture:
             mean = p * count / q1
             variance = (p * p * square + p * count) / (q1 * q2) - mean ** 2
         used = mass > 0
-        return cls(customers, mass, np.where(used, mean ** 2 / variance, 1.0),
-                   np.where(used, scale[:, None] * variance / mean, 1.0))
+        shape = np.where(used, mean ** 2 / variance, 1.0)
+        return cls(customers, mass, shape, np.where(used, scale[:, None] * variance / mean, 1.0), gammaln(shape))
 
     def cdf(self, amount: np.ndarray, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``P(S <= amount | X >= 1)`` and its density in log amount, for the mixture's customers (or those
         ``among`` them, ``amount`` one per customer there)."""
-        weight, shape, scale = (v if among is None else v[among] for v in (self.weight, self.shape, self.scale))
+        weight, shape, scale, log_gamma = (v if among is None else v[among]
+                                           for v in (self.weight, self.shape, self.scale, self.log_gamma))
         at = amount[:, None] / scale
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            density = weight * np.exp(shape * np.log(at) - at - gammaln(shape))  # the Gamma's, times the amount
+            density = weight * np.exp(shape * np.log(at) - at - log_gamma)  # the Gamma's, times the amount
         return (weight * gammainc(shape, at)).sum(axis=1), np.nan_to_num(density).sum(axis=1)
 
     def quantile(self, level: np.ndarray, guess: np.ndarray) -> np.ndarray:
         """Per customer, the amount with ``P(S <= amount | X >= 1) = level`` (0 < level < 1), from ``guess``:
         Newton's method in its log, kept inside a bracket that each step narrows (bisection where Newton leaves
         it), to 1e-9 in probability."""
-        log_y = np.log(np.where(guess > 0, guess, 1.0))
+        log_amount = np.log(np.where(np.isfinite(guess) & (guess > 0), guess, 1.0))
         low, high = np.full(len(level), -np.inf), np.full(len(level), np.inf)
         going = np.arange(len(level))
         for _ in range(MOST_STEPS):
-            probability, density = self.cdf(np.exp(log_y[going]), going)
+            probability, density = self.cdf(np.exp(log_amount[going]), going)
             error = probability - level[going]
-            low[going] = np.where(error < 0, log_y[going], low[going])
-            high[going] = np.where(error >= 0, log_y[going], high[going])
+            low[going] = np.where(error < 0, log_amount[going], low[going])
+            high[going] = np.where(error >= 0, log_amount[going], high[going])
             with np.errstate(divide="ignore", invalid="ignore"):
-                step = log_y[going] - error / density
+                step = log_amount[going] - error / density
             lo, hi = low[going], high[going]
             inside = (step > lo) & (step < hi)
             fallback = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.where(error < 0, lo + 2, hi - 2))
-            log_y[going] = np.where(inside, step, fallback)
+            log_amount[going] = np.where(inside, step, fallback)
             going = going[(np.abs(error) > 1e-9) & (hi - lo > 1e-12)]
             if not going.size:
                 break
-        return np.exp(log_y)
+        return np.exp(log_amount)
 
 
 @dataclass
