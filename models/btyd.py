@@ -421,15 +421,21 @@ class SpendMixture:
         shape = np.where(used, mean ** 2 / variance, 1.0)
         return cls(customers, mass, shape, np.where(used, scale[:, None] * variance / mean, 1.0), gammaln(shape))
 
-    def cdf(self, amount: np.ndarray, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``P(S <= amount | X >= 1)`` and its density in log amount, for the mixture's customers (or those
-        ``among`` them, ``amount`` one per customer there)."""
-        weight, shape, scale, log_gamma = (v if among is None else v[among]
-                                           for v in (self.weight, self.shape, self.scale, self.log_gamma))
+    def cdf(self, amount: np.ndarray) -> np.ndarray:
+        """``P(S <= amount | X >= 1)`` for the mixture's customers (``amount`` one per customer)."""
+        return self._cdf_and_density(amount, slice(None), density=False)[0]
+
+    def _cdf_and_density(self, amount: np.ndarray, among, density: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``P(S <= amount | X >= 1)`` and (if ``density``) its density in log amount, for the customers ``among``
+        the mixture's (``amount`` one per customer there)."""
+        weight, shape, scale = self.weight[among], self.shape[among], self.scale[among]
         at = amount[:, None] / scale
+        probability = (weight * gammainc(shape, at)).sum(axis=1)
+        if not density:
+            return probability, np.empty(0)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            density = weight * np.exp(shape * np.log(at) - at - log_gamma)  # the Gamma's, times the amount
-        return (weight * gammainc(shape, at)).sum(axis=1), np.nan_to_num(density).sum(axis=1)
+            per_band = weight * np.exp(shape * np.log(at) - at - self.log_gamma[among])  # the Gamma's, times the amount
+        return probability, np.nan_to_num(per_band).sum(axis=1)
 
     def quantile(self, level: np.ndarray, guess: np.ndarray) -> np.ndarray:
         """Per customer, the amount with ``P(S <= amount | X >= 1) = level`` (0 < level < 1), from ``guess``:
@@ -439,7 +445,7 @@ class SpendMixture:
         low, high = np.full(len(level), -np.inf), np.full(len(level), np.inf)
         going = np.arange(len(level))
         for _ in range(MOST_STEPS):
-            probability, density = self.cdf(np.exp(log_amount[going]), going)
+            probability, density = self._cdf_and_density(np.exp(log_amount[going]), going)
             error = probability - level[going]
             low[going] = np.where(error < 0, log_amount[going], low[going])
             high[going] = np.where(error >= 0, log_amount[going], high[going])
@@ -493,7 +499,7 @@ class FutureSpend:
             spent = np.where(self.buys > 0, gammainc(self.shape, amount / self.scale), 1.0)
         if self.mixture is not None:
             likely = self.mixture.customers
-            spent[likely] = self.mixture.cdf(amount[likely])[0]
+            spent[likely] = self.mixture.cdf(amount[likely])
         return 1 - self.buys + self.buys * spent
 
     def below(self, amount) -> np.ndarray:

@@ -145,17 +145,18 @@ class Fitter:
         """``model_type(penalizer).fit(*columns)``, with the retries (Gamma-Gamma takes no penalizer: ``SpendModel``
         is fitted once); ``what`` names the fit in the notes. A fit on inputs fitted before is not repeated (two of
         the protocol's dates coincide where the history is short)."""
-        key = hashlib.blake2b(model_type.__name__.encode())
+        digest = hashlib.blake2b(model_type.__name__.encode())
         for column in columns:
-            key.update(np.ascontiguousarray(column, dtype=float).tobytes())
-        if (known := self.fitted.get(key.hexdigest())) is not None:
+            digest.update(np.ascontiguousarray(column, dtype=float).tobytes())
+        key = digest.hexdigest()
+        if (known := self.fitted.get(key)) is not None:
             model, lines = known
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 model, failures = self._fit(model_type, columns, what)
             lines = [str(warning.message) for warning in caught] + failures
-            self.fitted[key.hexdigest()] = model, lines
+            self.fitted[key] = model, lines
         for line in lines:
             self.note(line, what)
         return model
