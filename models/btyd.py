@@ -59,6 +59,7 @@ FIRST_BLOCK = 32  # counts in the first block of the tail; each next block doubl
 MIXTURE_ABOVE = 0.5  # P(spend > 0) above which spend is a mixture over bands of counts (FutureSpend)
 BANDS = 8  # of purchase counts in SpendMixture
 MOST_STEPS = 60  # of SpendMixture's quantile search
+WIDEST_STEP = 2.0  # in log amount (a factor e^2), of that search outside a two-sided bracket or where Newton overshoots
 DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 
@@ -449,11 +450,12 @@ class SpendMixture:
             error = probability - level[going]
             low[going] = np.where(error < 0, log_amount[going], low[going])
             high[going] = np.where(error >= 0, log_amount[going], high[going])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                step = log_amount[going] - error / density
+            with np.errstate(divide="ignore", invalid="ignore"):  # no density far out in a tail: the widest step
+                step = log_amount[going] - np.clip(error / density, -WIDEST_STEP, WIDEST_STEP)
             lo, hi = low[going], high[going]
             inside = (step > lo) & (step < hi)
-            fallback = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2, np.where(error < 0, lo + 2, hi - 2))
+            fallback = np.where(np.isfinite(lo) & np.isfinite(hi), (lo + hi) / 2,
+                                np.where(error < 0, lo + WIDEST_STEP, hi - WIDEST_STEP))
             log_amount[going] = np.where(inside, step, fallback)
             going = going[(np.abs(error) > 1e-9) & (hi - lo > 1e-12)]
             if not going.size:

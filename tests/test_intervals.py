@@ -8,6 +8,7 @@ lands above the level and what is judged instead).
 
 from __future__ import annotations
 
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -100,6 +101,24 @@ def test_spend_quantiles_hold_their_probability_in_draws_from_the_posterior(name
                                                                                      abs=0.015 if mixed else 0.03)
             # the CDF agrees with the quantile: P(S <= q(level)) >= level, and just below it less
             assert distribution.cdf(distribution.quantile(level))[0] >= level - 1e-8
+
+
+def test_the_spend_mixture_quantile_converges_from_any_start_without_overflow():
+    """The mixture's quantile search from a start 1e8 times too small or too large finds the same amount as from a
+    good one, with no overflow on the way (far out in a tail the density underflows to 0 and Newton's step was
+    infinite: a 1M-customer training printed overflow warnings)."""
+    spend = SpendModel()
+    spend.params_ = {"p": 6.25, "q": 3.74, "gamma": 15.44}
+    counts = fitted("pareto_nbd").future_purchases(HORIZON, [40.0, 150.0], [360.0, 360.0], [365.0, 365.0])
+    mixture = spend.future_spend(counts, [40.0, 150.0], [45.0, 80.0]).mixture
+    assert mixture is not None and len(mixture.customers) == 2
+    level = np.array([0.1, 0.9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        good = mixture.quantile(level, np.array([1000.0, 5000.0]))
+        for start in (1e-5, 1e11):
+            np.testing.assert_allclose(mixture.quantile(level, np.full(2, start)), good, rtol=1e-7)
+    np.testing.assert_allclose(mixture.cdf(good), level, atol=1e-9)
 
 
 @pytest.fixture(scope="module", params=["bgnbd", "pareto_nbd"])
