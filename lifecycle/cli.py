@@ -643,11 +643,16 @@ def _use_inputs(settings: Settings, transactions: str | None, events: str | None
 
 
 def _print_training(run, clv_model: str) -> None:
+    from training.backtest import MOST_JUDGED
+
     result, decision = run.result, run.decision
     evaluation, w = result.evaluation, result.windows
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
     console.print(f"judged on {len(result.cuts)} cut date(s), one churn horizon apart: "
                   f"{', '.join(str(c.end) for c in result.cuts)}")
+    if len(result.features) > MOST_JUDGED:
+        console.print(f"each judged on a sample of at most {MOST_JUDGED:,} customers, by customer id "
+                      f"({len(evaluation.churn):,} of those known at {w.t1})")
     console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _print_purchase_models(evaluation.purchase_models, result.model.purchases.name)

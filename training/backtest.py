@@ -11,9 +11,14 @@ each decision settles by its own documented rule (docs/models.md). A decision ma
 ``margin``: a candidate is then better only if it is better by more than the margin beyond noise (the
 difference less ``Z`` standard errors still above it), so a gain too small to matter is a tie too.
 
+A cut date is judged on at most ``MOST_JUDGED`` customers (``judged_sample``: all of them on smaller shops, else a
+sample drawn by a hash of the id, the same customers at every cut date and in every run). Judging costs about as much
+per customer as fitting, and past a few hundred thousand customers the metrics' noise is far below any difference that
+matters; the differences' noise below is that of the sample, so no decision is surer than its customers allow.
+
 On large shops the replicates are drawn on a seeded sample of ``MOST_CUSTOMERS`` customer ids and their
 spread scaled by sqrt(sample / all) (the metrics here are smooth means, whose noise falls with the
-square root of the customers); the difference itself is always computed on every customer.
+square root of the customers); the difference itself is always computed on every customer judged.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pandas as pd
 REPLICATES = 200
 Z = 1.96  # a difference beyond Z standard errors is not noise (two-sided 5 %)
 MOST_CUSTOMERS = 50_000  # customer ids the replicates are drawn on, at most
+MOST_JUDGED = 250_000  # customers a cut date is judged on, at most (``judged_sample``)
 CUTS = 3  # cut dates a run is judged on, when the history allows
 
 
@@ -149,7 +155,7 @@ class Bootstrap:
             outcome, a, b = (np.asarray(v, dtype=float) for v in (outcome, a, b))
             ones = np.ones((1, len(outcome)))
             points.append(sign * (metric(outcome, a, ones)[0] - metric(outcome, b, ones)[0]))
-            inside = _uniform(pd.util.hash_array(ids)) < share if share < 1 else slice(None)
+            inside = _uniform(pd.util.hash_array(ids), _REPLICATED) < share if share < 1 else slice(None)
             w = self.weights(ids[inside])
             with np.errstate(invalid="ignore", divide="ignore"):
                 replicates.append(sign * (metric(outcome[inside], a[inside], w)
@@ -170,6 +176,22 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _uniform(hashes: np.ndarray) -> np.ndarray:
+def judged_sample(table: pd.DataFrame, most: int = MOST_JUDGED) -> pd.DataFrame:
+    """The rows of a per-customer table (with ``customer_id``) that a cut date is judged on: every row, or where there
+    are more than ``most``, about ``most`` of them chosen by a hash of the id (so the same customers at every cut date,
+    in the gate's comparison and in every run)."""
+    share = most / max(len(table), 1)
+    if share >= 1:
+        return table
+    keep = _uniform(pd.util.hash_array(table["customer_id"].to_numpy()), _JUDGED) < share
+    return table[keep].reset_index(drop=True)
+
+
+# Salts of the hash draws: the replicates' sample is drawn inside the judged sample, independently of it.
+_REPLICATED, _JUDGED = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)
+
+
+def _uniform(hashes: np.ndarray, salt: np.uint64) -> np.ndarray:
+    """A uniform number in [0, 1) per hash, a different one for each ``salt``."""
     with np.errstate(over="ignore"):
-        return (_mix(hashes ^ np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(11)) / 2.0**53
+        return (_mix(hashes ^ salt) >> np.uint64(11)) / 2.0**53

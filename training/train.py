@@ -54,7 +54,7 @@ from models.lifecycle import (
 )
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
-from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, mean, roc_auc
+from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, judged_sample, mean, roc_auc
 from training.forecast import forecast
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
@@ -405,6 +405,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     scores: dict[str, list[dict[str, float]]] = {}
     lls: dict[str, list[np.ndarray]] = {}
     failures = {}
+    scored = [judged_sample(h) for h in holdouts]
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
             continue
@@ -418,7 +419,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
                 candidates.pop(name, None)
             continue
         judged = [_purchase_scores(fitted[k][name], h, w.btyd_holdout_days, horizons.churn_days)
-                  for k, (h, w) in enumerate(zip(holdouts, wins, strict=True))]
+                  for k, (h, w) in enumerate(zip(scored, wins, strict=True))]
         lls[name] = [ll for ll, _ in judged]
         scores[name] = [score for _, score in judged]
     if not scores:
@@ -430,7 +431,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     def behind(leader: str, name: str):
         """``leader``'s holdout log-likelihood minus ``name``'s, pooled over the cut dates."""
         return bootstrap.difference(mean, [(h.customer_id, np.zeros(len(h)), lls[leader][k], lls[name][k])
-                                           for k, h in enumerate(holdouts)], LL_MARGIN)
+                                           for k, h in enumerate(scored)], LL_MARGIN)
 
     # BG/NBD's P(alive) is 1 for every customer without a repeat purchase, by construction: under auto it is compared
     # but serves only if nothing else could be fitted.
@@ -562,9 +563,9 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
         holdout_table = _holdout_table(data, twin.builder, win, horizons)
     if value_table is None:
         value_table = _value_table(data, twin.clv_builder, win.clv_judged, win.clv_label_days, fit=False)
-    holdout = _btyd_holdout(holdout_table, twin, win, horizons)
-    value = _judged_value(value_table, twin, win.clv_label_days, horizons)
-    test = _labelled(data, twin.builder, win.t1, horizons)
+    holdout = _btyd_holdout(judged_sample(holdout_table), twin, win, horizons)
+    value = _judged_value(judged_sample(value_table), twin, win.clv_label_days, horizons)
+    test = judged_sample(_labelled(data, twin.builder, win.t1, horizons))
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
     churn = pd.DataFrame({
