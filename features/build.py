@@ -176,22 +176,9 @@ class FeatureBuilder:
         stage at the window's end (same fitted edges) with the stage at ``as_of`` (NULL for advocates).
         """
         end = as_of + timedelta(days=horizon_days)
-        last = data.date_range()[1]
-        if last is None or last.date() < end:
-            raise LifecycleError(
-                f"labels over {horizon_days} days after {as_of} need data through {end}; "
-                + (f"transactions end {last:%Y-%m-%d}" if last else "there are no transactions")
-            )
         return data.con.sql(f"""
             WITH now AS ({self.sql(as_of)}), later AS ({self.sql(end)}),
-            window_tx AS (
-                SELECT customer_id, count(DISTINCT CAST(timestamp AS DATE)) AS purchases,
-                    count(*) AS orders, fsum(amount) AS spend
-                FROM transactions
-                WHERE timestamp >= TIMESTAMP '{as_of + timedelta(days=1)}'
-                  AND timestamp < TIMESTAMP '{end + timedelta(days=1)}'
-                GROUP BY customer_id
-            )
+            window_tx AS ({_window_sql(data, as_of, horizon_days)})
             SELECT now.customer_id, DATE '{as_of}' AS as_of, {horizon_days} AS horizon_days,
                 coalesce(w.purchases, 0) AS purchases, coalesce(w.orders, 0) AS orders,
                 coalesce(w.spend, 0.0) AS spend, coalesce(w.purchases, 0) = 0 AS churned,
@@ -199,6 +186,13 @@ class FeatureBuilder:
                     AS reached_next_stage
             FROM now LEFT JOIN later USING (customer_id) LEFT JOIN window_tx AS w USING (customer_id)
         """)
+
+    @staticmethod
+    def window(data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:
+        """What customers did in the window (as_of, as_of + horizon]: ``purchases`` (purchase days), ``orders`` and
+        ``spend``, one row per customer with an order in it (``labels`` without the features and stages, which cost
+        two feature builds: for everyone else all three are 0)."""
+        return data.con.sql(_window_sql(data, as_of, horizon_days))
 
     def _base_sql(self, as_of: date, population: str | None = None, per_customer: str | None = None) -> str:
         """Every feature that needs no fitted edges, one row per known customer (or per ``population``).
@@ -349,6 +343,25 @@ class FeatureBuilder:
             coalesce(en.n_return, 0) / nullif(d.orders, 0) AS return_rate,
             coalesce(en.n_review, 0) AS reviews, coalesce(en.n_referral, 0) AS referrals,
             en.latest_nps"""
+
+
+def _window_sql(data: Dataset, as_of: date, horizon_days: int) -> str:
+    """Per customer with an order in (as_of, as_of + horizon]: purchase days, orders and spend there; refuses a window
+    that runs past the data."""
+    end = as_of + timedelta(days=horizon_days)
+    last = data.date_range()[1]
+    if last is None or last.date() < end:
+        raise LifecycleError(
+            f"labels over {horizon_days} days after {as_of} need data through {end}; "
+            + (f"transactions end {last:%Y-%m-%d}" if last else "there are no transactions")
+        )
+    return f"""
+        SELECT customer_id, count(DISTINCT CAST(timestamp AS DATE)) AS purchases, count(*) AS orders,
+            fsum(amount) AS spend
+        FROM transactions
+        WHERE timestamp >= TIMESTAMP '{as_of + timedelta(days=1)}' AND timestamp < TIMESTAMP '{end + timedelta(days=1)}'
+        GROUP BY customer_id
+    """
 
 
 def orders_sql(as_of: date) -> str:

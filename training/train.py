@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -644,9 +645,15 @@ def _value_table(data: Dataset, builder: FeatureBuilder, as_of: date, days: int,
     """Buyers at ``as_of`` (``builder`` fitted there unless not ``fit``): their features and ``spend`` over the
     next ``days`` days, in customer order."""
     features = (builder.fit_transform(data, as_of) if fit else builder.transform(data, as_of)).df()
-    spend = builder.labels(data, as_of, days).df()[["customer_id", "spend"]]
-    table = features[features["orders"] > 0].merge(spend, on="customer_id", validate="one_to_one")
+    table = _with_window(features[features["orders"] > 0], builder.window(data, as_of, days), ["spend"])
     return table.sort_values("customer_id", ignore_index=True)
+
+
+def _with_window(table: pd.DataFrame, window: duckdb.DuckDBPyRelation, columns: list[str]) -> pd.DataFrame:
+    """``table`` (one row per customer) with ``columns`` of a ``FeatureBuilder.window``, 0 where a customer did not
+    order in it."""
+    done = window.df()[["customer_id", *columns]]
+    return table.merge(done, on="customer_id", how="left", validate="one_to_one").fillna(dict.fromkeys(columns, 0))
 
 
 def _value_inputs(table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons,
@@ -710,14 +717,14 @@ def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizon
     """Buyers at the BTYD calibration end: their features, what they did over the holdout (purchases,
     spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
     (``frequency_end``, ``recency_end``, ``T_end``), in customer order."""
-    calibration = builder.transform(data, win.btyd_calibration_end).df()
-    calibration = calibration[calibration["orders"] > 0]
-    holdout = builder.labels(data, win.btyd_calibration_end, win.btyd_holdout_days).df()
-    churn = builder.labels(data, win.btyd_calibration_end, horizons.churn_days).df()
+    cut = win.btyd_calibration_end
+    calibration = builder.transform(data, cut).df()
+    table = _with_window(calibration[calibration["orders"] > 0], builder.window(data, cut, win.btyd_holdout_days),
+                         ["purchases", "spend"])
+    churn = builder.window(data, cut, horizons.churn_days).df()
+    table["churned"] = ~table["customer_id"].isin(churn["customer_id"])
     end = builder.transform(data, win.end).df()[["customer_id", "frequency", "recency", "T"]]
-    table = (calibration.merge(holdout[["customer_id", "purchases", "spend"]], on="customer_id")
-             .merge(churn[["customer_id", "churned"]], on="customer_id")
-             .merge(end, on="customer_id", suffixes=("", "_end")))
+    table = table.merge(end, on="customer_id", suffixes=("", "_end"), validate="one_to_one")
     return table.sort_values("customer_id", ignore_index=True)
 
 
