@@ -178,6 +178,14 @@ def test_labels_by_hand(small):
     assert labels.loc["H", "purchases"] == 0  # its next order is after the horizon
     with pytest.raises(LifecycleError, match="need data through 2024-07-29"):
         builder.labels(data, AS_OF, 120)
+    # The window alone: the customers who ordered in it, with the labels' counts and spend.
+    window = builder.window(data, AS_OF, 30).df().set_index("customer_id")
+    assert set(window.index) == set(labels.index[labels.purchases > 0]) == {"A", "B", "D"}
+    assert window.loc["A", ["purchases", "orders", "spend"]].tolist() == [1, 1, 40.0]
+    assert (window[["purchases", "orders", "spend"]] == labels.loc[window.index, ["purchases", "orders", "spend"]]
+            ).all().all()
+    with pytest.raises(LifecycleError, match="need data through 2024-07-29"):
+        builder.window(data, AS_OF, 120)
 
 
 def test_rfm_scores_and_segments_match_an_independent_computation(shop):
