@@ -187,6 +187,11 @@ class FeatureBuilder:
             FROM now LEFT JOIN later USING (customer_id) LEFT JOIN window_tx AS w USING (customer_id)
         """)
 
+    def summary(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
+        """Each buyer's BTYD summary at ``as_of`` (``frequency``, ``recency``, ``T``, ``monetary_value``, as in the
+        feature table), without the other features (whose engagement part costs most where there are events)."""
+        return data.con.sql(f"SELECT customer_id, {_summary_columns(as_of)} FROM ({self._per_customer_sql(as_of)}) AS d")
+
     @staticmethod
     def window(data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:
         """What customers did in the window (as_of, as_of + horizon]: ``purchases`` (purchase days), ``orders`` and
@@ -278,10 +283,7 @@ class FeatureBuilder:
         # integers up to the last division.
         gaps, span = "(d.purchase_days - 1)", "(d.last_day - d.first_day)"
         return f"""
-            CAST({gaps} AS DOUBLE) AS frequency,
-            CAST({span} AS DOUBLE) AS recency,
-            CAST({day} - d.first_day AS DOUBLE) AS T,
-            coalesce(d.repeat_spend / nullif({gaps}, 0), 0.0) AS monetary_value,
+            {_summary_columns(as_of)},
             CAST(d.weeks - 1 AS DOUBLE) AS frequency_weeks,
             CAST({_week("d.last_day")} - {_week("d.first_day")} AS DOUBLE) AS recency_weeks,
             CAST({_week(day)} - {_week("d.first_day")} AS DOUBLE) AS T_weeks,
@@ -343,6 +345,16 @@ class FeatureBuilder:
             coalesce(en.n_return, 0) / nullif(d.orders, 0) AS return_rate,
             coalesce(en.n_review, 0) AS reviews, coalesce(en.n_referral, 0) AS referrals,
             en.latest_nps"""
+
+
+def _summary_columns(as_of: date) -> str:
+    """The BTYD summary in days (lifetimes' frequency, recency, T, monetary_value) over a ``_per_customer_sql`` row
+    ``d``."""
+    gaps = "(d.purchase_days - 1)"
+    return f"""CAST({gaps} AS DOUBLE) AS frequency,
+            CAST(d.last_day - d.first_day AS DOUBLE) AS recency,
+            CAST(DATE '{as_of}' - d.first_day AS DOUBLE) AS T,
+            coalesce(d.repeat_spend / nullif({gaps}, 0), 0.0) AS monetary_value"""
 
 
 def _window_sql(data: Dataset, as_of: date, horizon_days: int) -> str:

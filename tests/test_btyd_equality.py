@@ -42,6 +42,10 @@ def assert_equal_to_lifetimes(log: pd.DataFrame, as_of: date) -> None:
             np.testing.assert_array_equal(got[:, i], ref[name].to_numpy(), err_msg=f"{name} ({freq})")
         np.testing.assert_array_max_ulp(got[:, 3], ref["monetary_value"].to_numpy(), maxulp=MONETARY_ULPS)
     assert len(ours) == seen.customer_id.nunique()
+    # The summary alone (training's holdout tables) is the feature table's, row for row.
+    summary = FeatureBuilder().summary(data, as_of).df().set_index("customer_id")
+    pd.testing.assert_frame_equal(summary.sort_index(), ours.loc[summary.index, list(COLUMNS["D"])].sort_index())
+    assert set(summary.index) == set(seen.customer_id)
 
 
 def test_cdnow_master_whole_period(cdnow_master):

@@ -714,16 +714,15 @@ def _judged_value(table: pd.DataFrame, twin: EvaluationTwin, days: int, horizons
 
 
 def _holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons) -> pd.DataFrame:
-    """Buyers at the BTYD calibration end: their features, what they did over the holdout (purchases,
+    """Buyers at the BTYD calibration end: their BTYD summary, what they did over the holdout (purchases,
     spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
     (``frequency_end``, ``recency_end``, ``T_end``), in customer order."""
     cut = win.btyd_calibration_end
-    calibration = builder.transform(data, cut).df()
-    table = _with_window(calibration[calibration["orders"] > 0], builder.window(data, cut, win.btyd_holdout_days),
+    table = _with_window(builder.summary(data, cut).df(), builder.window(data, cut, win.btyd_holdout_days),
                          ["purchases", "spend"])
     churn = builder.window(data, cut, horizons.churn_days).df()
     table["churned"] = ~table["customer_id"].isin(churn["customer_id"])
-    end = builder.transform(data, win.end).df()[["customer_id", "frequency", "recency", "T"]]
+    end = builder.summary(data, win.end).df()[["customer_id", "frequency", "recency", "T"]]
     table = table.merge(end, on="customer_id", suffixes=("", "_end"), validate="one_to_one")
     return table.sort_values("customer_id", ignore_index=True)
 
