@@ -73,6 +73,23 @@ def test_a_difference_within_the_margin_is_a_tie_however_sure():
     assert str(found[0.002]).endswith("(margin 0.002)")
 
 
+def test_a_gini_difference_is_the_difference_of_the_ginis():
+    """The Gini's difference draws the perfect order's curve once: still each side's normalized Gini, per replicate."""
+    rng = np.random.default_rng(5)
+    actual = rng.gamma(0.5, 100, 3000) * (rng.random(3000) < 0.4)
+    a, b = actual + rng.normal(0, 60, 3000), actual + rng.normal(0, 120, 3000)
+    difference = Bootstrap().difference(gini, [(np.arange(3000), actual, a, b)])
+    assert difference.mean == pytest.approx(evaluate.value(actual, a)["gini"] - evaluate.value(actual, b)["gini"],
+                                            abs=1e-12)
+
+
+    def each_side_whole(outcome, score, weights):  # the same metric, but not known to have a cheaper difference
+        return gini(outcome, score, weights)
+
+    assert difference.se == pytest.approx(Bootstrap().difference(each_side_whole, [(np.arange(3000), actual, a, b)]).se,
+                                          rel=1e-9)
+
+
 def test_the_same_customers_at_several_cut_dates_are_one_draw():
     """Identical numbers at three cut dates tell no more than one: the pooled noise is one cut date's, not
     1 / sqrt(3) of it, because each replicate weights a customer the same at every date."""
