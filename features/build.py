@@ -190,7 +190,8 @@ class FeatureBuilder:
     def summary(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
         """Each buyer's BTYD summary at ``as_of`` (``frequency``, ``recency``, ``T``, ``monetary_value``, as in the
         feature table), without the other features (whose engagement part costs most where there are events)."""
-        return data.con.sql(f"SELECT customer_id, {_summary_columns(as_of)} FROM ({self._per_customer_sql(as_of)}) AS d")
+        orders = self._per_customer_sql(as_of)
+        return data.con.sql(f"SELECT customer_id, {_summary_columns(as_of)} FROM ({orders}) AS d")
 
     @staticmethod
     def window(data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:

@@ -127,8 +127,9 @@ def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
     assert abs(len(kept) - 20_000) < 4 * np.sqrt(80_000 * 0.25 * 0.75)
     shuffled = judged_sample(table.sample(frac=1, random_state=1), most=20_000)
     assert set(shuffled.customer_id) == set(kept.customer_id)
-    later = pd.concat([table, pd.DataFrame({"customer_id": [f"n{k}" for k in range(20_000)], "value": 0.0})])
-    assert set(judged_sample(later, most=20_000).customer_id) <= set(kept.customer_id) | {f"n{k}" for k in range(20_000)}
+    newcomers = {f"n{k}" for k in range(20_000)}
+    later = pd.concat([table, pd.DataFrame({"customer_id": sorted(newcomers), "value": 0.0})])
+    assert set(judged_sample(later, most=20_000).customer_id) <= set(kept.customer_id) | newcomers
     ids, n = kept.customer_id.to_numpy(), len(kept)
     y = rng.integers(0, 2, n).astype(float)
     a, b = y * 0.3 + rng.random(n), y * 0.28 + rng.random(n)
