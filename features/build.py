@@ -14,7 +14,7 @@ from typing import Self
 import duckdb
 
 from features import rfm
-from features.errors import LifecycleError
+from features.errors import LifecycleError, NotFittedError
 from features.params import ActivityRules, FeatureParams, StageRules
 from features.sources import Dataset
 
@@ -115,7 +115,7 @@ class FeatureBuilder:
     def _scored_sql(self, base: str) -> str:
         """The fitted parts (rhythm, RFM scores and segment, stage, evidence) over the unfitted features in ``base``."""
         if self.rfm_edges_ is None:
-            raise LifecycleError("FeatureBuilder is not fitted: call fit() first")
+            raise NotFittedError("FeatureBuilder")
         e, p, a = self.rfm_edges_, self.stages, self.activity
         r = rfm.score_sql("recency_days", e["r"], reverse=True)
         f = rfm.score_sql("orders", e["f"])

@@ -41,7 +41,7 @@ from lifetimes import GammaGammaFitter
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import gammainc, gammaincinv, gammaln
 
-from features.errors import LifecycleError
+from features.errors import LifecycleError, NotFittedError
 
 MIN_REPEAT_BUYERS = 10
 BOUNDARY = (1e-6, 1e6)  # parameters outside are at the edge of what the data identify
@@ -183,7 +183,7 @@ class PurchaseModel:
 
     def _values(self) -> tuple[float, ...]:
         if self.params_ is None:
-            raise LifecycleError(f"{type(self).__name__} is not fitted: call fit() first")
+            raise NotFittedError(type(self).__name__)
         return tuple(self.params_[name] for name in self.parameters)
 
     def _objective(self) -> Objective:
@@ -351,7 +351,7 @@ class SpendModel:
 
     def _params(self) -> tuple[float, float, float]:
         if self.params_ is None:
-            raise LifecycleError("SpendModel is not fitted: call fit() first")
+            raise NotFittedError("SpendModel")
         return self.params_["p"], self.params_["q"], self.params_["gamma"]
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sklearn.model_selection import train_test_split
 
-from features.errors import LifecycleError
+from features.errors import LifecycleError, NotFittedError
 
 DEFAULT_PARAMS = {
     "learning_rate": 0.05,
@@ -103,7 +103,7 @@ class BoostedTrees:
 
     def _booster(self) -> lgb.Booster:
         if self.booster_ is None:
-            raise LifecycleError(f"{type(self).__name__} is not fitted: call fit() first")
+            raise NotFittedError(type(self).__name__)
         return self.booster_
 
 

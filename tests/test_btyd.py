@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 
 from features import cdnow
 from features.build import FeatureBuilder
-from features.errors import LifecycleError
+from features.errors import LifecycleError, NotFittedError
 from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
 from models.btyd import SpendModel, clv, monthly_rate
@@ -175,7 +175,7 @@ def test_guards_speak_clearly():
     rng = np.random.default_rng(0)
     with pytest.raises(LifecycleError, match="only 3 repeat buyers"):
         BGNBD().fit([1, 2, 1, 0, 0], [5, 9, 3, 0, 0], [10, 10, 10, 10, 10])
-    with pytest.raises(LifecycleError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="BGNBD is not fitted"):
         BGNBD().p_alive([1], [1], [2])
     with pytest.raises(LifecycleError, match="missing values"):
         BGNBD().fit([1, np.nan], [1, 1], [2, 2])

@@ -142,6 +142,21 @@ def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_state_log(tmp
     assert "Traceback (most recent call last)" in log.read_text() and "in broken" in log.read_text()
 
 
+def test_a_model_used_unfitted_is_our_bug_not_the_users(tmp_path, monkeypatch, capsys):
+    """"Not fitted" is a programming error: exit 1 with the trace's path, not exit 2 as if the user had erred."""
+    from lifecycle import cli
+    from models.mbgnbd import MBGNBD
+
+    monkeypatch.setattr(cli, "app", lambda: MBGNBD().p_alive([1.0], [1.0], [2.0]))
+    monkeypatch.setitem(cli._state, "folder", tmp_path / "state")
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unexpected NotFittedError: MBGNBD is not fitted: call fit() first (the full trace "
+                          f"is in {tmp_path / 'state' / 'lifecycle.log'}")
+
+
 def test_a_read_only_state_folder_is_one_line(tmp_path):
     """`train` and `rollback` with the state folder on a read-only mount (a user namespace of its own: root
     writes through permission bits, so chmod proves nothing where the suite runs as root)."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from features import rfm
 from features.build import FeatureBuilder
-from features.errors import LifecycleError
+from features.errors import LifecycleError, NotFittedError
 from features.params import ActivityRules, FeatureParams, StageRules
 from tests.conftest import load
 
@@ -321,7 +321,7 @@ def test_fit_transform_equals_fit_then_transform(shop):
 
 def test_unfitted_builder_and_too_few_buyers_are_clear_errors():
     data = load(transactions=pd.DataFrame(ORDERS[:4], columns=["customer_id", "timestamp", "amount"]))
-    with pytest.raises(LifecycleError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="FeatureBuilder is not fitted"):
         FeatureBuilder().transform(data, AS_OF)
     with pytest.raises(LifecycleError, match="only 1 customers bought by the as-of date"):
         FeatureBuilder().fit(data, AS_OF)
