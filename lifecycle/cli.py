@@ -650,9 +650,9 @@ def _print_training(run, clv_model: str) -> None:
     console.print(f"MLflow run {run.run_id} in {run.tracking_uri}")
     console.print(f"judged on {len(result.cuts)} cut date(s), one churn horizon apart: "
                   f"{', '.join(str(c.end) for c in result.cuts)}")
-    if len(result.features) > MOST_JUDGED:
-        console.print(f"each judged on a sample of at most {MOST_JUDGED:,} customers, by customer id "
-                      f"({len(evaluation.churn):,} of those known at {w.t1})")
+    if result.judged_share < 1:
+        console.print(f"each judged on about {MOST_JUDGED:,} customers ({result.judged_share:.0%}, a sample by "
+                      "customer id); every model is fitted on all of them")
     console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _print_purchase_models(evaluation.purchase_models, result.model.purchases.name)

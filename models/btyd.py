@@ -59,7 +59,7 @@ FIRST_BLOCK = 32  # counts in the first block of the tail; each next block doubl
 MIXTURE_ABOVE = 0.5  # P(spend > 0) above which spend is a mixture over bands of counts (FutureSpend)
 BANDS = 8  # of purchase counts in SpendMixture
 MOST_STEPS = 60  # of SpendMixture's quantile search
-WIDEST_STEP = 2.0  # in log amount (a factor e^2), of that search outside a two-sided bracket or where Newton overshoots
+WIDEST_STEP = 2.0  # of that search, in log amount (a factor e^2): Newton's steps, and its steps without a bracket
 DIRECT_COUNT = 100_000  # up to this many table cells a quantile counts them all (else a binary search)
 STILL_GRADIENT = 1e-5  # a search stopped early inside BOUNDARY is at the maximum if no gradient entry is larger
 

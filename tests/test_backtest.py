@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 
 from training import evaluate
-from training.backtest import Bootstrap, absolute_error, brier, decile_mape, gini, judged_sample, mean, roc_auc
+from training.backtest import (
+    Bootstrap,
+    absolute_error,
+    brier,
+    decile_mape,
+    gini,
+    judged_sample,
+    judged_share,
+    mean,
+    roc_auc,
+)
 from training.train import NEAR_CHANCE_AUC, Evaluation, better_churn_source, better_clv_source, weaknesses
 
 ONES = np.ones((1, 7))
@@ -115,21 +125,27 @@ def test_a_large_shop_draws_its_replicates_on_a_sample():
 
 
 def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
-    """Above ``most`` customers a cut date is judged on about ``most`` of them (within 4 binomial SDs), chosen by id:
-    the same ones whatever the order of the rows, and at a later cut date with more customers, the ones kept then
-    that were known before are among those kept before. The replicates drawn inside it on 5,000 of its customers
-    still give the noise of the full bootstrap within 15 % (with one hash for both draws, the replicates would keep
-    the whole judged sample and scale its noise by sqrt(1/4))."""
+    """Above ``most`` customers a run judges about ``most`` of them (within 4 binomial SDs), chosen by id at one share:
+    the same ones whatever the order of the rows and in every table of the run (another table with some of the
+    same customers keeps exactly those of them); a run on grown data (a smaller share) keeps a subset of them and of
+    the newcomers. The replicates drawn inside it on 5,000 of its customers still give the noise of the full
+    bootstrap within 15 % (with one hash for both draws, the replicates would keep the whole judged sample and scale
+    its noise by sqrt(1/4))."""
     rng = np.random.default_rng(4)
     table = pd.DataFrame({"customer_id": [f"c{k}" for k in range(80_000)], "value": rng.random(80_000)})
-    assert judged_sample(table, most=100_000) is table
-    kept = judged_sample(table, most=20_000)
+    assert judged_share(80_000, most=100_000) == 1.0 and judged_sample(table, 1.0) is table
+    share = judged_share(80_000, most=20_000)
+    assert share == 0.25
+    kept = judged_sample(table, share)
     assert abs(len(kept) - 20_000) < 4 * np.sqrt(80_000 * 0.25 * 0.75)
-    shuffled = judged_sample(table.sample(frac=1, random_state=1), most=20_000)
+    shuffled = judged_sample(table.sample(frac=1, random_state=1), share)
     assert set(shuffled.customer_id) == set(kept.customer_id)
+    some = table.iloc[::3]
+    assert set(judged_sample(some, share).customer_id) == set(kept.customer_id) & set(some.customer_id)
     newcomers = {f"n{k}" for k in range(20_000)}
     later = pd.concat([table, pd.DataFrame({"customer_id": sorted(newcomers), "value": 0.0})])
-    assert set(judged_sample(later, most=20_000).customer_id) <= set(kept.customer_id) | newcomers
+    assert set(judged_sample(later, judged_share(len(later), most=20_000)).customer_id) <= (
+        set(kept.customer_id) | newcomers)
     ids, n = kept.customer_id.to_numpy(), len(kept)
     y = rng.integers(0, 2, n).astype(float)
     a, b = y * 0.3 + rng.random(n), y * 0.28 + rng.random(n)

@@ -11,10 +11,11 @@ each decision settles by its own documented rule (docs/models.md). A decision ma
 ``margin``: a candidate is then better only if it is better by more than the margin beyond noise (the
 difference less ``Z`` standard errors still above it), so a gain too small to matter is a tie too.
 
-A cut date is judged on at most ``MOST_JUDGED`` customers (``judged_sample``: all of them on smaller shops, else a
-sample drawn by a hash of the id, the same customers at every cut date and in every run). Judging costs about as much
-per customer as fitting, and past a few hundred thousand customers the metrics' noise is far below any difference that
-matters; the differences' noise below is that of the sample, so no decision is surer than its customers allow.
+A cut date is judged on about ``MOST_JUDGED`` customers at most (``judged_sample``: all of them on smaller shops,
+else a sample drawn by a hash of the id at one share per run, the same customers in every table and at every cut
+date). Judging costs about as much per customer as fitting, and past a few hundred thousand customers the metrics'
+noise is far below any difference that matters; the differences' noise below is that of the sample, so no decision
+is surer than its customers allow.
 
 On large shops the replicates are drawn on a seeded sample of ``MOST_CUSTOMERS`` customer ids and their
 spread scaled by sqrt(sample / all) (the metrics here are smooth means, whose noise falls with the
@@ -32,7 +33,7 @@ import pandas as pd
 REPLICATES = 200
 Z = 1.96  # a difference beyond Z standard errors is not noise (two-sided 5 %)
 MOST_CUSTOMERS = 50_000  # customer ids the replicates are drawn on, at most
-MOST_JUDGED = 250_000  # customers a cut date is judged on, at most (``judged_sample``)
+MOST_JUDGED = 250_000  # about the most customers a cut date is judged on (``judged_share``)
 CUTS = 3  # cut dates a run is judged on, when the history allows
 
 
@@ -183,11 +184,17 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def judged_sample(table: pd.DataFrame, most: int = MOST_JUDGED) -> pd.DataFrame:
-    """The rows of a per-customer table (with ``customer_id``) that a cut date is judged on: every row, or where there
-    are more than ``most``, about ``most`` of them chosen by a hash of the id (so the same customers at every cut date,
-    in the gate's comparison and in every run)."""
-    share = most / max(len(table), 1)
+def judged_share(customers: int, most: int = MOST_JUDGED) -> float:
+    """The share of a shop's ``customers`` that a cut date is judged on: all of them (1.0) up to ``most``, else about
+    ``most`` of them."""
+    return min(1.0, most / max(customers, 1))
+
+
+def judged_sample(table: pd.DataFrame, share: float) -> pd.DataFrame:
+    """The rows of a per-customer table (with ``customer_id``) that a cut date is judged on: every row at ``share`` 1,
+    else those whose id's hash falls below ``share`` (``judged_share``). With one share per run, the same customers
+    in every table, at every cut date and in the gate's comparison; a run on grown data (a smaller share) judges a
+    subset of them and of the newcomers."""
     if share >= 1:
         return table
     keep = _uniform(pd.util.hash_array(table["customer_id"].to_numpy()), _JUDGED) < share

@@ -55,7 +55,7 @@ from models.lifecycle import (
 )
 from models.purchase_models import AUTO, PURCHASE_MODELS
 from training import evaluate
-from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, judged_sample, mean, roc_auc
+from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, judged_sample, judged_share, mean, roc_auc
 from training.forecast import forecast
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
@@ -232,6 +232,8 @@ class Evaluation:
     ``value``: buyers at end - L, their spend over (end - L, end], and what the BTYD model, the learned
     CLV and the past spend rate predicted for it.
     ``purchase_models``: each candidate purchase model's holdout metrics (one row per model name).
+    On shops of more than ``training.backtest.MOST_JUDGED`` customers, every table holds the run's judged sample of
+    them (``judged_sample``), not everyone.
     """
 
     churn: pd.DataFrame
@@ -256,6 +258,7 @@ class TrainingResult:
     backtest: list[Evaluation]
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
     forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``training.forecast``)
+    judged_share: float = 1.0  # of the customers, that each cut date is judged on (``training.backtest.judged_share``)
 
     @property
     def windows(self) -> Windows:
@@ -307,7 +310,8 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     builders = [new_builder() for _ in wins]
     at_t0 = [_labelled(data, b, w.t0, horizons, fit=True) for b, w in zip(builders, wins, strict=True)]
     holdouts = [_holdout_table(data, b, w, horizons) for b, w in zip(builders, wins, strict=True)]
-    fitted, compared, chosen = choose_purchase_model(holdouts, wins, horizons, purchase_model, fitter, bootstrap)
+    share = judged_share(data.customers_count())
+    fitted, compared, chosen = choose_purchase_model(holdouts, wins, horizons, purchase_model, fitter, bootstrap, share)
     model_type = PURCHASE_MODELS[chosen]
     twins, judged, evaluations = [], [], []
     for k, win in enumerate(wins):
@@ -345,7 +349,7 @@ def train(data: Dataset, new_builder: Callable[[], FeatureBuilder], horizons: Ho
     model.weaknesses, quality = weaknesses(evaluations, bootstrap)
     model.decisions = {"purchase_model": compared.attrs["why"], "churn_source": churn_why, "clv_source": clv_why,
                        "quality": quality}
-    result = TrainingResult(model, scoring, wins, twins, evaluations, fitter.notes, totals)
+    result = TrainingResult(model, scoring, wins, twins, evaluations, fitter.notes, totals, share)
     model.track_record = track_record_rows(result.track_record)
     return result
 
@@ -388,7 +392,7 @@ def check_sufficient(data: Dataset, win: Windows) -> None:
 
 
 def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], horizons: Horizons, forced: str = AUTO,
-                          fitter: Fitter | None = None, bootstrap: Bootstrap | None = None
+                          fitter: Fitter | None = None, bootstrap: Bootstrap | None = None, share: float = 1.0
                           ) -> tuple[list[dict[str, PurchaseModel]], pd.DataFrame, str]:
     """Fit every purchase model on each cut date's calibration window and judge it on that cut's holdout.
 
@@ -398,7 +402,8 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     ``PREFERENCE`` among the best and those tied with it, BG/NBD aside. The holdout log-likelihood is the mean per
     customer of log P(holdout purchases and their days | calibration history): a proper score of
     everything a purchase model predicts (how many purchases, when, and who is gone), with which the
-    generating process wins on large enough data. A candidate that cannot be fitted at some cut date,
+    generating process wins on large enough data; it is computed on the ``share`` of the customers a run judges
+    (``training.backtest.judged_share``). A candidate that cannot be fitted at some cut date,
     even penalized, is left out, with its reason. The choice and its evidence are in ``.attrs["why"]``.
     """
     fitter, bootstrap = fitter or Fitter(), bootstrap or Bootstrap()
@@ -406,7 +411,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     scores: dict[str, list[dict[str, float]]] = {}
     lls: dict[str, list[np.ndarray]] = {}
     failures = {}
-    scored = [judged_sample(h) for h in holdouts]
+    scored = [judged_sample(h, share) for h in holdouts]
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
             continue
@@ -564,9 +569,10 @@ def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: H
         holdout_table = _holdout_table(data, twin.builder, win, horizons)
     if value_table is None:
         value_table = _value_table(data, twin.clv_builder, win.clv_judged, win.clv_label_days, fit=False)
-    holdout = _btyd_holdout(judged_sample(holdout_table), twin, win, horizons)
-    value = _judged_value(judged_sample(value_table), twin, win.clv_label_days, horizons)
-    test = judged_sample(_labelled(data, twin.builder, win.t1, horizons))
+    share = judged_share(data.customers_count())
+    holdout = _btyd_holdout(judged_sample(holdout_table, share), twin, win, horizons)
+    value = _judged_value(judged_sample(value_table, share), twin, win.clv_label_days, horizons)
+    test = judged_sample(_labelled(data, twin.builder, win.t1, horizons), share)
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=_LABELS), btyd))
     churn = pd.DataFrame({
