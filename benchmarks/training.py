@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.report import machine, print_table, run_measured
-from training.backtest import CUTS
+from training.choices import CUTS
 
 MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS = 12, 0.01, 30
 

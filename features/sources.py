@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from itertools import groupby
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import duckdb
-import pandas as pd
 from pydantic import BaseModel, Field
 
 from features.errors import LifecycleError
+
+if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
+    import pandas as pd
 
 # Canonical schema: our column name -> (required, kind).
 SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
@@ -160,10 +162,11 @@ def load(
     given = {}  # table -> (raw view, column map, timestamp format)
     for table in SCHEMAS:
         source = sources.get(table)
-        if isinstance(source, pd.DataFrame):
+        if isinstance(source, TableSource):
+            if source.path is not None:
+                given[table] = (_raw_relation(con, table, source), source.columns, source.timestamp_format)
+        elif source is not None:  # a data frame
             given[table] = (_raw_relation(con, table, source), {}, None)
-        elif source is not None and source.path is not None:
-            given[table] = (_raw_relation(con, table, source), source.columns, source.timestamp_format)
     id_type = _id_type(con, given)
     report: dict[str, TableReport] = {}
     reject_views = []
@@ -174,7 +177,7 @@ def load(
         raw, mapping, fmt = given[table]
         _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
         report[table] = _count(con, table)
-        if table == "transactions" and not report[table].rows and not isinstance(sources[table], pd.DataFrame):
+        if table == "transactions" and not report[table].rows and isinstance(sources[table], TableSource):
             raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
             raise LifecycleError(f"{table}: no valid rows ({_describe(report[table])})")
@@ -197,7 +200,7 @@ def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSourc
     name = f"{table}_raw"
     # CSV files keep their malformed lines in these (see below); none may linger from an earlier load
     con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
-    if isinstance(source, pd.DataFrame):
+    if not isinstance(source, TableSource):
         con.register(f"{name}_frame", source)
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {name}_frame")
         return name

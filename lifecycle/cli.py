@@ -15,9 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from features import cdnow
 from features.errors import LifecycleError
-from features.simulator import SimulationParams, simulate
 from features.sources import TableSource, output_format
 from lifecycle.config import Settings, load_settings, unknown_variables
 from lifecycle.pipeline import FeatureRun, build_features, open_dataset
@@ -93,6 +91,8 @@ def data_cdnow(
 
     Example: [bold]lifecycle data cdnow --out data/cdnow[/bold]
     """
+    from features import cdnow
+
     path = cdnow.write_master(out)
     console.print(f"wrote [bold]{path}[/bold]: 69,659 orders of 23,570 customers, 1997-01-01..1998-06-30")
 
@@ -113,6 +113,8 @@ def data_simulate(
 
     Example: [bold]lifecycle data simulate --customers 100000 --seed 7 --process pareto_nbd --out data/sim[/bold]
     """
+    from features.simulator import SimulationParams, simulate
+
     if fmt not in ("parquet", "csv"):
         raise LifecycleError(f"--format must be parquet or csv, not {fmt!r}")
     if process not in ("bgnbd", "pareto_nbd"):
@@ -508,6 +510,7 @@ def demo(ctx: typer.Context) -> None:
     """
     import pandas as pd
 
+    from features import cdnow
     from lifecycle.training import load_model, run_training
     from serving.batch import score_batch
     from serving.report import build_report
@@ -617,6 +620,7 @@ def _print_published_models() -> None:
     """BG/NBD and Pareto/NBD on the published estimation sample (CDNOW 1/10, weeks 1-39) beside the papers."""
     import pandas as pd
 
+    from features import cdnow
     from models.purchase_models import PURCHASE_MODELS
 
     sample = pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))

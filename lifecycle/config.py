@@ -28,10 +28,8 @@ from features.errors import LifecycleError
 from features.params import ActivityRules, FeatureParams, StageRules
 from features.sources import TableSource
 from models.actions import RiskBands
-from models.learned_clv import CLV_SOURCES, MAPE_SLACK
-from models.purchase_models import AUTO, PURCHASE_MODELS
 from serving.settings import ServingSettings
-from training.backtest import CUTS
+from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK, PURCHASE_MODEL_NAMES
 
 DEFAULT_CONFIG = Path("lifecycle.toml")
 
@@ -54,8 +52,8 @@ class DuckDBSettings(BaseModel):
 class BTYDSettings(BaseModel):
     """The purchase model: chosen on the holdout (``auto``) or forced."""
 
-    model: Literal[(AUTO, *PURCHASE_MODELS)] = Field(  # type: ignore[valid-type]
-        AUTO, description=f"{AUTO}: the highest holdout log-likelihood among {', '.join(PURCHASE_MODELS)}")
+    model: Literal[(AUTO, *PURCHASE_MODEL_NAMES)] = Field(  # type: ignore[valid-type]
+        AUTO, description=f"{AUTO}: the highest holdout log-likelihood among {', '.join(PURCHASE_MODEL_NAMES)}")
     penalizer: float = Field(0.0, ge=0, description="L2 penalty on the BTYD parameters; a fit that fails is "
                              "retried with 0.001, 0.01, 0.1 (the run's notes say so)")
 

@@ -11,7 +11,7 @@ from features.build import FeatureBuilder
 from features.cycle import purchase_cycle
 from features.sources import Dataset, connect, load, output_format, sql_literal, write_relation
 from lifecycle.config import Settings
-from models.purchase_models import AUTO
+from training.choices import AUTO
 
 
 @dataclass

@@ -24,9 +24,6 @@ from models.trees import BoostedTrees
 
 SPEND_FLOOR = 0.01  # the smallest BTYD expected spend boosted from (its log is the initial score)
 MIN_SPENDERS = 20  # buyers with spend in the label window below which no learned CLV is fitted
-CLV_SOURCES = ("btyd", "learned")  # what can serve ``clv``
-# How much worse (absolute) the learned CLV's decile MAPE may be than the BTYD CLV's when it ranks better.
-MAPE_SLACK = 0.25
 
 
 class LearnedCLV(BoostedTrees):

@@ -27,10 +27,33 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300)
 
 
+def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter)."""
+    from lifecycle import cli
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setattr(sys, "argv", ["lifecycle", *args])
+    monkeypatch.setitem(cli._state, "folder", cwd / ".lifecycle")
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+        raise SystemExit(0)  # a command that returns ends the process with 0
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, stop.value.code or 0, out, err)
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_command_has_help_with_an_example(command, tmp_path):
-    result = run(*command, "--help", cwd=tmp_path)
+def test_every_command_has_help_with_an_example(command, tmp_path, monkeypatch, capsys):
+    result = run_here(*command, "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 0 and "Example" in result.stdout
+
+
+def test_the_cli_starts_without_the_heavy_libraries():
+    """``lifecycle --help`` and every command's start: each command imports what it uses."""
+    heavy = ("lightgbm", "sklearn", "mlflow", "bentoml", "pyspark", "pandas", "scipy", "numba", "lifetimes")
+    code = f"import sys, lifecycle.cli; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == []
 
 
 def test_features_on_cdnow_writes_the_table_and_a_summary(tmp_path):
@@ -81,7 +104,7 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
     (["train", "--transactions", "thin.csv"], "too little data to train: by 2024-06-17 (the first day a model is "
      "fitted) 15 customers had ordered (need at least 100) and 0 customers had ordered on two or more days"),
 ])
-def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
+def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, monkeypatch, capsys):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "header.csv").write_text("customer_id,timestamp,amount\n")
@@ -91,7 +114,7 @@ def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path):
                  ).to_parquet(tmp_path / "typed.parquet")
     (tmp_path / "map.toml").write_text('[inputs.transactions.columns]\ncustomer_id = "id"\ntimestamp = "at"\n'
                                        'amount = "paid"\n')
-    result = run(*args, cwd=tmp_path)
+    result = run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())
     assert len(result.stderr.strip().splitlines()) == 1 or "Invalid value" in message  # click draws a box
@@ -118,8 +141,8 @@ def test_unknown_environment_variables_are_reported_with_the_likely_name(tmp_pat
     assert "COLUMNS__AMOUNT" not in err and 'amount = "paid"' in result.stdout  # a column map: any key is fine
 
 
-def test_help_keeps_square_brackets():
-    result = run("score", "--help", cwd=Path.cwd())
+def test_help_keeps_square_brackets(tmp_path, monkeypatch, capsys):
+    result = run_here("score", "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert "customer-lifecycle[spark]" in "".join(result.stdout.split()).replace("│", "")
 
 

@@ -21,8 +21,16 @@ from features.simulator import SimulationParams, simulate
 from models import pareto_nbd
 from models.purchase_models import PURCHASE_MODELS
 from tests.conftest import load
+from training.choices import PURCHASE_MODEL_NAMES
 
 LIFETIMES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "pareto_nbd": ParetoNBDFitter}
+
+
+def test_the_configuration_names_every_purchase_model_and_no_other():
+    """``btyd.model`` is checked against the light list of names the CLI reads at start-up; the classes are
+    found by the same names."""
+    assert tuple(PURCHASE_MODELS) == PURCHASE_MODEL_NAMES
+    assert all(PURCHASE_MODELS[name].name == name for name in PURCHASE_MODEL_NAMES)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ REPLICATES = 200
 Z = 1.96  # a difference beyond Z standard errors is not noise (two-sided 5 %)
 MOST_CUSTOMERS = 50_000  # customer ids the replicates are drawn on, at most
 MOST_JUDGED = 250_000  # about the most customers a cut date is judged on (``judged_share``)
-CUTS = 3  # cut dates a run is judged on, when the history allows
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from models.actions import ValueTiers
 from models.btyd import FitFailed, PurchaseModel, SpendModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
-from models.learned_clv import CLV_SOURCES, MAPE_SLACK, LearnedCLV
+from models.learned_clv import LearnedCLV
 from models.lifecycle import (
     MODEL_FORMAT,
     NOT_FEATURES,
@@ -53,9 +53,10 @@ from models.lifecycle import (
     btyd_columns,
     classifier_inputs,
 )
-from models.purchase_models import AUTO, PURCHASE_MODELS
+from models.purchase_models import PURCHASE_MODELS
 from training import evaluate
-from training.backtest import CUTS, Bootstrap, Z, brier, decile_mape, gini, judged_sample, judged_share, mean, roc_auc
+from training.backtest import Bootstrap, Z, brier, decile_mape, gini, judged_sample, judged_share, mean, roc_auc
+from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK
 from training.forecast import forecast
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
