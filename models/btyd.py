@@ -43,7 +43,7 @@ from scipy.special import gammainc, gammaincinv, gammaln
 
 from features.errors import LifecycleError, NotFittedError
 
-MIN_REPEAT_BUYERS = 10
+MIN_REPEAT_BUYERS_TO_FIT = 10  # the least one fit of a purchase or spend model accepts (training asks more)
 BOUNDARY = (1e-6, 1e6)  # parameters outside are at the edge of what the data identify
 MAX_SPEND_CORRELATION = 0.3
 # Gamma-Gamma's q where customers' mean order values do not differ (the pooled spend model): a customer's own orders
@@ -96,8 +96,9 @@ class PurchaseModel:
         """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence."""
         x, t_x, age = _as_arrays(frequency, recency, T)
         repeaters = int((x > 0).sum())
-        if repeaters < MIN_REPEAT_BUYERS:
-            raise LifecycleError(f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS}")
+        if repeaters < MIN_REPEAT_BUYERS_TO_FIT:
+            raise LifecycleError(
+                f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS_TO_FIT}")
         (ux, ut_x, uage), counts, _ = _unique_rows(x, t_x, age)
         scale = 1 / uage.max()
         caps = {self.parameters.index(name): most for name, most in self.most.items()}
@@ -164,7 +165,7 @@ class PurchaseModel:
         chunk and a Spark partition get the same numbers.
         """
         x, t_x, age = _as_arrays(frequency, recency, T)
-        if len(x) <= FEW_ROWS:
+        if len(x) <= FEW_TO_DEDUPLICATE:
             (ux, uage), row = (x, age), np.arange(len(x))
         else:
             (ux, uage), _, row = _unique_rows(x, age)
@@ -275,9 +276,10 @@ class SpendModel:
         """
         x, m = _as_arrays(frequency, monetary_value)
         usable = (x > 0) & (m > 0)
-        if usable.sum() < MIN_REPEAT_BUYERS:
+        if usable.sum() < MIN_REPEAT_BUYERS_TO_FIT:
             raise LifecycleError(
-                f"only {int(usable.sum())} repeat buyers with a positive spend; Gamma-Gamma needs {MIN_REPEAT_BUYERS}")
+                f"only {int(usable.sum())} repeat buyers with a positive spend; Gamma-Gamma needs "
+                f"{MIN_REPEAT_BUYERS_TO_FIT}")
         x, m = x[usable], m[usable]
         self.spend_correlation_ = float(np.corrcoef(x, m)[0, 1])
         if self.spend_correlation_ > MAX_SPEND_CORRELATION:
@@ -582,7 +584,7 @@ def _maximize_likelihood(model: str, objective: Objective, columns: tuple[np.nda
     return [float(v) for v in np.exp(result.x)]
 
 
-FEW_ROWS = 1000
+FEW_TO_DEDUPLICATE = 1000  # rows up to which finding the distinct ones would cost more than it saves
 
 
 def holding(model, params: dict[str, float]):
@@ -643,7 +645,7 @@ def _per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
     """Evaluate ``function`` once per distinct (frequency, recency, T) row and spread the result back
     (a few rows go straight through: finding the distinct ones would cost more than it saves)."""
     arrays = _as_arrays(*columns)
-    if len(arrays[0]) <= FEW_ROWS:
+    if len(arrays[0]) <= FEW_TO_DEDUPLICATE:
         unique, inverse = arrays, slice(None)
     else:
         unique, _, inverse = _unique_rows(*arrays)

@@ -30,7 +30,7 @@ from features.errors import LifecycleError
 from models.trees import BoostedTrees
 
 TAIL_FLOOR = 1e-6  # an outer step of probability 0 or 1 continues from this far inside
-FEW_ROWS = 64  # explained with one gather over all trees (more rows: tree by tree, a chunk at a time)
+FEW_TO_GATHER = 64  # explained with one gather over all trees (more rows: tree by tree, a chunk at a time)
 
 
 class Classifier(BoostedTrees):
@@ -78,7 +78,7 @@ class Classifier(BoostedTrees):
         """Path credits per row (features, then bias): the credit rows of the row's leaves, summed over trees."""
         trees = len(self.leaf_offsets_)
         leaves = self._predict(matrix, pred_leaf=True).reshape(len(matrix), trees) + self.leaf_offsets_
-        if len(matrix) <= FEW_ROWS:  # one gather: cheaper than a pass per tree for a few rows, not for many
+        if len(matrix) <= FEW_TO_GATHER:  # one gather: cheaper than a pass per tree for a few rows, not for many
             return self.credits_[leaves].sum(axis=1)
         out = np.zeros((len(matrix), self.credits_.shape[1]))
         for start in range(0, len(matrix), chunk_rows):  # a chunk's sum stays in cache while the trees add up
