@@ -7,6 +7,7 @@ CDNOW (Fader, Hardie & Lee 2005): 69,659 orders by 23,570 customers who first bo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
@@ -14,6 +15,22 @@ import pandas as pd
 
 OBSERVATION_END = pd.Timestamp("1998-06-30")
 CALIBRATION_END = pd.Timestamp("1997-09-30")  # end of week 39, the published calibration period
+
+
+@dataclass(frozen=True)
+class PublishedFit:
+    """A purchase model's published estimates on the 2,357-customer sample, weeks 1-39 (parameters in weeks)."""
+
+    source: str
+    params: dict[str, float]
+    log_likelihood: float
+
+
+PUBLISHED_FITS = {
+    "bgnbd": PublishedFit("Fader, Hardie & Lee (2005)", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}, -9582.4),
+    "pareto_nbd": PublishedFit("Fader & Hardie (2005)", {"r": 0.553, "alpha": 10.58, "s": 0.606, "beta": 11.66},
+                               -9594.98),
+}
 
 
 def dataset_path(name: str) -> Path:

@@ -624,17 +624,13 @@ def _print_published_models() -> None:
     from models.purchase_models import PURCHASE_MODELS
 
     sample = pd.read_csv(cdnow.dataset_path("cdnow_customers_summary_with_transactions.csv"))
-    published = {"bgnbd": ("Fader, Hardie & Lee (2005)", {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426},
-                           -9582.4),
-                 "pareto_nbd": ("Fader & Hardie (2005)", {"r": 0.553, "alpha": 10.58, "s": 0.606, "beta": 11.66},
-                                -9594.98)}
-    for name, (source, params, log_likelihood) in published.items():
+    for name, published in cdnow.PUBLISHED_FITS.items():
         model = PURCHASE_MODELS[name]().fit(sample.x, sample.t_x, sample["T"])
-        table = Table(model.label, "ours", source,
+        table = Table(model.label, "ours", published.source,
                       title=f"{model.label} on the published CDNOW sample (2,357 customers, weeks 1-39)")
-        for key, value in params.items():
+        for key, value in published.params.items():
             table.add_row(key, f"{model.params_[key]:.4f}", f"{value}")
-        table.add_row("log-likelihood", f"{model.log_likelihood_:.2f}", f"{log_likelihood}")
+        table.add_row("log-likelihood", f"{model.log_likelihood_:.2f}", f"{published.log_likelihood}")
         console.print(table)
 
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+from features import cdnow
 from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
 from models.btyd import MIXTURE_ABOVE, SpendModel
@@ -23,9 +24,11 @@ from tests.conftest import load
 from training import evaluate
 from training.forecast import forecast
 
-PARAMS = {"bgnbd": {"r": 0.243, "alpha": 4.414 * 7, "a": 0.793, "b": 2.426},
-          "mbgnbd": {"r": 0.525, "alpha": 6.183 * 7, "a": 0.891, "b": 1.614},
-          "pareto_nbd": {"r": 0.553, "alpha": 10.58 * 7, "s": 0.606, "beta": 11.66 * 7}}  # CDNOW's, in days
+WEEK_SCALES = ("alpha", "beta")  # the parameters measured in time, from weeks to days
+PARAMS = {name: {k: v * 7 if k in WEEK_SCALES else v for k, v in params.items()}  # CDNOW's, in days
+          for name, params in (("bgnbd", cdnow.PUBLISHED_FITS["bgnbd"].params),
+                               ("mbgnbd", {"r": 0.525, "alpha": 6.183, "a": 0.891, "b": 1.614}),
+                               ("pareto_nbd", cdnow.PUBLISHED_FITS["pareto_nbd"].params))}
 # (x, t_x, T) in days: new, one-time, lapsed and heavy buyers
 HISTORIES = np.array([(0, 0, 0), (0, 0, 300), (1, 30, 250), (3, 200, 210), (5, 40, 500), (12, 480, 490),
                       (40, 300, 320), (150, 540, 546)], dtype=float).T

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features import cdnow
 from models.bgnbd import BGNBD
 from training import plots
 
@@ -59,7 +60,7 @@ def test_clv_deciles_compare_each_prediction_with_actual_spend_per_decile():
 
 def test_frequency_recency_matrix_shows_the_model():
     model = BGNBD()
-    model.params_ = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
+    model.params_ = dict(cdnow.PUBLISHED_FITS["bgnbd"].params)
     figure = plots.frequency_recency_matrix(model, max_frequency=3, age=38.86, horizon=39, title="")
     image = figure.axes[0].images[0].get_array()
     assert image.shape == (4, 101)
