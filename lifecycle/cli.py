@@ -237,17 +237,12 @@ def models(ctx: typer.Context) -> None:
     client, uri = open_registry(_settings(ctx))
     table = Table("version", "aliases", "gate", "quality", "purchase model", "churn from", "CLV from", "churn AUC",
                   "next stage AUC", "CLV Gini", "purchases MAE", "created", title=f"{registry.MODEL_NAME} in {uri}")
-    found = client.search_model_versions(f"name='{registry.MODEL_NAME}'")
-    for number in sorted((int(v.version) for v in found), reverse=True):
-        version = client.get_model_version(registry.MODEL_NAME, str(number))  # search leaves aliases out
-        metrics = client.get_run(version.run_id).data.metrics
-        gate = {"True": "promoted", "False": "held back", registry.INTERRUPTED: "interrupted"}.get(
-            version.tags.get(registry.GATE_TAG, ""), "not yet")
-        table.add_row(str(version.version), ", ".join(version.aliases) or "-", gate,
+    for version in registry.list_versions(client):
+        table.add_row(version.version, ", ".join(version.aliases) or "-", version.gate,
                       *(version.tags.get(key, "-") for key in (registry.QUALITY_TAG, "purchase_model", "churn_source",
                                                                "clv_source")),
-                      *(f"{metrics[m]:.4f}" if m in metrics else "-" for m in registry.GATED),
-                      datetime.fromtimestamp(version.creation_timestamp / 1000).strftime("%Y-%m-%d %H:%M"))
+                      *(f"{version.metrics[m]:.4f}" if m in version.metrics else "-" for m in registry.GATED),
+                      version.created.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
     champion = registry.alias_version(client, "champion")
     if champion is not None:

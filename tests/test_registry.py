@@ -84,6 +84,11 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
     champion = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}@champion")
     scores = champion.predict(champion.input_example)
     assert len(scores) == 5 and scores.churn_probability.between(0, 1).all()
+    listed = registry.list_versions(client)  # what `lifecycle models` shows: newest first, the four runs
+    assert [v.version for v in listed] == [again, str(int(again) - 1), weak, first]
+    assert [v.gate for v in listed] == ["promoted", "not yet", "held back", "promoted"]
+    assert [v.aliases for v in listed] == [["previous"], [], ["challenger"], ["champion"]]
+    assert listed[-1].metrics["churn_roc_auc"] == client.get_run(run_id).data.metrics["churn_roc_auc"]
 
 
 def test_rollback_without_a_previous_champion_is_a_clear_error(tmp_path):

@@ -20,7 +20,7 @@ import pickle
 import socket
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import mlflow
@@ -283,6 +283,32 @@ def track_record(client: MlflowClient, version: str) -> tuple[list[dict], dict[s
     except MlflowException:
         return [], decisions
     return track_record_rows(pd.read_csv(io.StringIO(text), dtype={"cut": str})), decisions
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One registered version as ``lifecycle models`` lists it."""
+
+    version: str
+    aliases: list[str]
+    gate: str  # promoted, held back, interrupted or not yet
+    tags: dict[str, str]  # the version's: quality, purchase_model, churn_source, clv_source, ...
+    metrics: dict[str, float]  # its run's latest values (the newest cut date's)
+    created: datetime
+
+
+def list_versions(client: MlflowClient) -> list[RegisteredVersion]:
+    """Every registered version, newest first."""
+    found = client.search_model_versions(f"name='{MODEL_NAME}'")
+    listed = []
+    for number in sorted((int(v.version) for v in found), reverse=True):
+        version = client.get_model_version(MODEL_NAME, str(number))  # search leaves aliases out
+        gate = {"True": "promoted", "False": "held back", INTERRUPTED: "interrupted"}.get(
+            version.tags.get(GATE_TAG, ""), "not yet")
+        listed.append(RegisteredVersion(str(version.version), list(version.aliases), gate, dict(version.tags),
+                                        client.get_run(version.run_id).data.metrics,
+                                        datetime.fromtimestamp(version.creation_timestamp / 1000)))
+    return listed
 
 
 def alias_version(client: MlflowClient, alias: str) -> str | None:
