@@ -56,12 +56,16 @@ class ChurnHorizon:
     warning: str | None
 
 
+def as_of_day(settings: Settings, data: Dataset) -> date:
+    """The day a command works as of: the configured one, else the last order day (today without orders)."""
+    last = data.date_range()[1]
+    return settings.as_of or (last.date() if last is not None else date.today())
+
+
 def with_churn_horizon(settings: Settings, data: Dataset) -> ChurnHorizon:
     """``settings`` with ``churn_horizon_days`` in days: derived from the orders up to the as-of date (the last
     order day by default) when it is ``"auto"`` (``features.cycle``), else as configured."""
-    last = data.date_range()[1]
-    as_of = settings.as_of or (last.date() if last is not None else date.today())
-    cycle = purchase_cycle(data, as_of)
+    cycle = purchase_cycle(data, as_of_day(settings, data))
     configured = settings.churn_horizon_days
     days = cycle.churn_horizon if configured == AUTO else configured
     return ChurnHorizon(settings.model_copy(update={"churn_horizon_days": days}), cycle.describe(days),
@@ -75,7 +79,7 @@ def build_features(settings: Settings, out: Path) -> FeatureRun:
     clock = _Clock()
     data = open_dataset(settings)
     settings = with_churn_horizon(settings, data).settings
-    as_of = settings.as_of or data.date_range()[1].date()
+    as_of = as_of_day(settings, data)
     clock.lap("validate")
     builder = settings.feature_builder()
     features = builder.fit_transform(data, as_of)

@@ -29,7 +29,7 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
 
 def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
     """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter)."""
-    from lifecycle import cli
+    from lifecycle.cli import application as cli
 
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("COLUMNS", "200")
@@ -148,7 +148,7 @@ def test_help_keeps_square_brackets(tmp_path, monkeypatch, capsys):
 
 def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_state_log(tmp_path, monkeypatch, capsys):
     """The top-level handler, around a command that fails with an error of ours (a bug, not a user mistake)."""
-    from lifecycle import cli
+    from lifecycle.cli import application as cli
 
     def broken() -> None:
         {}["missing"]
@@ -167,7 +167,7 @@ def test_an_unexpected_error_is_one_line_and_the_trace_goes_to_the_state_log(tmp
 
 def test_a_model_used_unfitted_is_our_bug_not_the_users(tmp_path, monkeypatch, capsys):
     """"Not fitted" is a programming error: exit 1 with the trace's path, not exit 2 as if the user had erred."""
-    from lifecycle import cli
+    from lifecycle.cli import application as cli
     from models.mbgnbd import MBGNBD
 
     monkeypatch.setattr(cli, "app", lambda: MBGNBD().p_alive([1.0], [1.0], [2.0]))

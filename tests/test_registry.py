@@ -12,7 +12,6 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from models import pyfunc
 from models.lifecycle import Horizons
-from tests.conftest import load
 from training import registry
 from training.train import train
 
@@ -21,9 +20,10 @@ PLOTS = ["expected_purchases_matrix", "p_alive_matrix", "calibration_vs_holdout_
 BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can split
 
 
-def run_once(client, data, **options):
-    """What `lifecycle train` does: train, log and register, gate, then move the aliases."""
-    result = train(data, FeatureBuilder, Horizons(), **options)
+def run_once(client, data, result=None, **options):
+    """What `lifecycle train` does: train (or take a run's result again), log and register, gate, then move the
+    aliases."""
+    result = result or train(data, FeatureBuilder, Horizons(), **options)
     drift = registry.drift_from_champion(client, result.features)
     _, version = registry.record(result, params={"seed": 0}, summary={"rows": 69_659}, drift=drift)
     decision = registry.gate(client, data, result, tolerance=0.01)
@@ -31,12 +31,12 @@ def run_once(client, data, **options):
     return version, decision
 
 
-def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypatch):
+def test_gate_promotes_protects_and_rolls_back(cdnow_run, tmp_path, monkeypatch):
     client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
     assert registry.local_tracking_uri(tmp_path).startswith("sqlite:////")
-    data = load(transactions=cdnow_master)
+    data, trained = cdnow_run  # the crash and the rerun below log the same result again
 
-    first, decision = run_once(client, data)
+    first, decision = run_once(client, data, trained)
     assert decision.promote and decision.reasons == ["first model"]
     assert registry.alias_version(client, "champion") == first
     run_id = client.get_model_version(registry.MODEL_NAME, first).run_id
@@ -71,10 +71,10 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_master, tmp_path, monkeypat
     with monkeypatch.context() as patch:  # a run that dies after registering, before the gate decides
         patch.setattr(registry, "evaluate_twin", crash)
         with pytest.raises(RuntimeError, match="killed mid-run"):
-            run_once(client, data)
+            run_once(client, data, trained)
     assert registry.alias_version(client, "champion") == first
 
-    again, decision = run_once(client, data)  # same recipe, same data: not worse, so promoted
+    again, decision = run_once(client, data, trained)  # the same model again: not worse, so promoted
     assert decision.promote and decision.champion == pytest.approx(decision.challenger, rel=1e-9)
     assert registry.alias_version(client, "champion") == again
     assert registry.alias_version(client, "previous") == first

@@ -73,6 +73,26 @@ TRACK_RECORD = ("churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gi
                 "clv_decile_mape", "clv_decile_mape_spend_rate", "holdout_purchases_interval_coverage",
                 "holdout_purchases_interval_stated", "holdout_spend_interval_coverage",
                 "holdout_spend_interval_stated")
+# The newest cut date's out-of-time evaluation as `lifecycle train` shows it: (label, metric, baseline, the baseline's
+# metric), the metrics as ``evaluate_twin`` names them.
+EVALUATION_TABLE = (
+    ("churn ROC-AUC", "churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
+    ("classifier ROC-AUC, buyers", "churn_buyers_classifier_roc_auc", "P(no purchase)", "churn_buyers_roc_auc_btyd"),
+    ("classifier Brier, buyers", "churn_buyers_classifier_brier", "P(no purchase)", "churn_buyers_brier_btyd"),
+    ("churn PR-AUC", "churn_pr_auc", "", ""),
+    ("churn Brier", "churn_brier", "", ""),
+    ("churn ECE", "churn_ece", "", ""),
+    ("next-stage ROC-AUC", "next_stage_roc_auc", "", ""),
+    ("holdout purchases MAE", "holdout_purchases_mae", "past purchase rate", "holdout_purchases_mae_past_rate"),
+    ("holdout purchases total error", "holdout_purchases_aggregate_error", "past purchase rate",
+     "holdout_purchases_aggregate_error_past_rate"),
+    ("purchases in their interval", "holdout_purchases_interval_coverage", "stated by the intervals",
+     "holdout_purchases_interval_stated"),
+    ("purchases interval, PIT coverage", "holdout_purchases_interval_pit", "", ""),
+    ("spend in its interval", "holdout_spend_interval_coverage", "stated by the intervals",
+     "holdout_spend_interval_stated"),
+    ("spend interval, PIT coverage", "holdout_spend_interval_pit", "", ""),
+)
 # A served churn probability or CLV that ranks below these (pooled over the cut dates) learned next to nothing
 # (``weaknesses``).
 NEAR_CHANCE_AUC = 0.55

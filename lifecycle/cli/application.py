@@ -1,0 +1,126 @@
+"""The ``lifecycle`` application: its options, the settings every command starts from, and the entry point,
+which turns every error into one line and an exit code (the commands are in ``commands``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import duckdb
+import typer
+from rich.markup import escape
+
+from features.errors import LifecycleError
+from features.sources import TableSource
+from lifecycle.cli.render import errors
+from lifecycle.config import Settings, load_settings, unknown_variables
+
+_state: dict[str, Path] = {}  # "folder": the state folder, once a command has read the configuration
+app = typer.Typer(
+    help="Predict churn, lifecycle stage and customer lifetime value from an online shop's order log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
+data_app = typer.Typer(help="Write the datasets the project ships or makes.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (default: ./lifecycle.toml if present).",
+                 exists=False, dir_okay=False),
+]
+
+
+TransactionsOption = Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")]
+EventsOption = Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")]
+CustomersOption = Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")]
+AsOfOption = Annotated[
+    datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
+]
+HostOption = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
+PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
+
+
+@app.callback()
+def _root(ctx: typer.Context, config: ConfigOption = None) -> None:
+    ctx.obj = config
+
+
+def command_settings(ctx: typer.Context, **overrides) -> Settings:
+    """The configuration (``--config``, the environment, the defaults) with a command's overrides; warns of
+    environment variables that are not settings."""
+    for line in unknown_variables(os.environ):
+        errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+    settings = load_settings(ctx.obj, **overrides)
+    _state["folder"] = settings.state_dir
+    return settings
+
+
+def settings_with_inputs(ctx: typer.Context, transactions: str | None, events: str | None, customers: str | None,
+                          as_of: datetime | None = None) -> Settings:
+    """The settings with the command line's as-of day and input paths (which keep the configured column maps)."""
+    settings = command_settings(ctx, as_of=as_of.date() if as_of else None)
+    for name, path in (("transactions", transactions), ("events", events), ("customers", customers)):
+        if path is not None:
+            source: TableSource = getattr(settings.inputs, name)
+            setattr(settings.inputs, name, source.model_copy(update={"path": path}))
+    return settings
+
+
+def main() -> None:
+    """Entry point: user mistakes end with one clear line and exit code 2, never a traceback."""
+    # MLflow's INFO lines (creating the store's tables, validating the input example) are not
+    # news to a user; MLFLOW_LOGGING_LEVEL=INFO brings them back.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    try:
+        app()
+    except LifecycleError as exc:
+        _fail(str(exc), 2)
+    except duckdb.Error as exc:
+        _fail(str(exc).splitlines()[0], 2)
+    except OSError as exc:  # the machine refused: a read-only or missing folder, a full disk
+        _fail(_os_problem(exc), 2)
+    except Exception as exc:  # a bug of ours: one line for the user, the trace for the report
+        where = _write_trace()
+        _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (the full trace "
+              f"is in {where}; please include it when you report this)", 1)
+
+
+def _fail(message: str, code: int) -> None:
+    errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    sys.exit(code)
+
+
+def _os_problem(exc: OSError) -> str:
+    where = exc.filename or ""
+    line = f"{exc.strerror or exc}: {where}" if where else str(exc)
+    state = _state.get("folder")
+    if state is not None and where and Path(where).resolve().is_relative_to(state):
+        line += f" (the state folder {state} must be writable; set state_dir or LIFECYCLE_STATE_DIR to move it)"
+    return line
+
+
+def _write_trace() -> Path:
+    """Append the current exception's trace to the state folder's log (or a temporary file); its path."""
+    import tempfile
+    import traceback
+
+    text = f"--- {datetime.now():%Y-%m-%d %H:%M:%S} lifecycle {' '.join(sys.argv[1:])}\n{traceback.format_exc()}"
+    for folder in (_state.get("folder"), Path(tempfile.gettempdir())):
+        if folder is None:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / "lifecycle.log"
+            with path.open("a") as log:
+                log.write(text)
+            return path
+        except OSError:
+            continue
+    return Path("(nowhere: no writable folder)")
