@@ -3,6 +3,7 @@ which turns every error into one line and an exit code (the commands are in ``co
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from datetime import datetime
@@ -77,7 +78,8 @@ def main() -> None:
     """Entry point: user mistakes end with one clear line and exit code 2, never a traceback."""
     # MLflow's INFO lines (creating the store's tables, validating the input example) are not
     # news to a user; MLFLOW_LOGGING_LEVEL=INFO brings them back.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING").upper()
+    logging.getLogger("mlflow").setLevel(level)  # for an MLflow already loaded in this process
     try:
         app()
     except LifecycleError as exc:
