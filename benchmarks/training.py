@@ -4,7 +4,7 @@
   (all buyers, days): ours (unique rows with weights, no Hessian) vs lifetimes' plain ``fit`` of
   the same model with its defaults; the largest relative difference of the parameters is printed
   beside the times (lifetimes' Pareto/NBD stops its Nelder-Mead search at a tolerance of 1e-4).
-- CLV of the same N customers over 12 months: ours (models.btyd.clv, vectorised) vs lifetimes'
+- CLV of the same N customers over 12 months: ours (models.clv.clv, vectorised) vs lifetimes'
   ``customer_lifetime_value`` with the same parameters; largest relative difference.
 - `lifecycle train` end to end (a fresh process: imports, validation, features, fits, evaluation,
   plots, MLflow logging and registry, gate) on CDNOW, on a simulated shop of N customers (orders
@@ -31,6 +31,7 @@ from benchmarks.report import machine, print_table, run_measured
 from training.choices import CUTS
 
 MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS = 12, 0.01, 30
+MONTH_ENDS = np.arange(1, MONTHS + 1) * MONTH_DAYS
 
 
 def btyd_summary(customers: int) -> pd.DataFrame:
@@ -59,7 +60,8 @@ def compare_btyd(summary: pd.DataFrame) -> list[list[str]]:
     """Rows: each purchase model's fit, the Gamma-Gamma fit and CLV, ours vs lifetimes' (its defaults)."""
     from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
 
-    from models.btyd import SpendModel, clv
+    from models.clv import clv
+    from models.gamma_gamma import SpendModel
     from models.purchase_models import PURCHASE_MODELS
 
     theirs = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "pareto_nbd": ParetoNBDFitter}
@@ -87,7 +89,7 @@ def compare_btyd(summary: pd.DataFrame) -> list[list[str]]:
     purchases, their_purchases = fitted["bgnbd"]
     their_purchases.params_ = pd.Series(purchases.params_)
     their_spend.params_ = pd.Series({"p": spend.params_["p"], "q": spend.params_["q"], "v": spend.params_["gamma"]})
-    values, ours_clv = timed(lambda: clv(purchases, spend, f, r, t, m, MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS))
+    values, ours_clv = timed(lambda: clv(purchases, spend, f, r, t, m, MONTH_ENDS, MONTHLY_DISCOUNT))
     index = pd.RangeIndex(len(f))
     reference, their_clv = timed(lambda: their_spend.customer_lifetime_value(
         their_purchases, *(pd.Series(c, index) for c in (f, r, t, m)), time=MONTHS, discount_rate=MONTHLY_DISCOUNT,

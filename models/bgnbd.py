@@ -29,7 +29,8 @@ from autograd import value_and_grad
 from lifetimes import BetaGeoFitter
 from scipy.special import betainc, betaln, expit, gammaln, hyp2f1
 
-from models.btyd import Objective, PurchaseModel
+from models.btyd import PurchaseModel
+from models.likelihood import Objective
 
 
 class BGNBD(PurchaseModel):

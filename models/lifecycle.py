@@ -23,9 +23,11 @@ import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
 from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
-from models.btyd import PurchaseModel, SpendModel, discounted_purchases, monthly_rate
+from models.btyd import PurchaseModel
 from models.classifier import Classifier
+from models.clv import clv, monthly_rate
 from models.drift import FeatureProfile
+from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 
 DAYS_PER_MONTH = 365.25 / 12
@@ -89,17 +91,15 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
         out["p_alive"][buyers] = alive = purchases.p_alive(f, r, t)
-        # one evaluation for the churn horizon and the end of every month of the CLV horizon
-        cumulative = purchases.expected_purchases(np.r_[horizons.churn_days, horizons.clv_month_ends], f, r, t)
-        out["expected_purchases"][buyers] = cumulative[:, 0]
-        out["expected_order_value"][buyers] = value = spend.expected_order_value(f, m)
-        discount = monthly_rate(horizons.annual_discount_rate)
-        out["clv"][buyers] = value * discounted_purchases(cumulative[:, 1:], discount)
+        out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
+        out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
+        out["clv"][buyers] = clv(purchases, spend, f, r, t, m, horizons.clv_month_ends,
+                                 monthly_rate(horizons.annual_discount_rate))
         counts = purchases.future_purchases(horizons.clv_days, f, r, t, p_alive=alive)
         money = spend.future_spend(counts, f, m)
         low, high = horizons.interval_levels
-        for name, distribution, mean in (("clv_purchases", counts, counts.mean()), ("clv_spend", money, money.mean)):
-            out[name][buyers], out[f"{name}_low"][buyers] = mean, distribution.quantile(low)
+        for name, distribution in (("clv_purchases", counts), ("clv_spend", money)):
+            out[name][buyers], out[f"{name}_low"][buyers] = distribution.mean(), distribution.quantile(low)
             out[f"{name}_high"][buyers] = distribution.quantile(high)
         out["btyd_churn_probability"][buyers] = purchases.p_no_purchase(horizons.churn_days, f, r, t)
     return out

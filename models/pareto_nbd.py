@@ -40,7 +40,9 @@ import numba
 import numpy as np
 from scipy.special import betaln, digamma, expit, gamma, gammaln, hyp2f1, polygamma
 
-from models.btyd import FEW_TO_DEDUPLICATE, Objective, PurchaseModel, _unique_rows
+from models.btyd import PurchaseModel
+from models.likelihood import Objective
+from models.rows import FEW_TO_DEDUPLICATE, unique_rows
 
 STEP = 1e-5  # of the central differences, in log-parameters
 SCIPY_UP_TO = 2.0  # scipy's hyp2f1(1, c; d; w) is accurate for |w| up to this
@@ -121,7 +123,7 @@ def _log_tail(params, x, t) -> np.ndarray:
     x, t = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(t, dtype=float))
     if x.size <= FEW_TO_DEDUPLICATE:
         return _log_tail_of_each(params, x, t)
-    (ux, ut), _, inverse = _unique_rows(x.ravel(), t.ravel())  # every one-time buyer has (0, 0), for one
+    (ux, ut), _, inverse = unique_rows(x.ravel(), t.ravel())  # every one-time buyer has (0, 0), for one
     return _log_tail_of_each(params, ux, ut)[inverse].reshape(x.shape)
 
 

@@ -15,7 +15,8 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError, NotFittedError
 from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
-from models.btyd import SpendModel, clv, monthly_rate
+from models.clv import clv, monthly_rate
+from models.gamma_gamma import SpendModel
 from tests.conftest import load
 from tests.test_simulator import continuous_summary
 
@@ -65,8 +66,8 @@ def test_gamma_gamma_reproduces_the_published_cdnow_estimates(fitted):
 def test_clv_reproduces_the_published_cdnow_values(fitted, published):
     purchases, spend = fitted
     s = published
-    values = clv(purchases, spend, s.x, s.t_x, s["T"], s.zbar, months=12, monthly_discount=0.01,
-                 month_length=LIFETIMES_MONTH_IN_WEEKS)
+    values = clv(purchases, spend, s.x, s.t_x, s["T"], s.zbar, np.arange(1, 13) * LIFETIMES_MONTH_IN_WEEKS,
+                 monthly_discount=0.01)
     assert values.mean() == pytest.approx(30.339, abs=5e-4)
     assert np.round(values[:3], 2).tolist() == [36.28, 4.64, 8.34]
 
@@ -93,7 +94,7 @@ def test_predictions_and_clv_equal_lifetimes_on_the_cdnow_master_log(cdnow_maste
     np.testing.assert_allclose(purchases.p_alive(f, r, t), theirs.conditional_probability_alive(f, r, t), rtol=1e-6)
     np.testing.assert_allclose(purchases.expected_purchases(90, f, r, t),
                                theirs.conditional_expected_number_of_purchases_up_to_time(90, f, r, t), rtol=1e-6)
-    ours = clv(purchases, spend, f, r, t, m, months=12, monthly_discount=0.01, month_length=30)
+    ours = clv(purchases, spend, f, r, t, m, np.arange(1, 13) * 30, monthly_discount=0.01)
     index = pd.RangeIndex(len(f))
     reference = their_spend.customer_lifetime_value(theirs, pd.Series(f, index), pd.Series(r, index),
                                                     pd.Series(t, index), pd.Series(m, index), time=12,
@@ -199,7 +200,7 @@ def test_monthly_rate_compounds_to_the_annual_rate():
 
 @pytest.mark.parametrize("collide", [False, True])
 def test_unique_rows_are_exact_even_when_hashes_collide(collide, monkeypatch):
-    from models import btyd
+    from models import rows
 
     if collide:  # every row hashes alike: the exact fallback must take over
         def same_hash(frame, index):
@@ -208,7 +209,7 @@ def test_unique_rows_are_exact_even_when_hashes_collide(collide, monkeypatch):
         monkeypatch.setattr(pd.util, "hash_pandas_object", same_hash)
     rng = np.random.default_rng(3)
     columns = [rng.integers(0, 4, 1000).astype(float), rng.integers(0, 3, 1000).astype(float), np.full(1000, 7.5)]
-    levels, counts, inverse = btyd._unique_rows(*columns)
+    levels, counts, inverse = rows.unique_rows(*columns)
     for level, column in zip(levels, columns, strict=True):
         np.testing.assert_array_equal(level[inverse], column)
     expected = np.unique(np.column_stack(columns), axis=0, return_counts=True)

@@ -13,7 +13,7 @@ from features import cdnow
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
-from models.btyd import SpendModel
+from models.gamma_gamma import SpendModel
 from models.lifecycle import OUTPUT_COLUMNS, Horizons, btyd_columns, classifier_inputs
 from tests.conftest import assert_labels_agree_with_behaviour, load
 from training.backtest import Bootstrap, Difference, brier, gini, roc_auc

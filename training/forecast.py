@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from models.btyd import PurchaseModel, SpendModel, holding
+from models.btyd import PurchaseModel, holding
+from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 
 GROUPINGS = ("rfm_segment", "stage")
@@ -56,8 +57,8 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
                         "value": [value for g in labels for value in g],
                         "customers": totals(np.ones(len(buyers))).astype(int)})
     z = norm.ppf((1 + horizons.interval) / 2)
-    own_variance = {"purchases": counts.second_moment() - expected ** 2, "spend": money.variance}
-    for name, point in (("purchases", expected), ("spend", money.mean)):
+    own_variance = {"purchases": counts.variance(), "spend": money.variance()}
+    for name, point in (("purchases", expected), ("spend", money.mean())):
         centre = totals(point)
         half = z * np.sqrt(totals(own_variance[name]) + parameter_variance[name])
         out[name], out[f"{name}_low"], out[f"{name}_high"] = centre, np.maximum(centre - half, 0), centre + half

@@ -41,9 +41,10 @@ from features.build import FeatureBuilder, orders_sql
 from features.errors import LifecycleError
 from features.sources import Dataset
 from models.actions import ValueTiers
-from models.btyd import FitFailed, PurchaseModel, SpendModel
+from models.btyd import PurchaseModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
+from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import (
     MODEL_FORMAT,
@@ -53,6 +54,7 @@ from models.lifecycle import (
     btyd_columns,
     classifier_inputs,
 )
+from models.likelihood import FitFailed
 from models.purchase_models import PURCHASE_MODELS
 from training import evaluate
 from training.backtest import Bootstrap, Z, brier, decile_mape, gini, judged_sample, judged_share, mean, roc_auc
