@@ -131,12 +131,12 @@ def test_scores_equal_batch_scoring_of_the_same_model(served):
 
 
 def test_records_reach_the_model_as_the_feature_table_does(served):
-    """What the API makes of JSON records (``_columns``) is what the classifiers read from the feature table."""
+    """What the API makes of JSON records (``as_columns``) is what the classifiers read from the feature table."""
     from lifecycle.config import load_settings
     from lifecycle.training import open_registry
     from models import pyfunc
     from models.lifecycle import btyd_columns, classifier_inputs
-    from serving.service import _columns
+    from serving.records import as_columns
 
     folder, _, features = served
     open_registry(load_settings(state_dir=folder / ".lifecycle"))
@@ -150,7 +150,7 @@ def test_records_reach_the_model_as_the_feature_table_does(served):
     expected = churn_matrix(sample)
     assert not np.isnan(expected[:, model.churn.features_.index("stage")]).any()
     # the same numbers (to the 15 decimals JSON carries), missing in the same places, the same category codes
-    np.testing.assert_allclose(churn_matrix(_columns(records(sample), registered.columns)), expected, rtol=1e-9)
+    np.testing.assert_allclose(churn_matrix(as_columns(records(sample), registered.columns)), expected, rtol=1e-9)
 
 
 def test_model_endpoint_and_bentoml_endpoints(served):
