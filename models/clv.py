@@ -23,6 +23,11 @@ def clv(purchases: PurchaseModel, spend: SpendModel, frequency, recency, T, mone
     ``lifetimes``' ``customer_lifetime_value`` is this with months of 30 days (or 4.345 weeks).
     """
     cumulative = purchases.expected_purchases(np.asarray(month_ends, dtype=float), frequency, recency, T)
+    return discounted_value(spend.expected_order_value(frequency, monetary_value), cumulative, monthly_discount)
+
+
+def discounted_value(order_value: np.ndarray, cumulative: np.ndarray, monthly_discount: float) -> np.ndarray:
+    """``clv`` from each row's expected order value and its expected purchases by the end of each month
+    (``cumulative``, one column per month): for a caller that evaluated the purchases with other horizons."""
     per_month = np.diff(cumulative, axis=1, prepend=0.0)
-    discounted = per_month @ (1 + monthly_discount) ** -np.arange(1, cumulative.shape[1] + 1)
-    return spend.expected_order_value(frequency, monetary_value) * discounted
+    return order_value * (per_month @ (1 + monthly_discount) ** -np.arange(1, cumulative.shape[1] + 1))

@@ -64,9 +64,13 @@ class FuturePurchases:
         return self.p_alive * self.tail.sum(axis=1)[self.row]
 
     def variance(self) -> np.ndarray:
-        """Var[X] = E[X^2] - E[X]^2, with E[X^2] = sum over k of (2k - 1) P(X >= k)."""
+        """Var[X] = E[X^2] - E[X]^2."""
+        return self.second_moment() - self.mean() ** 2
+
+    def second_moment(self) -> np.ndarray:
+        """E[X^2] = sum over k of (2k - 1) P(X >= k) (Gamma-Gamma's spend needs it as such)."""
         odd = 2 * np.arange(1, self.tail.shape[1] + 1) - 1
-        return self.p_alive * (self.tail @ odd)[self.row] - self.mean() ** 2
+        return self.p_alive * (self.tail @ odd)[self.row]
 
 
 @dataclass

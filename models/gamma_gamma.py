@@ -122,8 +122,7 @@ class SpendModel:
         p, q, gamma = self._params()
         x, m = as_arrays(frequency, monetary_value)
         posterior_q, scale = q + p * x, gamma + x * m  # nu | history ~ Gamma(q + p x, gamma + x m)
-        mean_x = purchases.mean()
-        square_x = purchases.variance() + mean_x ** 2
+        mean_x, square_x = purchases.mean(), purchases.second_moment()
         buys = 1 - purchases.cdf(np.zeros(len(x)))
         # Spend / scale given X = k is BetaPrime(p k, q'); its variance needs q' > 2 (2.05 where it is not).
         q1, q2 = posterior_q - 1, np.maximum(posterior_q, 2.05) - 2

@@ -25,7 +25,7 @@ from features.build import FeatureBuilder
 from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
 from models.btyd import PurchaseModel
 from models.classifier import Classifier
-from models.clv import clv, monthly_rate
+from models.clv import discounted_value, monthly_rate
 from models.drift import FeatureProfile
 from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
@@ -91,10 +91,11 @@ def btyd_columns(purchases: PurchaseModel, spend: SpendModel, features: Columns,
         f, r, t, m = (np.asarray(features[name], dtype=float)[buyers] for name in ("frequency", "recency", "T",
                                                                                   "monetary_value"))
         out["p_alive"][buyers] = alive = purchases.p_alive(f, r, t)
-        out["expected_purchases"][buyers] = purchases.expected_purchases(horizons.churn_days, f, r, t)
-        out["expected_order_value"][buyers] = spend.expected_order_value(f, m)
-        out["clv"][buyers] = clv(purchases, spend, f, r, t, m, horizons.clv_month_ends,
-                                 monthly_rate(horizons.annual_discount_rate))
+        # one evaluation for the churn horizon and the end of every month of the CLV horizon
+        cumulative = purchases.expected_purchases(np.r_[horizons.churn_days, horizons.clv_month_ends], f, r, t)
+        out["expected_purchases"][buyers] = cumulative[:, 0]
+        out["expected_order_value"][buyers] = value = spend.expected_order_value(f, m)
+        out["clv"][buyers] = discounted_value(value, cumulative[:, 1:], monthly_rate(horizons.annual_discount_rate))
         counts = purchases.future_purchases(horizons.clv_days, f, r, t, p_alive=alive)
         money = spend.future_spend(counts, f, m)
         low, high = horizons.interval_levels

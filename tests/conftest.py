@@ -1,18 +1,17 @@
-"""Shared fixtures (the real CDNOW logs and a small simulated shop) and checks."""
+"""Shared fixtures (the real CDNOW logs, a small simulated shop, one CDNOW training run) and the run's order
+(helpers are in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from datetime import date, datetime
-from functools import partial
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from features import cdnow, sources
+from features import cdnow
 from features.simulator import Simulation, SimulationParams, simulate
+from tests.helpers import load
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # Two workers share two cores with the CLI's, the servers' and the notebook's own processes: OpenMP's (LightGBM's)
@@ -20,7 +19,6 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # CPU, 38 s with passive waits). Set before anything loads OpenMP; subprocesses inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-NOW = datetime(2026, 1, 1)  # the validation clock of every test
 # Files that take minutes go first: `make test` runs two workers, each given whole files in this order,
 # and one of these last would leave a worker alone with it at the end.
 SLOWEST_FIRST = ("test_shapes.py", "test_writers.py", "test_spark.py", "test_cli.py", "test_service.py",
@@ -30,11 +28,6 @@ SLOWEST_FIRST = ("test_shapes.py", "test_writers.py", "test_spark.py", "test_cli
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: SLOWEST_FIRST.index(item.path.name) if item.path.name in SLOWEST_FIRST
                else len(SLOWEST_FIRST))
-
-
-def load(now: datetime = NOW, **tables) -> sources.Dataset:
-    """Validate tables (DataFrames or TableSources) into a fresh DuckDB connection."""
-    return sources.load(sources.connect(), tables, now=now)
 
 
 @pytest.fixture(scope="session")
@@ -57,68 +50,3 @@ def cdnow_run(cdnow_master):
 
     data = load(transactions=cdnow_master)
     return data, train(data, FeatureBuilder, Horizons())
-
-
-# Segments that say a customer buys now: never given to a lapsed one (no order in the churn window).
-CURRENT_SEGMENTS = ("Champions", "Loyal", "Potential loyalist", "New", "Promising")
-
-
-def assert_labels_agree_with_behaviour(scores: pd.DataFrame, features: pd.DataFrame, model) -> None:
-    """The label rules of docs/features.md, as checks on a model's records and the features they came from."""
-    rules, stages = model.builder.activity, model.builder.stages
-    gaps, status = features.recency_gaps.to_numpy(), scores.activity_status
-    lapsed = features.lapsed.to_numpy()  # no order in the churn window
-    buyers = (features.orders > 0).to_numpy()
-    assert status[buyers].notna().all() and status[~buyers].isna().all()
-    assert set(status[buyers]) == {"active", "at risk", "lapsed", "churned"}
-    np.testing.assert_array_equal(lapsed, buyers & (features.recency_days > model.horizons.churn_days))
-    # active: an order in the churn window, at most active_within_gaps of their own typical gaps ago, believed alive,
-    # not at high churn risk
-    active = (status == "active").to_numpy()
-    assert not lapsed[active].any() and (gaps[active] <= rules.active_within_gaps).all()
-    assert (scores.p_alive[active] >= rules.min_p_alive).all() and (scores.churn_risk[active] != "high").all()
-    # gone quiet, lapsed or churned, exactly when past the churn window and more than lapsed_after_gaps
-    gone = status.isin(["lapsed", "churned"]).to_numpy()
-    np.testing.assert_array_equal(gone, lapsed & (gaps > rules.lapsed_after_gaps))
-    churned = (status == "churned").to_numpy()
-    np.testing.assert_array_equal(churned, gone & ((gaps > rules.churned_after_gaps) | (features.frequency == 0)))
-    # no segment says a lapsed customer buys now
-    assert not scores.rfm_segment[lapsed].isin(CURRENT_SEGMENTS).any()
-    # an advocate has an advocacy signal or buys now (in the churn window, at their rhythm)
-    advocates = (scores.stage == "advocacy").to_numpy()
-    signal = np.zeros(len(features), dtype=bool)
-    if "reviews" in features:
-        signal = ((features.reviews + features.referrals > 0)
-                  | (features.latest_nps >= stages.advocacy_min_nps).fillna(False)).to_numpy()
-    assert (signal | (~lapsed & (gaps <= rules.active_within_gaps)))[advocates].all()
-    # the stage is how far a customer has come: one purchase day is conversion, more is retention or advocacy
-    days = features.purchase_days.to_numpy()
-    assert (scores.stage[days == 1] == "conversion").all()
-    assert scores.stage[days >= 2].isin(["retention", "advocacy"]).all()
-
-
-def trained_on_its_own_cycle(data: sources.Dataset, as_of: date | None = None):
-    """``lifecycle train``'s protocol with the churn horizon derived from the shop (``churn_horizon_days = "auto"``)."""
-    from features.build import FeatureBuilder
-    from features.cycle import purchase_cycle
-    from models.lifecycle import Horizons
-    from training.train import train
-
-    horizon = purchase_cycle(data, as_of or data.date_range()[1].date()).churn_horizon
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return train(data, partial(FeatureBuilder, churn_horizon_days=horizon), Horizons(churn_days=horizon),
-                     as_of=as_of)
-
-
-def assert_not_below_the_baselines_unless_weak(run) -> None:
-    """Served churn not below recency alone, the served CLV not below the past spend rate, beyond noise pooled over
-    the cut dates; or else the run is flagged weak."""
-    from training.backtest import Bootstrap, gini, roc_auc
-
-    bootstrap = Bootstrap()
-    churn = bootstrap.difference(roc_auc, [(e.churn.customer_id, e.churn.churned, e.churn.served, e.churn.recency)
-                                           for e in run.backtest])
-    value = bootstrap.difference(gini, [(e.value.customer_id, e.value.spend, e.value.served, e.value.spend_rate)
-                                        for e in run.backtest])
-    assert run.model.weaknesses or "worse" not in (churn.verdict, value.verdict), (churn, value)

@@ -18,7 +18,7 @@ from features.simulator import SimulationParams, simulate
 from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
 from models.bgnbd import BGNBD
 from models.purchase_models import PURCHASE_MODELS
-from tests.conftest import CURRENT_SEGMENTS, assert_labels_agree_with_behaviour, load
+from tests.helpers import CURRENT_SEGMENTS, assert_labels_agree_with_behaviour, load
 
 
 def test_risk_bands_by_hand():

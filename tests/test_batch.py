@@ -10,7 +10,7 @@ import pytest
 
 from features.errors import LifecycleError
 from serving.batch import load_customer_list, score_batch
-from tests.conftest import load
+from tests.helpers import load
 
 
 def expected_records(model, data, as_of, population=None) -> pd.DataFrame:

@@ -17,8 +17,7 @@ from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
 from models.clv import clv, monthly_rate
 from models.gamma_gamma import SpendModel
-from tests.conftest import load
-from tests.test_simulator import continuous_summary
+from tests.helpers import continuous_summary, load
 
 LIFETIMES_MONTH_IN_WEEKS = 4.345
 

@@ -18,7 +18,7 @@ from lifetimes.utils import summary_data_from_transaction_data
 
 from features import cdnow
 from features.build import FeatureBuilder
-from tests.conftest import load
+from tests.helpers import load
 
 MONETARY_ULPS = 4
 COLUMNS = {"D": ("frequency", "recency", "T", "monetary_value"),

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import assert_not_below_the_baselines_unless_weak, load, trained_on_its_own_cycle
+from tests.helpers import assert_not_below_the_baselines_unless_weak, load, trained_on_its_own_cycle
 from training import evaluate
 
 

@@ -18,7 +18,7 @@ from features.simulator import SimulationParams, simulate
 from models.bgnbd import BGNBD
 from models.classifier import Classifier, calibrated, calibration
 from models.lifecycle import FEW_DRIVER_ROWS, drivers_json
-from tests.conftest import load
+from tests.helpers import load
 from training import evaluate
 
 HORIZON = 90

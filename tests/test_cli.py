@@ -17,29 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import run, run_here
+
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
             ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["report"], ["serve"]]
-
-
-def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lifecycle", *args], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=300)
-
-
-def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
-    """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter)."""
-    from lifecycle.cli import application as cli
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.setattr(sys, "argv", ["lifecycle", *args])
-    monkeypatch.setitem(cli._state, "folder", cwd / ".lifecycle")
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-        raise SystemExit(0)  # a command that returns ends the process with 0
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(args, stop.value.code or 0, out, err)
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

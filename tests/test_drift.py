@@ -12,7 +12,7 @@ from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
 from models.drift import FLOOR, MAJOR, FeatureProfile, add_counts, shifted
 from models.lifecycle import NOT_FEATURES
-from tests.conftest import load
+from tests.helpers import load
 
 
 def test_psi_by_hand():

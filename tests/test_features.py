@@ -16,7 +16,7 @@ from features import rfm
 from features.build import FeatureBuilder
 from features.errors import LifecycleError, NotFittedError
 from features.params import ActivityRules, FeatureParams, StageRules
-from tests.conftest import load
+from tests.helpers import load
 
 AS_OF = date(2024, 3, 31)  # a Sunday; its week starts Monday 2024-03-25
 

@@ -21,7 +21,7 @@ from models.distributions import MIXTURE_ABOVE
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 from models.purchase_models import PURCHASE_MODELS
-from tests.conftest import load
+from tests.helpers import load
 from training import evaluate
 from training.forecast import forecast
 

@@ -14,7 +14,7 @@ from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.learned_clv import LearnedCLV
 from models.lifecycle import Horizons
-from tests.conftest import load
+from tests.helpers import load
 from training.train import better_clv_source, train, windows
 
 

@@ -20,7 +20,7 @@ from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
 from models import pareto_nbd
 from models.purchase_models import PURCHASE_MODELS
-from tests.conftest import load
+from tests.helpers import load
 from training.choices import PURCHASE_MODEL_NAMES
 
 LIFETIMES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "pareto_nbd": ParetoNBDFitter}

@@ -15,7 +15,7 @@ from features.build import STAGES
 from models.lifecycle import Horizons
 from serving.batch import score_batch
 from serving.report import ACT_FIRST, COHORT_MONTHS, COLUMNS, FORMATS, build_report
-from tests.conftest import load
+from tests.helpers import load
 from training.train import train
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from features.cycle import purchase_cycle
 from features.simulator import SHAPES, shop_shape, simulate
-from tests.conftest import assert_not_below_the_baselines_unless_weak, load, trained_on_its_own_cycle
+from tests.helpers import assert_not_below_the_baselines_unless_weak, load, trained_on_its_own_cycle
 
 CUSTOMERS = 1200
 SEEDS = range(5)

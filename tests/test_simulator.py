@@ -10,23 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
-from tests.conftest import load
-
-DAY = pd.Timedelta(days=1)
-
-
-def continuous_summary(sim) -> pd.DataFrame:
-    """BTYD summary in continuous days (no rounding to whole days), straight from the orders."""
-    tx = sim.transactions.sort_values(["customer_id", "timestamp"])
-    g = tx.groupby("customer_id")
-    first, last, count = g.timestamp.min(), g.timestamp.max(), g.timestamp.count()
-    repeat = tx[tx.timestamp > tx.customer_id.map(first)]
-    return pd.DataFrame({
-        "frequency": count - 1,
-        "recency": (last - first) / DAY,
-        "T": (sim.end - first) / DAY,
-        "monetary_value": repeat.groupby("customer_id").amount.mean().reindex(count.index).fillna(0.0),
-    })
+from tests.helpers import DAY, continuous_summary, load
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 
 from features.errors import LifecycleError
 from features.sources import TableSource
-from tests.conftest import load
+from tests.helpers import load
 
 CASES = [  # (customer, timestamp, amount, order id) -> expected reason or None
     ("a", "2020-01-01 10:00:00", "1.50", "o1", None),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.test_cli import run
+from tests.helpers import run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
 

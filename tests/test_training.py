@@ -15,7 +15,7 @@ from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.gamma_gamma import SpendModel
 from models.lifecycle import OUTPUT_COLUMNS, Horizons, btyd_columns, classifier_inputs
-from tests.conftest import assert_labels_agree_with_behaviour, load
+from tests.helpers import assert_labels_agree_with_behaviour, load
 from training.backtest import Bootstrap, Difference, brier, gini, roc_auc
 from training.train import Fitter, train, windows
 
