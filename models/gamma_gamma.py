@@ -38,6 +38,11 @@ MAX_SPEND_CORRELATION = 0.3
 # boundary test).
 POOLED_Q = 1e5
 POOLED_LR = 2.71
+# Digits of the parameters kept: the amounts' means come from parallel sums whose last bit varies from run to run,
+# and the fit carries that noise into the parameters' last digits (1e-13 apart on CDNOW), then into every
+# customer's CLV and the trees fitted on it (a learned CLV 7.5 apart). The fit stops at a tolerance of 1e-7: the
+# digits beyond 10 are that noise.
+DIGITS = 10
 
 
 class SpendModel:
@@ -89,7 +94,7 @@ class SpendModel:
             raise FitFailed(f"Gamma-Gamma q = {q:.3f} <= 1: customers' mean order values are so heavy-tailed that "
                             "their population mean is infinite; check the amounts for a customer or an amount that "
                             "dwarfs the rest")
-        params = {"p": p, "q": q, "gamma": float(gamma * unit)}
+        params = {name: float(f"{value:.{DIGITS}g}") for name, value in (("p", p), ("q", q), ("gamma", gamma * unit))}
         if not self.pooled_:  # the pooled model's q and gamma are as large as they are by construction
             warn_at_boundary("Gamma-Gamma", params)
         self.params_ = params
