@@ -27,7 +27,7 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import ActivityRules, FeatureParams, StageRules
 from features.sources import TableSource
-from models.actions import RiskBands
+from models.risk import RiskBands
 from serving.settings import ServingSettings
 from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK, PURCHASE_MODEL_NAMES
 

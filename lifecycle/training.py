@@ -16,8 +16,8 @@ from features.sources import Dataset
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset, with_churn_horizon
 from models import pyfunc
-from models.actions import RiskBands
 from models.lifecycle import Horizons, LifecycleModel
+from models.risk import RiskBands
 from training import registry
 from training.train import TrainingResult, train
 

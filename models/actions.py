@@ -1,7 +1,7 @@
 """What a shop acts on, from the predictions: churn risk bands, value tiers and the expected next order.
 
 - Churn risk: ``low`` / ``medium`` / ``high`` by the served churn probability against two thresholds
-  (``RiskBands``, configurable; defaults 0.4 and 0.7).
+  (``models.risk.RiskBands``, configurable; defaults 0.4 and 0.7).
 - Value tier: ``top 1%``, ``top 5%``, ``top 10%``, ``top 25%``, ``top 50%`` or ``rest`` by the served CLV,
   against edges learned from the training population (the buyers at the end of the data) and stored with
   the model, as the RFM edges are: one customer scored alone gets the tier the whole table would give them.
@@ -24,27 +24,7 @@ from features.params import ActivityRules
 
 TIER_SHARES = (0.01, 0.05, 0.10, 0.25, 0.50)  # the top shares of buyers by CLV that name a tier
 REST = "rest"
-RISKS = ("low", "medium", "high")
 WAIT_STEPS = 48  # horizons (geometric, 1 day to the CLV horizon) on which the next order's day is found
-
-
-@dataclass(frozen=True)
-class RiskBands:
-    """Churn probability at or above ``medium`` is medium risk, at or above ``high`` high risk."""
-
-    medium: float = 0.4
-    high: float = 0.7
-
-    def __post_init__(self):
-        if not 0 < self.medium < self.high < 1:
-            raise LifecycleError(f"churn risk thresholds must be 0 < medium < high < 1: churn_risk.medium is "
-                                 f"{self.medium}, churn_risk.high {self.high}")
-
-    def band(self, probability) -> np.ndarray:
-        """Each probability's band (None where it is missing)."""
-        p = np.asarray(probability, dtype=float)
-        bands = np.array(RISKS, dtype=object)[(p >= self.medium).astype(int) + (p >= self.high)]
-        return np.where(np.isnan(p), None, bands)
 
 
 @dataclass(frozen=True)

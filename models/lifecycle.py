@@ -22,13 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.build import FeatureBuilder
-from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
+from models.actions import ValueTiers, activity_status, next_order_days
 from models.btyd import PurchaseModel
 from models.classifier import Classifier
 from models.clv import discounted_value, monthly_rate
 from models.drift import FeatureProfile
 from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
+from models.risk import RiskBands
 
 DAYS_PER_MONTH = 365.25 / 12
 # Raised when this code can no longer use a model an older release fitted (2: three purchase models,

@@ -15,9 +15,10 @@ from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import ActivityRules
 from features.simulator import SimulationParams, simulate
-from models.actions import RiskBands, ValueTiers, activity_status, next_order_days
+from models.actions import ValueTiers, activity_status, next_order_days
 from models.bgnbd import BGNBD
 from models.purchase_models import PURCHASE_MODELS
+from models.risk import RiskBands
 from tests.helpers import CURRENT_SEGMENTS, assert_labels_agree_with_behaviour, load
 
 

@@ -31,7 +31,7 @@ def test_every_command_has_help_with_an_example(command, tmp_path, monkeypatch, 
 
 def test_the_cli_starts_without_the_heavy_libraries():
     """``lifecycle --help`` and every command's start: each command imports what it uses."""
-    heavy = ("lightgbm", "sklearn", "mlflow", "bentoml", "pyspark", "pandas", "scipy", "numba", "lifetimes")
+    heavy = ("lightgbm", "sklearn", "mlflow", "bentoml", "pyspark", "pandas", "numpy", "scipy", "numba", "lifetimes")
     code = f"import sys, lifecycle.cli; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.split() == []
@@ -198,7 +198,7 @@ def test_configuration_file_column_map_and_environment(tmp_path):
 def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_path, monkeypatch):
     from lifecycle.config import load_settings
     from lifecycle.training import horizons
-    from models.actions import RiskBands
+    from models.risk import RiskBands
 
     (tmp_path / "lifecycle.toml").write_text("[churn_risk]\nmedium = 0.3\nhigh = 0.8\n")
     assert horizons(load_settings(tmp_path / "lifecycle.toml", churn_horizon_days=90)).risk_bands == RiskBands(0.3, 0.8)
