@@ -18,48 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import duckdb
-from pydantic import BaseModel, Field
 
 from features.errors import LifecycleError
+from features.tables import COMPRESSIONS, CSV_SUFFIXES, SCHEMAS, TableSource, output_format
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
 
-# Canonical schema: our column name -> (required, kind).
-SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
-    "transactions": {
-        "customer_id": (True, "id"),
-        "timestamp": (True, "timestamp"),
-        "amount": (True, "amount"),
-        "order_id": (False, "key"),
-    },
-    "events": {
-        "customer_id": (True, "id"),
-        "timestamp": (True, "timestamp"),
-        "event_type": (True, "label"),
-        "value": (False, "number"),
-    },
-    "customers": {
-        "customer_id": (True, "id"),
-        "signup_date": (False, "timestamp"),
-        "acquisition_channel": (False, "label"),
-        "acquisition_cost": (False, "amount"),
-    },
-}
-
-CSV_SUFFIXES = (".csv", ".txt", ".tsv")
-COMPRESSIONS = (".gz", ".zst")  # what DuckDB's CSV reader decompresses by itself
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
              "amount": "DOUBLE", "number": "DOUBLE"}
-
-
-class TableSource(BaseModel):
-    """Where one input table lives and how its columns map onto ours."""
-
-    path: str | None = Field(None, description="CSV or Parquet file, or a glob of them")
-    columns: dict[str, str] = Field(default_factory=dict, description="our column name -> your column name")
-    timestamp_format: str | None = Field(None, description="strptime format when timestamps are not ISO 8601")
 
 
 @dataclass
@@ -428,16 +396,6 @@ def _empty_view(con, table: str, schema, id_type: str) -> None:
 def _columns(con, relation: str) -> tuple[list[str], list[str]]:
     described = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
     return [row[0] for row in described], [row[1] for row in described]
-
-
-def output_format(path: str | Path) -> str:
-    """``"parquet"`` or ``"csv"`` by an output file's extension; any other is refused before anything is written."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix == ".csv":
-        return "csv"
-    raise LifecycleError(f"cannot write {str(path)!r}: name the output .parquet or .csv")
 
 
 def write_relation(relation: duckdb.DuckDBPyRelation, path: str | Path) -> None:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Self, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, get_origin
 
 import tomli_w
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -23,13 +23,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.params import ActivityRules, FeatureParams, StageRules
-from features.sources import TableSource
+from features.tables import TableSource
 from models.risk import RiskBands
 from serving.settings import ServingSettings
 from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK, PURCHASE_MODEL_NAMES
+
+if TYPE_CHECKING:  # DuckDB loads where features are built (the CLI starts without it)
+    from features.build import FeatureBuilder
 
 DEFAULT_CONFIG = Path("lifecycle.toml")
 
@@ -146,6 +148,8 @@ class Settings(BaseSettings):
 
     def feature_builder(self) -> FeatureBuilder:
         """An unfitted feature builder configured by these settings (the churn horizon resolved)."""
+        from features.build import FeatureBuilder
+
         return FeatureBuilder(self.features, self.stages, self.churn_days, self.activity)
 
     def to_toml(self) -> str:

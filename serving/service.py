@@ -37,7 +37,8 @@ import pandas as pd
 from pydantic import BeforeValidator
 
 from features.errors import LifecycleError
-from features.sources import SCHEMAS, connect, load
+from features.sources import connect, load
+from features.tables import SCHEMAS
 from models import pyfunc
 from models.lifecycle import LifecycleModel
 from serving import asgi

@@ -26,7 +26,8 @@ import mlflow
 import pandas as pd
 
 from features.errors import LifecycleError
-from features.sources import SCHEMAS, TableSource, connect, load
+from features.sources import connect, load
+from features.tables import SCHEMAS, TableSource
 from models.pyfunc import load as load_model
 from serving.batch import LIST_TABLE
 

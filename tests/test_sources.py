@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from features.errors import LifecycleError
-from features.sources import TableSource
+from features.tables import TableSource
 from tests.helpers import load
 
 CASES = [  # (customer, timestamp, amount, order id) -> expected reason or None

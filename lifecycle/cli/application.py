@@ -10,12 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-import duckdb
 import typer
 from rich.markup import escape
 
 from features.errors import LifecycleError
-from features.sources import TableSource
+from features.tables import TableSource
 from lifecycle.cli.render import errors
 from lifecycle.config import Settings, load_settings, unknown_variables
 
@@ -84,11 +83,13 @@ def main() -> None:
         app()
     except LifecycleError as exc:
         _fail(str(exc), 2)
-    except duckdb.Error as exc:
-        _fail(str(exc).splitlines()[0], 2)
-    except OSError as exc:  # the machine refused: a read-only or missing folder, a full disk
-        _fail(_os_problem(exc), 2)
-    except Exception as exc:  # a bug of ours: one line for the user, the trace for the report
+    except Exception as exc:
+        duckdb = sys.modules.get("duckdb")  # loaded by the commands that read data, if this one did
+        if duckdb is not None and isinstance(exc, duckdb.Error):
+            _fail(str(exc).splitlines()[0], 2)
+        if isinstance(exc, OSError):  # the machine refused: a read-only or missing folder, a full disk
+            _fail(_os_problem(exc), 2)
+        # a bug of ours: one line for the user, the trace for the report
         where = _write_trace()
         _fail(f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} (the full trace "
               f"is in {where}; please include it when you report this)", 1)

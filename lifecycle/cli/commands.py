@@ -28,7 +28,6 @@ from lifecycle.cli.application import (
     settings_with_inputs,
 )
 from lifecycle.cli.render import console, errors
-from lifecycle.pipeline import build_features
 
 
 @config_app.command("show")
@@ -107,6 +106,8 @@ def features(
 
     Example: [bold]lifecycle features --transactions data/cdnow/transactions.csv --out out/features.parquet[/bold]
     """
+    from lifecycle.pipeline import build_features
+
     settings = settings_with_inputs(ctx, transactions, events, customers, as_of)
     with console.status("validating inputs and building features..."):
         run = build_features(settings, out)

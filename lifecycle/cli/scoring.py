@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 
 from features.errors import LifecycleError
-from features.sources import TableSource, output_format
+from features.tables import TableSource, output_format
 from lifecycle.cli import render
 from lifecycle.cli.application import (
     AsOfOption,
@@ -29,7 +29,6 @@ from lifecycle.cli.application import (
 )
 from lifecycle.cli.render import console, errors
 from lifecycle.config import Settings
-from lifecycle.pipeline import as_of_day, open_dataset
 
 
 class Engine(StrEnum):
@@ -98,6 +97,7 @@ def score(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from lifecycle.pipeline import as_of_day, open_dataset
     from lifecycle.training import load_model
     from serving.batch import load_customer_list, score_batch
 
@@ -151,6 +151,7 @@ def report(
 
     Example: [bold]lifecycle report --transactions orders.csv --customers customers.csv --out report[/bold]
     """
+    from lifecycle.pipeline import as_of_day, open_dataset
     from lifecycle.training import load_model
     from serving.batch import score_batch
     from serving.report import build_report
@@ -214,6 +215,7 @@ def demo(ctx: typer.Context) -> None:
     import pandas as pd
 
     from features import cdnow
+    from lifecycle.pipeline import open_dataset
     from lifecycle.training import load_model, run_training
     from serving.batch import score_batch
     from serving.report import build_report
