@@ -31,7 +31,8 @@ def test_every_command_has_help_with_an_example(command, tmp_path, monkeypatch, 
 
 def test_the_cli_starts_without_the_heavy_libraries():
     """``lifecycle --help`` and every command's start: each command imports what it uses."""
-    heavy = ("lightgbm", "sklearn", "mlflow", "bentoml", "pyspark", "pandas", "numpy", "duckdb", "scipy", "numba", "lifetimes")
+    heavy = ("lightgbm", "sklearn", "mlflow", "bentoml", "pyspark", "pandas", "numpy", "duckdb", "scipy", "numba",
+             "lifetimes")
     code = f"import sys, lifecycle.cli; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.split() == []
