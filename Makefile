@@ -30,6 +30,7 @@ test: $(STAMP) $(CHROMIUM)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.training
+	$(BIN)/python -m benchmarks.startup
 
 clean:
 	rm -rf $(VENV) .lifecycle
