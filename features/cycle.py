@@ -25,6 +25,7 @@ from features.build import orders_sql
 from features.sources import Dataset
 
 CYCLE_QUANTILE = 0.75
+MOST_CUSTOMERS = 250_000  # the cycle is measured on about this many customers at most (``purchase_cycle``)
 STEP, SHORTEST, LONGEST = 30, 30, 365
 HISTORY_SHARE = 3  # the horizon is at most the history over this
 FALLBACK = 90  # the horizon of a shop without repeat buyers, where no cycle can be seen
@@ -35,8 +36,9 @@ class PurchaseCycle:
     """The gaps between repeat buyers' purchase days up to a day, and the history they come from."""
 
     gap_days: float | None  # the CYCLE_QUANTILE gap; None without any repeat purchase
-    gaps: int
+    gaps: int  # the gaps it was measured on
     history_days: int
+    sampled: bool = False  # measured on a sample of the customers (a large shop)
 
     @property
     def churn_horizon(self) -> int:
@@ -49,7 +51,8 @@ class PurchaseCycle:
         """Where ``horizon`` (this cycle's, or a configured one) comes from, in a line."""
         if self.gap_days is None:
             return f"{horizon} days (no repeat purchase yet to measure the purchase cycle)"
-        cycle = (f"the purchase cycle (75 % of {self.gaps:,} gaps between repeat purchases are at most "
+        among = " of a sample of customers" if self.sampled else ""
+        cycle = (f"the purchase cycle (75 % of {self.gaps:,} gaps between repeat purchases{among} are at most "
                  f"{self.gap_days:.0f} days)")
         if horizon != self.churn_horizon:
             return f"{horizon} days, as configured; {cycle} would give {self.churn_horizon}"
@@ -68,10 +71,20 @@ class PurchaseCycle:
 
 
 def purchase_cycle(data: Dataset, as_of: date) -> PurchaseCycle:
-    """The shop's purchase cycle from its valid orders on or before ``as_of``."""
-    gap, gaps, history = data.con.execute(
-        f"WITH days AS (SELECT DISTINCT customer_id, day FROM ({orders_sql(as_of)})), "
+    """The shop's purchase cycle from its valid orders on or before ``as_of``.
+
+    On a shop of more than ``MOST_CUSTOMERS`` customers, from the orders of about that many, drawn by a hash of the
+    id (the same customers every time): the quantile of a few hundred thousand gaps is within a day of everyone's,
+    and the horizon is rounded to 30 days; sorting every customer's purchase days cost as much as a third of the
+    whole feature build (10M orders: 3 s of 7.5 s).
+    """
+    orders = orders_sql(as_of)
+    customers, history = data.con.execute(
+        f"SELECT approx_count_distinct(customer_id), DATE '{as_of}' - min(day) + 1 FROM ({orders})").fetchall()[0]
+    share = min(1.0, MOST_CUSTOMERS / max(customers, 1))
+    sample = "" if share == 1 else f"WHERE hash(customer_id) < {int(share * 2**64)}::UBIGINT"
+    gap, gaps = data.con.execute(
+        f"WITH days AS (SELECT DISTINCT customer_id, day FROM ({orders}) {sample}), "
         "gaps AS (SELECT day - lag(day) OVER (PARTITION BY customer_id ORDER BY day) AS gap FROM days) "
-        f"SELECT quantile_cont(gap, {CYCLE_QUANTILE}), count(gap), "
-        f"(SELECT DATE '{as_of}' - min(day) + 1 FROM days) FROM gaps").fetchall()[0]
-    return PurchaseCycle(None if gap is None else float(gap), int(gaps), int(history or 0))
+        f"SELECT quantile_cont(gap, {CYCLE_QUANTILE}), count(gap) FROM gaps").fetchall()[0]
+    return PurchaseCycle(None if gap is None else float(gap), int(gaps), int(history or 0), share < 1)

@@ -18,6 +18,10 @@ from features import sources
 
 NOW = datetime(2026, 1, 1)  # the validation clock of every test
 DAY = pd.Timedelta(days=1)
+# `lifecycle train` judged on one cut date, for the tests of what surrounds training on small shops (the registry's
+# writers, the Spark engine): it trains in about half the time. The backtest over several cut dates is tested where it
+# is the subject (test_training, test_backtest, test_shapes, test_cdnow_dates, the demo) and where CDNOW's choices are.
+ONE_CUT = {"LIFECYCLE_BACKTEST_CUTS": "1"}
 
 
 def load(now: datetime = NOW, **tables) -> sources.Dataset:

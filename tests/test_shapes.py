@@ -15,6 +15,8 @@ from tests.helpers import assert_not_below_the_baselines_unless_weak, load, trai
 
 CUSTOMERS = 1200
 SEEDS = range(5)
+# One group per shape: its trainings stay in one worker (``_shape_run``'s cache), the shapes spread over the workers.
+BY_SHAPE = [pytest.param(shape, marks=pytest.mark.xdist_group(f"shape {shape}")) for shape in SHAPES]
 
 
 @functools.cache
@@ -25,7 +27,7 @@ def _shape_run(shape: str, seed: int):
     return sim, data, trained_on_its_own_cycle(data)
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", BY_SHAPE)
 def test_a_shop_of_any_shape_gets_a_model_without_artefacts(shape):
     sim, data, run = _shape_run(shape, 0)
     model, features = run.model, run.features
@@ -46,7 +48,7 @@ def test_a_shop_of_any_shape_gets_a_model_without_artefacts(shape):
     assert_not_below_the_baselines_unless_weak(run)
 
 
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("shape", BY_SHAPE)
 def test_a_shop_of_any_shape_makes_the_same_choices_on_most_seeds(shape):
     """Five shops of each shape, simulated with different seeds: each decision (the purchase model, the churn
     source, the CLV source) serves the same choice on at least four, and no run is below the baselines beyond noise

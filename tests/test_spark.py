@@ -5,29 +5,29 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from tests.helpers import run
+from tests.helpers import ONE_CUT, run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A simulated shop (orders, events, customer table) with a champion trained on it, two bad orders
-    and a customer list naming two known customers and one nobody has seen."""
+    """A small simulated shop (orders, events, customer table) with a champion trained on it, two bad orders and a
+    customer list naming all but three of the customers with orders, and one nobody has seen."""
     folder = tmp_path_factory.mktemp("spark")
-    assert run("data", "simulate", "--customers", "3000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
+    assert run("data", "simulate", "--customers", "1000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
     orders = pd.read_parquet(folder / "sim/transactions.parquet")
     bad = pd.DataFrame({"customer_id": [orders.customer_id.iloc[0]] * 2, "timestamp": ["someday", "2025-01-02"],
                         "amount": [10.0, -3.0]})
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
-    trained = run("train", *tables, cwd=folder, env={"LIFECYCLE_CLV__MODEL": "btyd"})
+    trained = run("train", *tables, cwd=folder, env={**ONE_CUT, "LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
-    known = orders.customer_id.drop_duplicates().iloc[[3, 40]].astype(str).tolist()
+    known = orders.customer_id.drop_duplicates().astype(str).iloc[3:].tolist()
     pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
-    return folder, tables
+    return folder, tables, len(known)
 
 
 def scores(path) -> pd.DataFrame:
@@ -37,25 +37,26 @@ def scores(path) -> pd.DataFrame:
     return table.astype({"customer_id": str, "as_of": str}).sort_values("customer_id", ignore_index=True)
 
 
-@pytest.mark.parametrize("listed", [False, True], ids=["everyone", "a list"])
-def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, listed):
-    folder, tables = shop
-    extra = ["--as-of", "2025-12-30", *(["--customer-list", "list.csv"] if listed else [])]
+def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
+    """One Spark run (a JVM and its Python workers each time): the listed customers, nearly all, at a day."""
+    folder, tables, known = shop
+    extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
     local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
     spark = run("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert local.returncode == 0 and spark.returncode == 0, spark.stderr[-3000:]
     expected, got = scores(folder / "local.parquet"), scores(folder / "spark.parquet")
-    assert len(got) == len(expected) == 3 if listed else len(got) == len(expected) > 2000
+    assert len(got) == len(expected) == known + 1
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-12)
-    assert got.churn_drivers.str.startswith('[{"feature": ').all()
-    assert listed or got.next_order_date.notna().sum() > 100  # dates made it through Spark, not just nulls
+    # drivers arrive as JSON lists (empty for buyers when the purchase model serves their churn probability)
+    assert got.churn_drivers.str.startswith("[").all() and got.churn_drivers.str.startswith('[{"feature": ').any()
+    assert got.next_order_date.notna().sum() > 100  # dates made it through Spark, not just nulls
     rejects = pd.read_parquet(folder / "spark.rejects.parquet")
     assert sorted(rejects.reason) == sorted(pd.read_parquet(folder / "local.rejects.parquet").reason) == [
         "negative amount", "unparseable timestamp"]
-    assert "2 rejected" in spark.stdout and ("1 without history" in spark.stdout) == listed
+    assert "2 rejected" in spark.stdout and "1 without history" in spark.stdout
 
 
 def test_spark_needs_the_scoring_day(shop):
-    folder, tables = shop
+    folder, tables, _ = shop
     result = run("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert result.returncode != 0 and "pass --as-of" in result.stderr and "Traceback" not in result.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run
+from tests.helpers import ONE_CUT, run
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def shop(tmp_path_factory) -> Path:
 
 def _train(folder: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lifecycle", "train", "--transactions", "sim/transactions.csv"],
-                            cwd=folder, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+                            cwd=folder, env={**os.environ, "COLUMNS": "200", **ONE_CUT}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
