@@ -25,10 +25,10 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# `make test` runs two workers (--dist loadgroup), each given whole groups (``group``). Files that take minutes go
-# first: one of them last would leave a worker alone with it at the end.
-SLOWEST_FIRST = ("test_shapes.py", "test_writers.py", "test_spark.py", "test_cli.py", "test_service.py",
-                 "test_registry.py")
+# `make test` runs two workers (--dist loadgroup), each given whole groups (``group``); the files below go first, in
+# this order (their groups took 100-200 s each on 2026-12-06): one of them last would leave a worker alone at the end.
+SLOWEST_FIRST = ("test_cli.py", "test_writers.py", "test_service.py", "test_registry.py", "test_training.py",
+                 "test_spark.py", "test_shapes.py", "test_cdnow_dates.py", "test_simulator.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
