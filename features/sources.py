@@ -54,6 +54,7 @@ class Dataset:
     con: duckdb.DuckDBPyConnection
     report: dict[str, TableReport]
     materialized: bool = False
+    as_of: date | None = None  # the day ``until`` cut the data to (None: it runs to its last order)
 
     def materialize(self) -> Self:
         """Keep the valid rows of every given table in DuckDB for jobs that read them many times.
@@ -70,8 +71,10 @@ class Dataset:
         return self
 
     def until(self, day: date) -> Self:
-        """Hide every order, event and sign-up after ``day`` (materializing first): the data as it stood then."""
+        """Hide every order, event and sign-up after ``day`` (materializing first): this dataset's views become the
+        data as it stood then, and it ends there (``as_of``)."""
         self.materialize()
+        self.as_of = day
         bound = f"TIMESTAMP '{day + timedelta(days=1)}'"
         for table, column in (("transactions", "timestamp"), ("events", "timestamp"), ("customers", "signup_date")):
             if table in self.report:

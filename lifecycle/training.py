@@ -19,7 +19,7 @@ from models import pyfunc
 from models.lifecycle import Horizons, LifecycleModel
 from models.risk import RiskBands
 from training import registry
-from training.train import TrainingResult, train
+from training.train import TrainingConfig, TrainingResult, train
 
 GATE_ATTEMPTS = 3  # gates against a champion that moved meanwhile (remote stores) before giving up
 
@@ -45,6 +45,13 @@ def horizons(settings: Settings) -> Horizons:
     """What the predictions are about, from the configuration (its churn horizon resolved: ``with_churn_horizon``)."""
     return Horizons(settings.churn_days, settings.clv_horizon_days, settings.annual_discount_rate,
                     settings.prediction_interval, RiskBands(settings.churn_risk.medium, settings.churn_risk.high))
+
+
+def training_config(settings: Settings) -> TrainingConfig:
+    """What training is told, from the configuration (its churn horizon resolved: ``with_churn_horizon``)."""
+    return TrainingConfig(settings.feature_builder, horizons(settings), seed=settings.seed,
+                          purchase_model=settings.btyd.model, penalizer=settings.btyd.penalizer,
+                          clv_model=settings.clv.model, mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts)
 
 
 def open_registry(settings: Settings, on_wait: Callable[[str], None] = _to_stderr):
@@ -126,10 +133,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
     client, uri = open_registry(settings, on_wait)
     horizon = with_churn_horizon(settings, data)
     settings = horizon.settings
-    result = train(data, settings.feature_builder, horizons(settings), seed=settings.seed,
-                   purchase_model=settings.btyd.model, as_of=settings.as_of,
-                   penalizer=settings.btyd.penalizer, clv_model=settings.clv.model,
-                   mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts)
+    result = train(data.until(settings.as_of) if settings.as_of else data, training_config(settings))
     result.model.decisions = {"churn_horizon": horizon.why, **result.model.decisions}
     if horizon.warning:
         result.notes.insert(0, horizon.warning)

@@ -135,7 +135,7 @@ class LifecycleModel:
     clv_source: str = "btyd"
     # The served CLV's edges of the top 1 %, 5 %, ... of the buyers it was fitted on (None until learned).
     value_tiers: ValueTiers | None = None
-    # How what serves did out of time, one row per cut date (newest first; training.train.TRACK_RECORD), and each
+    # How what serves did out of time, one row per cut date (newest first; training.judging.TRACK_RECORD), and each
     # choice of the training run with its evidence in a line.
     track_record: list[dict[str, Any]] = field(default_factory=list)
     decisions: dict[str, str] = field(default_factory=dict)

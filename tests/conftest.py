@@ -74,9 +74,7 @@ def shop() -> Simulation:
 @pytest.fixture(scope="session")
 def cdnow_run(cdnow_master, tmp_path_factory, worker_id):
     """The CDNOW master log, validated, and one run of the training protocol on it (trained once per test run)."""
-    from features.build import FeatureBuilder
-    from models.lifecycle import Horizons
     from training.train import train
 
     data = load(transactions=cdnow_master)
-    return data, shared("cdnow_run", lambda: train(data, FeatureBuilder, Horizons()), tmp_path_factory, worker_id)
+    return data, shared("cdnow_run", lambda: train(data), tmp_path_factory, worker_id)

@@ -107,13 +107,13 @@ def trained_on_its_own_cycle(data: sources.Dataset, as_of: date | None = None):
     from features.build import FeatureBuilder
     from features.cycle import purchase_cycle
     from models.lifecycle import Horizons
-    from training.train import train
+    from training.train import TrainingConfig, train
 
     horizon = purchase_cycle(data, as_of or data.date_range()[1].date()).churn_horizon
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return train(data, partial(FeatureBuilder, churn_horizon_days=horizon), Horizons(churn_days=horizon),
-                     as_of=as_of)
+        return train(data.until(as_of) if as_of else data,
+                     TrainingConfig(partial(FeatureBuilder, churn_horizon_days=horizon), Horizons(churn_days=horizon)))
 
 
 def assert_not_below_the_baselines_unless_weak(run) -> None:

@@ -19,7 +19,8 @@ from training.backtest import (
     mean,
     roc_auc,
 )
-from training.train import NEAR_CHANCE_AUC, Evaluation, better_churn_source, better_clv_source, weaknesses
+from training.decisions import NEAR_CHANCE_AUC, better_churn_source, better_clv_source, weaknesses
+from training.judging import Evaluation
 
 ONES = np.ones((1, 7))
 

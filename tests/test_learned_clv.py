@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.simulator import SimulationParams, simulate
 from models.learned_clv import LearnedCLV
 from models.lifecycle import Horizons
 from tests.helpers import load
-from training.train import better_clv_source, train, windows
+from training.decisions import better_clv_source
+from training.train import TrainingConfig, train
+from training.windows import windows
 
 
 def test_it_learns_a_multiplier_on_the_btyd_spend_and_keeps_its_level():
@@ -80,9 +81,9 @@ def test_the_judged_clvs_cannot_see_the_window_they_are_judged_on(shop):
     the simulator, whose engagement events tell the purchase rate the history cannot, the learned CLV ranks far
     better."""
     tables = {"transactions": shop.transactions, "events": shop.events, "customers": shop.customers}
-    run = train(load(**tables), FeatureBuilder, Horizons(), purchase_model="bgnbd")
+    run = train(load(**tables), TrainingConfig(purchase_model="bgnbd"))
     w = run.windows
-    again = train(load(**_planted(tables, w.clv_judged, w.end)), FeatureBuilder, Horizons(), purchase_model="bgnbd")
+    again = train(load(**_planted(tables, w.clv_judged, w.end)), TrainingConfig(purchase_model="bgnbd"))
     assert again.windows == w
     judged, planted = run.evaluation.value, again.evaluation.value
     pd.testing.assert_frame_equal(judged[["btyd", "learned", "spend_rate"]], planted[["btyd", "learned", "spend_rate"]])
@@ -109,7 +110,7 @@ def test_a_campaign_that_does_not_last_misleads_the_learned_clv_and_btyd_serves(
                              "customer_id": targeted, "timestamp": when.astype("datetime64[ms]"),
                              "amount": rng.gamma(6, 8, len(targeted)).round(2)})
     data = load(transactions=pd.concat([orders, campaign], ignore_index=True), customers=sim.customers)
-    run = train(data, FeatureBuilder, Horizons())
+    run = train(data)
     m = run.evaluation.metrics
     assert m["clv_learned_gini"] < m["clv_btyd_gini"] - 0.02
     assert run.model.clv_source == "btyd" and m["clv_gini"] == m["clv_btyd_gini"]

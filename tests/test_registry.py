@@ -8,12 +8,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from models import pyfunc
-from models.lifecycle import Horizons
 from training import registry
-from training.train import train
+from training.train import TrainingConfig, train
 
 PLOTS = ["expected_purchases_matrix", "p_alive_matrix", "calibration_vs_holdout_purchases", "churn_reliability",
          "churn_roc", "churn_pr", "churn_cumulative_gain", "clv_deciles", "interval_coverage", "feature_importance"]
@@ -23,7 +21,7 @@ BROKEN = {"min_data_in_leaf": 1_000_000}  # larger than the data: no tree can sp
 def run_once(client, data, result=None, **options):
     """What `lifecycle train` does: train (or take a run's result again), log and register, gate, then move the
     aliases."""
-    result = result or train(data, FeatureBuilder, Horizons(), **options)
+    result = result or train(data, TrainingConfig(**options))
     drift = registry.drift_from_champion(client, result.features)
     _, version = registry.record(result, params={"seed": 0}, summary={"rows": 69_659}, drift=drift)
     decision = registry.gate(client, data, result, tolerance=0.01)
@@ -103,12 +101,27 @@ def test_a_champion_from_an_older_release_is_replaced_not_compared(cdnow_run, tm
     data, result = cdnow_run
     client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
     old = copy.deepcopy(result)
-    del old.model.model_format, old.twin.model_format
+    del old.model.model_format
+    object.__delattr__(old.twin, "model_format")  # (frozen) as an older release pickled it
     _, version = registry.record(old, params={}, summary={}, drift={})
     registry.conclude(client, version, registry.Decision(True, {}))
     with pytest.raises(pyfunc.IncompatibleModel, match=r"older release of customer-lifecycle \(model format 1"):
         pyfunc.load(f"models:/{registry.MODEL_NAME}/{version}")
     assert registry.drift_from_champion(client, result.features) == {}
+    decision = registry.gate(client, data, result, tolerance=0.01)
+    assert decision.promote and decision.reasons == [
+        f"the champion (version {version}) was saved by an older, incompatible release"]
+
+
+def test_twins_whose_classes_have_moved_are_an_older_release(cdnow_run, tmp_path):
+    """Evaluation twins pickled where their class no longer is (``training.train.EvaluationTwin`` before
+    2026-12-07) are an older release's: the gate promotes over them with the reason instead of failing."""
+    data, result = cdnow_run
+    client = registry.connect(registry.local_tracking_uri(tmp_path), tmp_path / "artifacts")
+    run_id, version = registry.record(result, params={}, summary={}, drift={})
+    registry.conclude(client, version, registry.Decision(True, {}))
+    (twins,) = [p for p in (tmp_path / "artifacts").rglob("twin.pkl") if run_id in p.parts]
+    twins.write_bytes(b"ctraining.train\nEvaluationTwin\n.")  # a pickle of the class at its old place
     decision = registry.gate(client, data, result, tolerance=0.01)
     assert decision.promote and decision.reasons == [
         f"the champion (version {version}) was saved by an older, incompatible release"]

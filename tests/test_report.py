@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 
 from features.build import STAGES
-from models.lifecycle import Horizons
 from serving.batch import score_batch
 from serving.report import ACT_FIRST, COHORT_MONTHS, COLUMNS, FORMATS, build_report
 from tests.helpers import load
@@ -22,10 +21,9 @@ from training.train import train
 @pytest.fixture(scope="module")
 def reported(shop, tmp_path_factory):
     """The simulated shop trained, scored and reported on; its data, model, scores and report."""
-    from features.build import FeatureBuilder
 
     data = load(transactions=shop.transactions, events=shop.events, customers=shop.customers)
-    run = train(data, FeatureBuilder, Horizons())
+    run = train(data)
     folder = tmp_path_factory.mktemp("report")
     score_batch(run.model, data, run.windows.end, folder / "scores.parquet")
     built = build_report(data, run.model, folder / "scores.parquet", folder)

@@ -17,7 +17,9 @@ from models.gamma_gamma import SpendModel
 from models.lifecycle import OUTPUT_COLUMNS, Horizons, btyd_columns, classifier_inputs
 from tests.helpers import assert_labels_agree_with_behaviour, load
 from training.backtest import Bootstrap, Difference, brier, gini, roc_auc
-from training.train import Fitter, train, windows
+from training.fitter import Fitter
+from training.train import TrainingConfig, train
+from training.windows import windows
 
 
 def test_cdnow_windows_follow_the_published_protocol(cdnow_run):
@@ -79,13 +81,15 @@ def test_cdnow_compares_the_three_purchase_models_and_keeps_the_best(cdnow_run):
 def test_tied_purchase_models_are_settled_by_the_documented_preference():
     """On a small Pareto/NBD shop the holdouts cannot tell the models apart beyond noise: the first of PREFERENCE
     among those tied with the best serves, never BG/NBD."""
-    from training.train import PREFERENCE, _holdout_table, choose_purchase_model, cut_windows
+    from training.decisions import PREFERENCE, choose_purchase_model
+    from training.tables import holdout_table
+    from training.windows import cut_windows
 
     sim = simulate(SimulationParams(customers=1500, seed=3, process="pareto_nbd", events=False, prospect_share=0))
     data = load(transactions=sim.transactions)
     first, last = data.date_range()
     wins = cut_windows(data, first.date(), last.date(), Horizons())
-    holdouts = [_holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
+    holdouts = [holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
     _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
     assert compared.tied.sum() >= 2, compared  # a tie to settle
     assert chosen == next(name for name in PREFERENCE if compared.tied[name]) != "bgnbd"
@@ -122,7 +126,7 @@ def test_cdnow_serves_what_beats_it_out_of_time(cdnow_run):
 
 def test_forcing_a_purchase_model(cdnow_master):
     data = load(transactions=cdnow_master)
-    run = train(data, FeatureBuilder, Horizons(), purchase_model="pareto_nbd")
+    run = train(data, TrainingConfig(purchase_model="pareto_nbd"))
     assert run.model.purchases.name == run.twin.holdout_purchases.name == "pareto_nbd"
     assert list(run.evaluation.purchase_models.index) == ["pareto_nbd"]
     scores = run.model.predict(run.features)
@@ -132,7 +136,7 @@ def test_forcing_a_purchase_model(cdnow_master):
 def test_a_run_is_reproducible(cdnow_run):
     """Same data and seed, same numbers (to the last bits of DuckDB's parallel floating-point sums)."""
     data, run = cdnow_run
-    again = train(data, FeatureBuilder, Horizons())
+    again = train(data)
     assert again.evaluation.metrics == pytest.approx(run.evaluation.metrics, rel=1e-12)
     assert again.evaluation.baselines == pytest.approx(run.evaluation.baselines, rel=1e-12)
 
@@ -157,7 +161,7 @@ def test_cdnow_scores_every_customer_with_the_full_record(cdnow_run):
 def test_simulated_shop_with_engagement():
     sim = simulate(SimulationParams(customers=8000, seed=31))
     data = load(transactions=sim.transactions, events=sim.events, customers=sim.customers)
-    run = train(data, FeatureBuilder, Horizons())
+    run = train(data)
     m, b = run.evaluation.metrics, run.evaluation.baselines
     # engagement events carry signal about dropout that the purchase model cannot see: the classifier beats
     # the purchase model's own P(no purchase) by a clear margin, and serves
@@ -195,7 +199,7 @@ def test_too_little_data_is_refused_in_one_line():
     buyers, repeat = before.customer_id.nunique(), (before.groupby("customer_id").size() > 1).sum()
     assert 20 < buyers < 100 and 0 < repeat < 20
     with pytest.raises(LifecycleError) as refused:
-        train(load(transactions=orders), FeatureBuilder, Horizons())
+        train(load(transactions=orders))
     assert str(refused.value) == (f"too little data to train: by {day} (the first day a model is fitted) {buyers} "
                                   f"customers had ordered (need at least 100) and {repeat} customers had ordered on "
                                   "two or more days (need at least 20)")

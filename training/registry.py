@@ -34,8 +34,9 @@ from features.sources import Dataset
 from models import pyfunc
 from models.lifecycle import MODEL_FORMAT, model_format
 from training.backtest import Bootstrap, absolute_error, gini, roc_auc
+from training.judging import EvaluationTwin, evaluate_twin, track_record_rows
 from training.plots import figures
-from training.train import EvaluationTwin, TrainingResult, evaluate_twin, track_record_rows
+from training.train import TrainingResult
 
 MODEL_NAME = "customer-lifecycle"
 EXPERIMENT = "customer-lifecycle"
@@ -330,7 +331,11 @@ def drift_from_champion(client: MlflowClient, features: pd.DataFrame) -> dict[st
     return profile.psi(profile.counts(features)) if profile is not None else {}
 
 
-def _load_twins(client: MlflowClient, version: str) -> list[EvaluationTwin]:
+def _load_twins(client: MlflowClient, version: str) -> list[EvaluationTwin] | None:
+    """A version's evaluation twins; None where a release whose classes lived elsewhere saved them."""
     run_id = client.get_model_version(MODEL_NAME, version).run_id
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=TWIN_ARTIFACT)
-    return pickle.loads(Path(path).read_bytes())
+    try:
+        return pickle.loads(Path(path).read_bytes())
+    except (AttributeError, ModuleNotFoundError):  # a class it names has moved or gone since
+        return None

@@ -149,7 +149,7 @@ def training_run(run, clv_model: str) -> None:
     """A training run: its cut dates, the purchase models, the track record, the newest cut date's evaluation,
     the CLV, the forecast, notes, drift and the gate's verdict."""
     from training.backtest import MOST_JUDGED
-    from training.train import EVALUATION_TABLE
+    from training.judging import EVALUATION_TABLE
 
     result, decision = run.result, run.decision
     evaluation, w = result.evaluation, result.windows
