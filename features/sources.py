@@ -1,4 +1,4 @@
-"""Reading and validating the input tables through DuckDB.
+"""Validating the input tables through DuckDB (``features.files`` reads them).
 
 Each table (transactions, events, customers) comes from a CSV or Parquet file or glob, or from a
 pandas DataFrame (the API path). Columns are mapped from the user's names to ours, values are
@@ -8,19 +8,17 @@ dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report
 
 from __future__ import annotations
 
-import glob
-import gzip
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 import duckdb
 
 from features.errors import LifecycleError
-from features.tables import COMPRESSIONS, CSV_SUFFIXES, SCHEMAS, TableSource, output_format
+from features.files import malformed_lines, raw_relation, sql_literal, write_relation
+from features.tables import SCHEMAS, TableSource
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
@@ -135,9 +133,9 @@ def load(
         source = sources.get(table)
         if isinstance(source, TableSource):
             if source.path is not None:
-                given[table] = (_raw_relation(con, table, source), source.columns, source.timestamp_format)
+                given[table] = (raw_relation(con, table, source), source.columns, source.timestamp_format)
         elif source is not None:  # a data frame
-            given[table] = (_raw_relation(con, table, source), {}, None)
+            given[table] = (raw_relation(con, table, source), {}, None)
     id_type = _id_type(con, given)
     report: dict[str, TableReport] = {}
     reject_views = []
@@ -164,71 +162,6 @@ def load(
 def _describe(report: TableReport) -> str:
     reasons = ", ".join(f"{n} {reason}" for reason, n in report.rejected.items())
     return f"{report.rows} rows, {report.rejected_total} rejected" + (f": {reasons}" if reasons else "")
-
-
-def _raw_relation(con: duckdb.DuckDBPyConnection, table: str, source: TableSource | pd.DataFrame) -> str:
-    """Register the user's table as view ``{table}_raw`` and return its name."""
-    name = f"{table}_raw"
-    # CSV files keep their malformed lines in these (see below); none may linger from an earlier load
-    con.execute(f"DROP TABLE IF EXISTS {table}_csv_errors; DROP TABLE IF EXISTS {table}_csv_scans")
-    if not isinstance(source, TableSource):
-        con.register(f"{name}_frame", source)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {name}_frame")
-        return name
-    path = source.path
-    files = sorted(glob.glob(path)) if any(c in path for c in "*?[") else [path]
-    if not files or not all(Path(f).is_file() for f in files):
-        raise LifecycleError(f"{table}: no file matches {path!r}")
-    empty = [f for f in files if Path(f).stat().st_size == 0]
-    if empty:
-        raise LifecycleError(f"{table}: {empty[0]!r} is empty (0 bytes)")
-    suffixes = {_format_suffix(f) for f in files}
-    if suffixes <= {".parquet", ".pq"}:
-        quoted = "[" + ", ".join(sql_literal(f) for f in files) + "]"
-        reader = f"SELECT * FROM read_parquet({quoted}, union_by_name = true)"
-    elif suffixes <= set(CSV_SUFFIXES):
-        reader = _csv_reader(table, files)
-    else:
-        raise LifecycleError(f"{table}: {path!r} is neither CSV ({', '.join(CSV_SUFFIXES)}, optionally "
-                             f"{' or '.join(COMPRESSIONS)}) nor Parquet, by its extension")
-    try:
-        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {reader}")
-    except duckdb.Error as exc:
-        raise LifecycleError(f"{table}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
-    return name
-
-
-def _csv_reader(table: str, files: list[str]) -> str:
-    """SQL reading CSV ``files`` as text, with lines of too few or too many fields set aside.
-
-    DuckDB keeps such lines in its rejects tables (read by ``_malformed_lines``) only when one read
-    does not match files by column name, so each run of files with the same header line is one
-    read, and the runs are matched by name.
-    """
-    options = (f"all_varchar = true, header = true, store_rejects = true, "
-               f"rejects_table = '{table}_csv_errors', rejects_scan = '{table}_csv_scans'")
-    runs = groupby(files, key=_header_line)
-    return " UNION ALL BY NAME ".join(
-        "SELECT * FROM read_csv([" + ", ".join(sql_literal(f) for f in run) + f"], {options})" for _, run in runs)
-
-
-def _format_suffix(path: str) -> str:
-    """The extension that says a file's format, under a compression DuckDB reads: ``.csv`` for ``x.csv.gz``."""
-    suffixes = [s.lower() for s in Path(path).suffixes]
-    if suffixes and suffixes[-1] in COMPRESSIONS:
-        suffixes.pop()
-    return suffixes[-1] if suffixes else ""
-
-
-def _header_line(path: str) -> bytes:
-    compression = Path(path).suffix.lower()
-    if compression == ".gz":
-        with gzip.open(path, "rb") as file:
-            return file.readline().strip()
-    if compression == ".zst":  # no zstd reader in Python 3.11's standard library: ask DuckDB
-        return str(duckdb.execute("SELECT Columns FROM sniff_csv(?)", [path]).fetchone()[0]).encode()
-    with open(path, "rb") as file:
-        return file.readline().strip()
 
 
 def _id_type(con, given) -> str:
@@ -290,7 +223,7 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
         f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_parsed "
         f"ANTI JOIN {table}_rejected USING (source_row)"
     )
-    _malformed_lines(con, table)
+    malformed_lines(con, table)
 
 
 def _reject_repeated_keys(con, table: str, key: str) -> None:
@@ -312,22 +245,6 @@ def _reject_repeated_keys(con, table: str, key: str) -> None:
                 FROM {table}_parsed WHERE reason IS NULL AND {key} IN (SELECT {key} FROM {table}_repeats))
             WHERE n > 1
         """)
-
-
-def _malformed_lines(con, table: str) -> None:
-    """``{table}_malformed``: the CSV lines DuckDB could not split into the header's fields (set aside by the
-    validation pass above; every later scan adds them again, so they are kept once, now), with the line."""
-    errors = f"{table}_csv_errors"
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [errors]).fetchall()[0][0]:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_malformed (reason VARCHAR, record JSON)")
-        return
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE {table}_malformed AS
-        SELECT 'malformed CSV line' AS reason,
-            to_json({{'file': file_path, 'line': line, 'text': csv_line, 'error': error_message}}) AS record
-        FROM (SELECT DISTINCT ON (file_path, line) file_path, line, csv_line, error_message
-              FROM {errors} JOIN {table}_csv_scans USING (scan_id, file_id) ORDER BY file_path, line)
-    """)
 
 
 def _check_type(table: str, ours: str, kind: str, theirs: str, dtype: str) -> None:
@@ -401,21 +318,5 @@ def _columns(con, relation: str) -> tuple[list[str], list[str]]:
     return [row[0] for row in described], [row[1] for row in described]
 
 
-def write_relation(relation: duckdb.DuckDBPyRelation, path: str | Path) -> None:
-    """Write a relation to Parquet or CSV, chosen by the file extension."""
-    path = Path(path)
-    parquet = output_format(path) == "parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if parquet:
-        relation.write_parquet(str(path))
-    else:
-        relation.write_csv(str(path), header=True)
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def sql_literal(text: str) -> str:
-    """``text`` as a quoted SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from features.build import FeatureBuilder
 from features.cycle import purchase_cycle
-from features.sources import Dataset, connect, load, sql_literal, write_relation
+from features.files import sql_literal, write_relation
+from features.sources import Dataset, connect, load
 from features.tables import output_format
 from lifecycle.config import Settings
 from training.choices import AUTO

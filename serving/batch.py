@@ -23,7 +23,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from features.errors import LifecycleError
-from features.sources import Dataset, sql_literal, write_relation
+from features.files import sql_literal, write_relation
+from features.sources import Dataset
 from features.tables import output_format
 from models.drift import add_counts
 from models.lifecycle import LifecycleModel

@@ -19,7 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from features.build import STAGES, FeatureBuilder, orders_sql
-from features.sources import Dataset, sql_literal
+from features.files import sql_literal
+from features.sources import Dataset
 from models.lifecycle import DAYS_PER_MONTH, LifecycleModel
 
 HEALTHY_CLV_TO_CAC = 3.0  # the usual rule of thumb: a customer should be worth three times what they cost

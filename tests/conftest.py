@@ -1,10 +1,11 @@
-"""Shared fixtures (the real CDNOW logs, a small simulated shop, one CDNOW training run) and the run's order
-(helpers are in tests/helpers.py)."""
+"""Shared fixtures (the real CDNOW logs, a small simulated shop, one CDNOW training run, one CDNOW demo's store) and
+the run's order (helpers are in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from filelock import FileLock
 
 from features import cdnow
 from features.simulator import Simulation, SimulationParams, simulate
-from tests.helpers import load
+from tests.helpers import load, run
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # Two workers share two cores with the CLI's, the servers' and the notebook's own processes. Set before anything loads
@@ -25,19 +26,27 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# `make test` runs two workers (--dist loadgroup), each given whole groups (``group``); the files below go first, in
-# this order (their groups took 100-200 s each on 2026-12-06): one of them last would leave a worker alone at the end.
-SLOWEST_FIRST = ("test_cli.py", "test_writers.py", "test_service.py", "test_registry.py", "test_training.py",
-                 "test_spark.py", "test_shapes.py", "test_cdnow_dates.py", "test_simulator.py")
+# `make test` runs two workers (--dist loadgroup), each given whole groups (``group``); the groups below (or every group
+# of a file, by its name) go first, in this order (100-250 s each on 2026-12-07): one of them last would leave a worker
+# alone at the end. The first needs the CDNOW demo (``cdnow_demo``) at once, so the second needs none: it runs while
+# the demo is made.
+SLOWEST_FIRST = ("test_cli (module fixtures)", "test_writers (module fixtures)", "test_service (module fixtures)",
+                 "test_cli", "test_registry", "test_training", "test_spark (module fixtures)", "test_shapes",
+                 "test_cdnow_dates", "test_simulator")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: SLOWEST_FIRST.index(item.path.name) if item.path.name in SLOWEST_FIRST
-               else len(SLOWEST_FIRST))
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group(item)))
+
+    def rank(item: pytest.Item) -> int:
+        name = item.get_closest_marker("xdist_group").args[0]
+        known = [k for k, first in enumerate(SLOWEST_FIRST) if first in (name, item.path.stem)]
+        return known[0] if known else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)
 
 
 def group(item: pytest.Item) -> str:
@@ -69,6 +78,21 @@ def cdnow_master() -> pd.DataFrame:
 def shop() -> Simulation:
     """A small shop with every event type, used by behaviour and point-in-time tests."""
     return simulate(SimulationParams(customers=3000, seed=11))
+
+
+@pytest.fixture(scope="session")
+def cdnow_demo(tmp_path_factory, worker_id) -> tuple[Path, subprocess.CompletedProcess]:
+    """A folder where `lifecycle demo` ran, once per test run (CDNOW trained, the champion registered, every customer
+    scored, the report written), and what it printed. Read it as it is; a test that changes the store works on a
+    ``copy_store`` of it."""
+    root = tmp_path_factory.getbasetemp()
+    folder = (root if worker_id == "master" else root.parent) / "cdnow_demo"
+
+    def make() -> subprocess.CompletedProcess:
+        folder.mkdir()
+        return run("demo", cwd=folder)
+
+    return folder, shared("cdnow_demo", make, tmp_path_factory, worker_id)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import warnings
@@ -48,6 +50,33 @@ def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.Completed
         raise SystemExit(0)  # a command that returns ends the process with 0
     out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, stop.value.code or 0, out, err)
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """A copy of the folder ``source`` and the local MLflow store in it (``.lifecycle``): every absolute path the store
+    keeps (artifact locations in its tables and models) points into the copy, so the copy is written, never the
+    source. Returns ``target``."""
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    old, new = str(source), str(target)
+    with sqlite3.connect(target / ".lifecycle" / "mlflow.db") as store:
+        tables = [name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [c[1] for c in store.execute(f"PRAGMA table_info('{table}')") if c[2] in ("TEXT", "")
+                           or c[2].startswith("VARCHAR")]:
+                store.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?)',
+                              (old, new, old))
+    for spec in (target / ".lifecycle").rglob("MLmodel"):
+        spec.write_text(spec.read_text().replace(old, new))
+    return target
+
+
+def cdnow_folder(demo: Path, target: Path) -> Path:
+    """A copy of the CDNOW demo's folder (``copy_store``), with its orders at data/transactions.csv as a user's
+    would be: a store where `lifecycle train` ran once on them."""
+    folder = copy_store(demo, target)
+    (folder / "data").mkdir()
+    shutil.copy(folder / ".lifecycle/data/cdnow/transactions.csv", folder / "data/transactions.csv")
+    return folder
 
 
 def continuous_summary(sim) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import run, run_here
+from tests.helpers import cdnow_folder, run, run_here
 
 COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
             ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["report"], ["serve"]]
@@ -228,8 +228,8 @@ def test_simulate_writes_tables_and_ground_truth(tmp_path):
     assert wrong.returncode == 2 and "--process must be bgnbd or pareto_nbd" in wrong.stderr
 
 
-def test_demo_runs_the_main_job_on_cdnow(tmp_path):
-    result = run("demo", cwd=tmp_path)
+def test_demo_runs_the_main_job_on_cdnow(cdnow_demo):
+    folder, result = cdnow_demo
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "version 1: promoted to champion (first model)" in out
@@ -241,10 +241,10 @@ def test_demo_runs_the_main_job_on_cdnow(tmp_path):
     assert "judged on 3 cut date(s), one churn horizon apart: 1998-06-30, 1998-04-01, 1998-01-01" in out
     assert "track record of what serves" in out and "│ 1998-01-01 │" in out
     assert "churn source: the " in out and "clv source: the " in out and "purchase model: MBG/NBD" in out
-    scores = pd.read_parquet(tmp_path / ".lifecycle/output/cdnow_scores.parquet")
+    scores = pd.read_parquet(folder / ".lifecycle/output/cdnow_scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
     assert ".lifecycle/output/report/report.html" in out
-    assert (tmp_path / ".lifecycle/output/report/report.html").is_file()
+    assert (folder / ".lifecycle/output/report/report.html").is_file()
 
 
 def test_paths_with_quotes_work(tmp_path):
@@ -257,12 +257,12 @@ def test_paths_with_quotes_work(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, str]:
-    """A folder where `lifecycle train` ran once on CDNOW, and what it printed (stdout and stderr)."""
-    folder = tmp_path_factory.mktemp("trained")
-    assert run("data", "cdnow", "--out", "data", cwd=folder).returncode == 0
-    result = run("train", "--transactions", "data/transactions.csv", cwd=folder)
+def trained(cdnow_demo, tmp_path_factory) -> tuple[Path, str]:
+    """A folder where CDNOW was trained once (a copy of the demo's: the same `lifecycle train` on the same orders, at
+    data/transactions.csv here), and what it printed (stdout and stderr)."""
+    demo, result = cdnow_demo
     assert result.returncode == 0, result.stderr
+    folder = cdnow_folder(demo, tmp_path_factory.mktemp("trained"))
     return folder, " ".join((result.stdout + result.stderr).split())
 
 

@@ -29,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.helpers import cdnow_folder
+
 TOKEN = "s3cret"
 POLL_SECONDS = 1.0
 
@@ -84,11 +86,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A trained CDNOW store, its feature table at the end, and the API serving its champion."""
-    folder = tmp_path_factory.mktemp("served")
-    lifecycle("data", "cdnow", "--out", "data", cwd=folder)
-    lifecycle("train", "--transactions", "data/transactions.csv", cwd=folder)
+def served(cdnow_demo, tmp_path_factory):
+    """A trained CDNOW store (a copy of the demo's), its feature table at the end, and the API serving its champion."""
+    folder = cdnow_folder(cdnow_demo[0], tmp_path_factory.mktemp("served"))
     lifecycle("features", "--transactions", "data/transactions.csv", "--out", "features.parquet", cwd=folder)
     lifecycle("score", "--transactions", "data/transactions.csv", "--out", "scores.parquet", cwd=folder)
     features = pd.read_parquet(folder / "features.parquet").sort_values("customer_id", ignore_index=True)
