@@ -84,8 +84,9 @@ def _header_line(path: str) -> bytes:
 
 
 def malformed_lines(con, table: str) -> None:
-    """``{table}_malformed``: the CSV lines DuckDB could not split into the header's fields (set aside by the
-    first scan of the raw view, the validation pass; every later scan adds them again, so they are kept once, then), with the line."""
+    """``{table}_malformed``: the CSV lines DuckDB could not split into the header's fields, with the line (set
+    aside by the first scan of the raw view, the validation pass; every later scan adds them again, so they are kept
+    once, then)."""
     errors = f"{table}_csv_errors"
     if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [errors]).fetchall()[0][0]:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table}_malformed (reason VARCHAR, record JSON)")

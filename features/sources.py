@@ -8,6 +8,7 @@ dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -18,23 +19,36 @@ import duckdb
 
 from features.errors import LifecycleError
 from features.files import malformed_lines, raw_relation, sql_literal, write_relation
-from features.tables import SCHEMAS, TableSource
+from features.tables import SCHEMAS, RowFilter, TableSource
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
 
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
-             "amount": "DOUBLE", "number": "DOUBLE"}
+             "amount": "DOUBLE", "number": "DOUBLE", "currency": "VARCHAR"}
+_TERM = re.compile(r"\s+([+-])\s+")  # between the columns of an amount's expression: 'Total - Refunded Amount'
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What every table's rows are checked against: the latest acceptable timestamp, the customer ids' SQL type,
+    whether ids are emails (trimmed, any case), and the one currency orders must be in (None: any one)."""
+
+    future_limit: datetime
+    id_type: str = "VARCHAR"
+    emails: bool = False
+    currency: str | None = None
 
 
 @dataclass
 class TableReport:
-    """Row accounting of one input table."""
+    """Row accounting of one input table (``lines``: the lines read, where line items were rolled up into rows)."""
 
     rows: int
     valid: int
     rejected: dict[str, int] = field(default_factory=dict)
+    lines: int | None = None
 
     @property
     def rejected_total(self) -> int:
@@ -53,6 +67,7 @@ class Dataset:
     report: dict[str, TableReport]
     materialized: bool = False
     as_of: date | None = None  # the day ``until`` cut the data to (None: it runs to its last order)
+    currency: str | None = None  # of every amount: configured, or the one the orders name
 
     def materialize(self) -> Self:
         """Keep the valid rows of every given table in DuckDB for jobs that read them many times.
@@ -119,33 +134,36 @@ def load(
     sources: Mapping[str, TableSource | pd.DataFrame | None],
     now: datetime,
     future_tolerance_days: int = 1,
+    emails: bool = False,
+    currency: str | None = None,
 ) -> Dataset:
     """Register, map and validate the input tables; ``transactions`` is required.
 
     Timestamps later than ``now + future_tolerance_days`` are rejected as far-future; rows after
-    an as-of date are *not* rejected here (the feature build just does not read them).
+    an as-of date are *not* rejected here (the feature build just does not read them). ``emails``: customer ids
+    are emails, compared trimmed and in any case. ``currency``: the one currency orders must be in, where they
+    name theirs (``columns.currency``); without it, they must all name the same one.
     """
     if sources.get("transactions") is None:
         raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
-    future_limit = now + timedelta(days=future_tolerance_days)
-    given = {}  # table -> (raw view, column map, timestamp format)
+    given = {}  # table -> (raw view, its source)
     for table in SCHEMAS:
         source = sources.get(table)
         if isinstance(source, TableSource):
             if source.path is not None:
-                given[table] = (raw_relation(con, table, source), source.columns, source.timestamp_format)
+                given[table] = (_rolled_up(con, table, raw_relation(con, table, source), source), source)
         elif source is not None:  # a data frame
-            given[table] = (raw_relation(con, table, source), {}, None)
-    id_type = _id_type(con, given)
+            given[table] = (raw_relation(con, table, source), TableSource())
+    rules = Rules(now + timedelta(days=future_tolerance_days), _id_type(con, given, emails), emails, currency)
     report: dict[str, TableReport] = {}
     reject_views = []
     for table, schema in SCHEMAS.items():
         if table not in given:
-            _empty_view(con, table, schema, id_type)
+            _empty_view(con, table, schema, rules.id_type)
             continue
-        raw, mapping, fmt = given[table]
-        _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type)
-        report[table] = _count(con, table)
+        raw, source = given[table]
+        _checked_view(con, table, schema, raw, source, rules)
+        report[table] = _count(con, table, raw)
         if table == "transactions" and not report[table].rows and isinstance(sources[table], TableSource):
             raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
@@ -156,7 +174,7 @@ def load(
             f"UNION ALL SELECT '{table}', NULL, reason, record FROM {table}_malformed"
         )
     con.execute("CREATE OR REPLACE TEMP VIEW rejects AS " + " UNION ALL ".join(reject_views))
-    return Dataset(con, report)
+    return Dataset(con, report, currency=_currency(con, given, currency))
 
 
 def _describe(report: TableReport) -> str:
@@ -164,27 +182,100 @@ def _describe(report: TableReport) -> str:
     return f"{report.rows} rows, {report.rejected_total} rejected" + (f": {reasons}" if reasons else "")
 
 
-def _id_type(con, given) -> str:
-    """BIGINT when every given table stores customer ids as integers (faster), else VARCHAR."""
-    for raw, mapping, _ in given.values():
+def _currency(con, given, configured: str | None) -> str | None:
+    """The currency of the orders: the configured one, else the one their currency column names (if mapped)."""
+    raw, source = given["transactions"]
+    if configured or source.columns.get("currency", "currency") not in _columns(con, raw)[0]:
+        return configured
+    found = con.execute("SELECT currency, count(*) FROM transactions WHERE currency IS NOT NULL GROUP BY 1 "
+                        "ORDER BY 2 DESC, 1").fetchall()
+    if len(found) > 1:
+        counts = ", ".join(f"{code} {n:,}" for code, n in found)
+        raise LifecycleError(f"transactions: the orders are in {len(found)} currencies ({counts}); set currency "
+                             "(LIFECYCLE_CURRENCY) to the one to keep: orders in the others are rejected")
+    return found[0][0] if found else None
+
+
+def _rolled_up(con, table: str, raw: str, source: TableSource) -> str:
+    """``raw`` itself, or with ``source.line_items`` the view ``{table}_orders``: the lines sharing an order id as
+    one row (a line without an id is an order of its own), each column its first non-empty value in file order, or
+    with ``"sum"`` the amount's columns summed over the lines (their first unreadable value, if one is: it is then
+    rejected as such). ``_line`` is the order's first line, counted as ``source_row`` counts rows."""
+    if source.line_items is None:
+        return raw
+    if "order_id" not in source.columns and "order_id" not in _columns(con, raw)[0]:
+        raise LifecycleError(f"{table}: line_items needs the order id: set inputs.{table}.columns.order_id")
+    names, types = _columns(con, raw)
+    summed = set()
+    if source.line_items == "sum":
+        amount = source.columns.get("amount", "amount")
+        summed = {*(_terms(amount, names) or [amount]), source.columns.get("refunded", "refunded")} & set(names)
+    order = _ident(source.columns.get("order_id", "order_id"))
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {table}_lines AS SELECT row_number() OVER () AS _line, * FROM {raw}")
+    columns = []
+    for name, dtype in zip(names, types, strict=True):
+        column, text = _ident(name), f"NULLIF(trim(CAST({_ident(name)} AS VARCHAR)), '')"
+        first = f"arg_min({column}, _line) FILTER (WHERE {text} IS NOT NULL)"
+        if name in summed and dtype == "VARCHAR":
+            unreadable = f"{text} IS NOT NULL AND try_cast({text} AS DOUBLE) IS NULL"
+            first = (f"coalesce(arg_min({column}, _line) FILTER (WHERE {unreadable}), "
+                     f"CAST(sum(try_cast({text} AS DOUBLE)) AS VARCHAR))")
+        elif name in summed:
+            first = f"sum({column})"
+        columns.append(f"{first} AS {column}")
+    con.execute(f"""
+        CREATE OR REPLACE TEMP VIEW {table}_orders AS
+        SELECT min(_line) AS _line, {", ".join(columns)} FROM {table}_lines
+        GROUP BY coalesce(NULLIF(trim(CAST({order} AS VARCHAR)), ''), '#line ' || _line)
+    """)
+    return f"{table}_orders"
+
+
+def _terms(expression: str, available) -> list[str] | None:
+    """The columns of an amount's expression in order (``"A + B - C"``: each is a column of ``available``), or
+    None where it is not one (a single name is not an expression)."""
+    parts = _TERM.split(expression.strip())
+    columns = parts[::2]
+    return columns if len(columns) > 1 and all(c in available for c in columns) else None
+
+
+def _id_type(con, given, emails: bool) -> str:
+    """BIGINT when every given table stores customer ids as integers (faster) and they are not emails, else
+    VARCHAR."""
+    if emails:
+        return "VARCHAR"
+    for raw, source in given.values():
         names, types = _columns(con, raw)
-        dtype = dict(zip(names, types, strict=True)).get(mapping.get("customer_id", "customer_id"))
+        dtype = dict(zip(names, types, strict=True)).get(source.columns.get("customer_id", "customer_id"))
         if dtype not in _INTEGER_TYPES:
             return "VARCHAR"
     return "BIGINT"
 
 
-def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) -> None:
+def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules: Rules) -> None:
     """Create ``{table}_parsed`` (every row, parsed, with a reason or NULL), ``{table}_rejected`` (the rejected
-    row numbers and reasons) and ``{table}`` (the valid rows)."""
-    available = {name: dtype for name, dtype in zip(*_columns(con, raw), strict=True)}
+    row numbers and reasons) and ``{table}`` (the valid rows; an order's amount net of its refund)."""
+    rolled = raw == f"{table}_orders"  # line items rolled up (``_rolled_up``): a row is counted at its first line
+    available = {name: dtype for name, dtype in zip(*_columns(con, raw), strict=True)
+                 if not (rolled and name == "_line")}
+    mapping = source.columns
     unknown = set(mapping) - set(schema)
     if unknown:
         raise LifecycleError(f"{table}: column map names unknown columns {sorted(unknown)}; ours are {list(schema)}")
+    filters = source.filters()
+    missing = [f.column for f, _ in filters if f.column not in available]
+    if missing:
+        raise LifecycleError(f"{table}: the row filters name {missing}, not columns of the file; it has "
+                             f"{sorted(available)}")
     given, parsed, checks = [], [], []
+    for k, (condition, keep) in enumerate(filters):  # first: a row left out is not checked further
+        given.append(f"{_filter_sql(condition, f'raw.{_ident(condition.column)}')} AS _filter_{k}")
+        checks.append((f"{'NOT ' if keep else ''}_filter_{k}",
+                       f"{'not included' if keep else 'excluded'}: {condition.text}"))
     for ours, (required, kind) in schema.items():
         theirs = mapping.get(ours, ours)
-        if theirs not in available:
+        terms = _terms(theirs, available) if kind == "amount" and theirs not in available else None
+        if theirs not in available and terms is None:
             if required:
                 raise LifecycleError(
                     f"{table}: column {theirs!r} (for {ours}) not found; the file has {sorted(available)}"
@@ -192,25 +283,32 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
                 )
             parsed.append(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {ours}")
             continue
-        _check_type(table, ours, kind, theirs, available[theirs])
-        source, value, column_checks = _parse(ours, kind, f"raw.{_ident(theirs)}", available[theirs], fmt,
-                                              required, future_limit, id_type)
-        given.append(f"{source} AS _in_{ours}")
+        if terms is None:
+            _check_type(table, ours, kind, theirs, available[theirs])
+            inputs, value, column_checks = _parse(ours, kind, f"raw.{_ident(theirs)}", available[theirs],
+                                                  source.timestamp_format, required, rules)
+        else:
+            inputs, value, column_checks = _sum_of(ours, theirs, {t: available[t] for t in terms})
+        given.append(inputs)
         parsed.append(f"{value} AS {ours}")
         checks.extend(column_checks)
-    reason = "CASE " + " ".join(f"WHEN {cond} THEN '{why}'" for cond, why in checks) + " END"
+    if table == "transactions" and mapping.get("refunded", "refunded") in available:
+        checks.append(("refunded > 0 AND refunded >= amount", "fully refunded (not a purchase)"))
+    reason = "CASE " + " ".join(f"WHEN {cond} THEN {sql_literal(why)}" for cond, why in checks) + " END"
     record = "to_json({" + ", ".join(f"{sql_literal(c)}: raw.{_ident(c)}" for c in available) + "})"
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {table}_numbered AS "
-        f"SELECT row_number() OVER () AS source_row, {record} AS record FROM {raw} AS raw"
-    )
+    row = "raw._line" if rolled else "row_number() OVER ()"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {table}_numbered AS SELECT {row} AS source_row, {record} AS record "
+                f"FROM {raw} AS raw")
     # One layer per step, under the row numbering, so that DuckDB computes each text, value and check
     # once per row (a filter on ``reason`` pushed into one expression would repeat the parsing ~10x).
+    numbered = ("SELECT _line AS source_row, * EXCLUDE (_line)" if rolled else "SELECT row_number() OVER () AS "
+                "source_row, *")
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW {table}_parsed AS
-        SELECT row_number() OVER () AS source_row, * FROM (
-            SELECT {", ".join(schema)}, {reason} AS reason FROM (
-                SELECT *, {", ".join(parsed)} FROM (SELECT {", ".join(given)} FROM {raw} AS raw)))
+        {numbered} FROM (
+            SELECT {", ".join(schema)}, {reason} AS reason{", _line" if rolled else ""} FROM (
+                SELECT *, {", ".join(parsed)} FROM (SELECT {", ".join(given + (["raw._line"] if rolled else []))}
+                FROM {raw} AS raw)))
     """)
     # The one full validation pass keeps only the rejected row numbers; valid rows are an anti-join.
     # row_number() OVER () follows the input's order in every scan (tests/test_sources.py checks it).
@@ -219,11 +317,43 @@ def _checked_view(con, table, schema, raw, mapping, fmt, future_limit, id_type) 
     key = {"transactions": "order_id", "customers": "customer_id"}.get(table)
     if key:
         _reject_repeated_keys(con, table, key)
+    columns = ["amount - coalesce(refunded, 0) AS amount" if c == "amount" and "refunded" in schema else c
+               for c in schema]
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(schema)} FROM {table}_parsed "
+        f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {', '.join(columns)} FROM {table}_parsed "
         f"ANTI JOIN {table}_rejected USING (source_row)"
     )
     malformed_lines(con, table)
+
+
+def _filter_sql(condition: RowFilter, column: str) -> str:
+    """A row filter as SQL that is true or false, never NULL (an empty value is in no list and contains nothing)."""
+    text = f"lower(trim(CAST({column} AS VARCHAR)))"
+    if condition.test == "in":
+        test = f"coalesce({text} IN ({', '.join(sql_literal(v) for v in condition.values)}), false)"
+    elif condition.test == "contains":
+        test = f"coalesce(contains({text}, {sql_literal(condition.values[0])}), false)"
+    else:
+        test = f"coalesce({text}, '') = ''"
+    return f"NOT {test}" if condition.negated else test
+
+
+def _sum_of(ours: str, expression: str, terms: dict[str, str]) -> tuple[str, str, list[tuple[str, str]]]:
+    """``_parse`` for an amount written as columns joined by ``+`` and ``-``: an empty column counts as 0, all of
+    them empty is a missing amount, and any value that is not a number makes it unparseable."""
+    signs = ["+", *_TERM.findall(expression.strip())]
+    numbers = {t: (f"raw.{_ident(t)}" if dtype != "VARCHAR"
+                   else f"try_cast(NULLIF(trim(raw.{_ident(t)}), '') AS DOUBLE)") for t, dtype in terms.items()}
+    texts = [f"NULLIF(trim(CAST(raw.{_ident(t)} AS VARCHAR)), '')" for t in terms]
+    total = " ".join(f"{sign} coalesce({numbers[t]}, 0)" for sign, t in zip(signs, terms, strict=True))
+    unreadable = " OR ".join(f"({text} IS NOT NULL AND {numbers[t]} IS NULL)"
+                             for text, t in zip(texts, terms, strict=True))
+    given = (f"CASE WHEN {' AND '.join(f'{t} IS NULL' for t in texts)} THEN NULL ELSE {total} END AS _in_{ours}, "
+             f"({unreadable}) AS _unreadable_{ours}")
+    checks = [(f"_in_{ours} IS NULL", f"missing {ours}"), (f"_unreadable_{ours}", f"unparseable {ours}"),
+              (f"isnan({ours}) OR isinf({ours})", f"{ours} is not a finite number"),
+              (f"{ours} < 0", f"negative {ours}")]
+    return given, f"_in_{ours}", checks
 
 
 def _reject_repeated_keys(con, table: str, key: str) -> None:
@@ -258,17 +388,23 @@ def _check_type(table: str, ours: str, kind: str, theirs: str, dtype: str) -> No
                              "(or text we can parse)")
 
 
-def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
-    """How one column is parsed: (its input as given, its value, the (condition, reason) checks it adds).
+def _parse(ours, kind, column, dtype, fmt, required, rules: Rules):
+    """How one column is parsed: (its input as given, named ``_in_{ours}``, its value, the (condition, reason) checks
+    it adds).
 
     The value is SQL over ``_in_{ours}`` (the input: trimmed text, or a typed column as it is) and
     the checks over both names, so each is computed once per row in its own layer of the query.
     """
     typed = dtype != "VARCHAR"
     given = column if typed and kind != "label" else f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
+    if kind == "id" and rules.emails:
+        given = f"lower({given})"
+    elif kind == "currency":
+        given = f"upper({given})"
     field = f"_in_{ours}"
+    given = f"{given} AS {field}"
     checks = [(f"{field} IS NULL", f"missing {ours}")] if required or kind == "id" else []
-    if kind == "id" and id_type == "BIGINT":
+    if kind == "id" and rules.id_type == "BIGINT":
         return given, f"CAST({field} AS BIGINT)", checks
     if kind == "key":  # only compared for duplicates, so its own type will do
         return given, field, checks
@@ -276,16 +412,24 @@ def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
         return given, f"CAST({field} AS VARCHAR)", checks
     if kind == "label":
         return given, f"lower({field})", checks
+    if kind == "currency":
+        checks.append((f"NOT regexp_full_match({field}, '[A-Z]{{3}}')", f"unparseable {ours} (not an ISO code)"))
+        if rules.currency:
+            checks.append((f"{field} <> {sql_literal(rules.currency)}", f"{ours} is not {rules.currency}"))
+        return given, field, checks
     if kind == "timestamp":
         if dtype.startswith(("TIMESTAMP", "DATE")):
             value = f"CAST({field} AS TIMESTAMP)"
         elif fmt:
             value = f"try_strptime({field}, {sql_literal(fmt)})"
-        else:
-            value = f"try_cast({field} AS TIMESTAMP)"
+        else:  # ISO 8601; one with a UTC offset ('+01:00', '+0100', 'Z') is moved to UTC
+            offset = (f"CAST(coalesce(try_cast({field} AS TIMESTAMPTZ), try_strptime({field}, '%Y-%m-%d %H:%M:%S %z'))"
+                      " AS TIMESTAMP)")
+            value = (f"CASE WHEN length({field}) > 19 AND regexp_matches({field}, '([+-][0-9][0-9]:?[0-9][0-9]|Z)$') "
+                     f"THEN {offset} ELSE try_cast({field} AS TIMESTAMP) END")
         if not dtype.startswith(("TIMESTAMP", "DATE")):
             checks.append((f"{field} IS NOT NULL AND {ours} IS NULL", f"unparseable {ours}"))
-        checks.append((f"{ours} > TIMESTAMP '{future_limit:%Y-%m-%d %H:%M:%S}'", f"{ours} in the future"))
+        checks.append((f"{ours} > TIMESTAMP '{rules.future_limit:%Y-%m-%d %H:%M:%S}'", f"{ours} in the future"))
         return given, value, checks
     # amount / number
     value = f"CAST({field} AS DOUBLE)" if typed else f"try_cast({field} AS DOUBLE)"
@@ -297,13 +441,17 @@ def _parse(ours, kind, column, dtype, fmt, required, future_limit, id_type):
     return given, value, checks
 
 
-def _count(con, table: str) -> TableReport:
+def _count(con, table: str, relation: str) -> TableReport:
+    """Rows in (of ``relation``: line items rolled up into orders, the lines counted too), valid and rejected."""
     rejected = dict(con.execute(
         f"SELECT reason, count(*) FROM (SELECT reason FROM {table}_rejected UNION ALL "
         f"SELECT reason FROM {table}_malformed) GROUP BY reason ORDER BY 2 DESC, 1").fetchall())
-    rows = con.execute(f"SELECT (SELECT count(*) FROM {table}_raw) + (SELECT count(*) FROM {table}_malformed)"
-                       ).fetchall()[0][0]
-    return TableReport(rows=rows, valid=rows - sum(rejected.values()), rejected=rejected)
+    malformed = con.execute(f"SELECT count(*) FROM {table}_malformed").fetchall()[0][0]
+    rows = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0] + malformed
+    lines = None
+    if relation != f"{table}_raw":
+        lines = con.execute(f"SELECT count(*) FROM {table}_raw").fetchall()[0][0] + malformed
+    return TableReport(rows=rows, valid=rows - sum(rejected.values()), rejected=rejected, lines=lines)
 
 
 def _empty_view(con, table: str, schema, id_type: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, get_origin
 
 import tomli_w
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,11 +37,13 @@ DEFAULT_CONFIG = Path("lifecycle.toml")
 
 
 class Inputs(BaseModel):
-    """Where the input tables are and how their columns map onto ours."""
+    """Where the input tables are, how their columns map onto ours, and how customer ids compare."""
 
     transactions: TableSource = Field(default_factory=TableSource)
     events: TableSource = Field(default_factory=TableSource)
     customers: TableSource = Field(default_factory=TableSource)
+    customer_ids: Literal["exact", "email"] = Field(
+        "exact", description="email: ids are emails, trimmed and compared in any case (as shop platforms do)")
 
 
 class DuckDBSettings(BaseModel):
@@ -107,6 +109,8 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(Path(".lifecycle"), description="local state: data, outputs, MLflow, BentoML home")
     as_of: date | None = Field(None, description="score as of this date (default: the last transaction day)")
+    currency: Annotated[str, Field(pattern="^[A-Za-z]{3}$")] | None = Field(
+        None, description="ISO code of every amount, e.g. EUR (default: the one the orders' currency column names)")
     clv_horizon_days: int = Field(365, ge=1)
     churn_horizon_days: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         AUTO, description="days without an order that make a churner; auto: from the shop's purchase cycle "
@@ -138,6 +142,11 @@ class Settings(BaseSettings):
         if cls.toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_file))
         return tuple(sources)
+
+    @field_validator("currency")
+    @classmethod
+    def _upper(cls, code: str | None) -> str | None:
+        return code.upper() if code else code
 
     @property
     def churn_days(self) -> int:

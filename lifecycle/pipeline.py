@@ -45,6 +45,8 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
         {"transactions": inputs.transactions, "events": inputs.events, "customers": inputs.customers},
         now=now or datetime.now(UTC).replace(tzinfo=None),
         future_tolerance_days=settings.future_tolerance_days,
+        emails=inputs.customer_ids == "email",
+        currency=settings.currency,
     )
 
 

@@ -141,6 +141,7 @@ class LifecycleModel:
     decisions: dict[str, str] = field(default_factory=dict)
     # Why it is weak (it did not beat the simple baselines out of time, or ranks near chance): empty if it is not.
     weaknesses: list[str] = field(default_factory=list)
+    currency: str | None = None  # the ISO code of every amount it was fitted on and predicts (None: not given)
     model_format: int = field(default_factory=lambda: MODEL_FORMAT)
 
     @property

@@ -138,14 +138,15 @@ class LifecycleService:
     @bentoml.api(route="/model")
     def model(self) -> dict[str, Any]:
         """Which model answers: name, version, alias, when it was trained, its purchase model, what serves its
-        churn probability and its CLV and why, whether it is weak and why, its track record over the cut dates it
-        was judged on, its gate metrics, its features."""
+        churn probability and its CLV and why, the currency of its amounts, whether it is weak and why, its track
+        record over the cut dates it was judged on, its gate metrics, its features."""
         served = self.served
         model = served.model
         return {"name": "customer-lifecycle", "version": served.version, "uri": self.settings.model_uri,
                 "alias": self.settings.model_uri.partition("@")[2] or None, "run_id": served.run_id,
                 "trained_at": served.trained_at, "purchase_model": model.purchases.name,
-                "churn_source": model.churn_source, "clv_source": model.clv_source, "quality": model.quality,
+                "churn_source": model.churn_source, "clv_source": model.clv_source, "currency": model.currency,
+                "quality": model.quality,
                 "weaknesses": model.weaknesses, "decisions": model.decisions,
                 "track_record": model.track_record, "gate": served.gate,
                 "features": list(served.columns)}

@@ -234,6 +234,7 @@ def test_demo_runs_the_main_job_on_cdnow(cdnow_demo):
     out = " ".join(result.stdout.split())
     assert "version 1: promoted to champion (first model)" in out
     assert "ten most valuable" in out and "Champions" in out and "Fader, Hardie & Lee (2005)" in out
+    assert re.search(r"expected CLV \(learned\) over the next 12 months: [\d,]+ USD in total", out)
     assert "│ r │ 0.2426 │ 0.243 │" in out and "-9582.43" in out
     assert "Fader & Hardie (2005)" in out and "│ beta │ 11.6679 │ 11.66 │" in out and "-9594.97" in out
     # the purchase models side by side, the one chosen, the track record over three cut dates and each decision

@@ -161,6 +161,7 @@ def test_model_endpoint_and_bentoml_endpoints(served):
     assert about["purchase_model"] in ("bgnbd", "mbgnbd", "pareto_nbd") and about["churn_source"] in (
         "classifier", "btyd")
     assert about["clv_source"] == "learned"  # it beats BTYD on CDNOW's judged window (test_learned_clv)
+    assert about["currency"] == "USD"  # the demo's: CDNOW's amounts are US dollars
     assert about["quality"] == "ok" and about["weaknesses"] == [] and about["decisions"]["quality"].startswith(
         "not weak: ")
     for path in ("/livez", "/readyz", "/docs.json"):

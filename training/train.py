@@ -240,7 +240,7 @@ class Protocol:
             judged_value, twin.clv_purchases, twin.clv_spend, win.clv_label_days, f"learned CLV at {win.clv_judged}")
         model = LifecycleModel(scoring_builder, *self.fitter.btyd(scoring, model_type, f"at {win.end}"), churn,
                                next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
-                               clv_source=twin.clv_source if learned else "btyd")
+                               clv_source=twin.clv_source if learned else "btyd", currency=self.data.currency)
         model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
         return model, scoring
 

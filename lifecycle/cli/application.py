@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from features.errors import LifecycleError
@@ -40,6 +41,12 @@ ConfigOption = Annotated[
 TransactionsOption = Annotated[str | None, typer.Option(help="Orders: CSV/Parquet file or glob.")]
 EventsOption = Annotated[str | None, typer.Option(help="Engagement events: CSV/Parquet file or glob.")]
 CustomersOption = Annotated[str | None, typer.Option(help="Customer table: CSV/Parquet file or glob.")]
+ExcludeOption = Annotated[list[str] | None, typer.Option(
+    help="Orders to leave out, by one of your columns (repeatable; replaces inputs.transactions.exclude): "
+    "'Financial Status in [voided, refunded]', 'Tags contains test', 'Cancelled at is not empty'.")]
+IncludeOption = Annotated[list[str] | None, typer.Option(
+    help="Orders to keep, the others left out (repeatable; replaces inputs.transactions.include): "
+    "'Order Status in [completed, processing]'.")]
 AsOfOption = Annotated[
     datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
 ]
@@ -63,13 +70,22 @@ def command_settings(ctx: typer.Context, **overrides) -> Settings:
 
 
 def settings_with_inputs(ctx: typer.Context, transactions: str | None, events: str | None, customers: str | None,
-                          as_of: datetime | None = None) -> Settings:
-    """The settings with the command line's as-of day and input paths (which keep the configured column maps)."""
+                          as_of: datetime | None = None, exclude: list[str] | None = None,
+                          include: list[str] | None = None) -> Settings:
+    """The settings with the command line's as-of day, input paths (which keep the configured column maps) and the
+    orders' row filters."""
     settings = command_settings(ctx, as_of=as_of.date() if as_of else None)
     for name, path in (("transactions", transactions), ("events", events), ("customers", customers)):
         if path is not None:
             source: TableSource = getattr(settings.inputs, name)
             setattr(settings.inputs, name, source.model_copy(update={"path": path}))
+    filters = {key: value for key, value in (("exclude", exclude), ("include", include)) if value}
+    if filters:
+        try:
+            orders = TableSource(**{**settings.inputs.transactions.model_dump(), **filters})
+        except ValidationError as exc:
+            raise LifecycleError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        settings.inputs.transactions = orders
     return settings
 
 

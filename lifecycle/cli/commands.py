@@ -18,7 +18,9 @@ from lifecycle.cli.application import (
     AsOfOption,
     CustomersOption,
     EventsOption,
+    ExcludeOption,
     HostOption,
+    IncludeOption,
     PortOption,
     TransactionsOption,
     app,
@@ -98,6 +100,8 @@ def features(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    exclude: ExcludeOption = None,
+    include: IncludeOption = None,
     as_of: AsOfOption = None,
 ) -> None:
     """Build one row of point-in-time features per customer and write it to a file.
@@ -108,7 +112,7 @@ def features(
     """
     from lifecycle.pipeline import build_features
 
-    settings = settings_with_inputs(ctx, transactions, events, customers, as_of)
+    settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
     with console.status("validating inputs and building features..."):
         run = build_features(settings, out)
     render.feature_run(run)
@@ -120,6 +124,8 @@ def train(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    exclude: ExcludeOption = None,
+    include: IncludeOption = None,
     as_of: Annotated[datetime | None, typer.Option(
         formats=["%Y-%m-%d"], help="Train as of this day, on nothing later (backfills, reruns; default: the last "
                                    "order day). A model older than the champion's data is never promoted by the "
@@ -131,7 +137,7 @@ def train(
     """
     from lifecycle.training import run_training
 
-    settings = settings_with_inputs(ctx, transactions, events, customers, as_of)
+    settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
     with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
         run = run_training(settings, on_wait=lambda line: status.update(line))
     render.training_run(run, settings.clv.model)
@@ -232,6 +238,8 @@ def schedule(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    exclude: ExcludeOption = None,
+    include: IncludeOption = None,
 ) -> None:
     """Run `lifecycle train` on a schedule, in the foreground; a run still going makes the next one skip.
 
@@ -239,7 +247,7 @@ def schedule(
     """
     from lifecycle.schedule import CrontabTrigger, scheduler
 
-    settings = settings_with_inputs(ctx, transactions, events, customers)
+    settings = settings_with_inputs(ctx, transactions, events, customers, exclude=exclude, include=include)
     trigger = CrontabTrigger(cron, timezone)
 
     def train_once() -> None:

@@ -31,11 +31,21 @@ def notes(lines: list[str], to: Console) -> None:
         to.print(f"[yellow]note:[/yellow] {escape(line)}", highlight=False)
 
 
-def report_made(built) -> None:
+def money(value: float, currency: str | None) -> str:
+    """An amount as the CLI shows it: whole units, with the currency where it is known."""
+    return f"{value:,.0f} {currency}" if currency else f"{value:,.0f}"
+
+
+def _in(currency: str | None) -> str:
+    """A money column's unit in its heading: `` (EUR)``, or nothing where the currency is not known."""
+    return f" ({currency})" if currency else ""
+
+
+def report_made(built, currency: str | None) -> None:
     """The report's headline, its sections without numbers, and where its tables and page are."""
     h = built.headline
     console.print(f"lifecycle report as of {built.as_of}: {h['customers']:,} customers, {h['active']:,} active; "
-                  f"predicted CLV {h['clv']:,.0f}, of which {h['value_at_risk']:,.0f} "
+                  f"predicted CLV {money(h['clv'], currency)}, of which {money(h['value_at_risk'], currency)} "
                   f"({h['value_at_risk_share']:.0%}) at high churn risk")
     for section, why in built.missing.items():
         console.print(f"[yellow]note:[/yellow] the {section.replace('_', ' ')} section has no numbers: {why}")
@@ -50,8 +60,9 @@ def row_accounting(counts: dict[str, tuple[int, int, int]], rejects) -> None:
                       + (f" (reasons: {rejects})" if rejected else ""))
 
 
-def scored(scores, out: Path) -> None:
-    """Scored customers by stage and status, by RFM segment, the CLV total and the ten most valuable."""
+def scored(scores, out: Path, currency: str | None) -> None:
+    """Scored customers by stage and status, by RFM segment, the CLV total and the ten most valuable (amounts in
+    ``currency``)."""
     import pandas as pd
 
     statuses = ["active", "at risk", "lapsed", "churned"]
@@ -62,7 +73,8 @@ def scored(scores, out: Path) -> None:
     for stage in scores.stage.drop_duplicates():
         counts = by_stage.loc[stage]
         table.add_row(stage, f"{counts.sum():,}", *(f"{n:,}" for n in counts))
-    segments = Table("RFM segment", "customers", "mean CLV", "mean churn probability", title="RFM segments")
+    segments = Table("RFM segment", "customers", f"mean CLV{_in(currency)}", "mean churn probability",
+                     title="RFM segments")
     by_segment = scores.groupby("rfm_segment").agg(n=("clv", "size"), clv=("clv", "mean"),
                                                    churn=("churn_probability", "mean"))
     for name, row in by_segment.sort_values("n", ascending=False).iterrows():
@@ -71,10 +83,10 @@ def scored(scores, out: Path) -> None:
     clv = scores.clv.fillna(0).sort_values(ascending=False)
     top = clv.iloc[: max(1, len(clv) // 10)].sum()
     source = "learned" if scores.clv.equals(scores.clv_learned) else "BTYD"
-    console.print(f"expected CLV ({source}) over the next 12 months: {clv.sum():,.0f} in total; the top 10 % of "
-                  f"customers hold {top:,.0f} ({top / clv.sum():.0%})")
-    best = Table("customer", "segment (status)", "spent so far", "CLV", "tier", "purchases (interval)",
-                 "spend (interval)",
+    console.print(f"expected CLV ({source}) over the next 12 months: {money(clv.sum(), currency)} in total; the "
+                  f"top 10 % of customers hold {money(top, currency)} ({top / clv.sum():.0%})")
+    best = Table("customer", "segment (status)", f"spent so far{_in(currency)}", f"CLV{_in(currency)}", "tier",
+                 "purchases (interval)", f"spend (interval){_in(currency)}",
                  "next order", "churn risk", title="ten most valuable (purchases and spend: the CLV horizon; next "
                  "order: as likely as not by then)")
     for row in scores.nlargest(10, "clv").itertuples():
@@ -118,10 +130,11 @@ def _clv(evaluation, model, w, clv_model: str) -> None:
                       f"customer's own BTYD ratio of CLV to {days}-day spend carries it to the CLV horizon")
 
 
-def _forecast(forecast, horizons) -> None:
+def _forecast(forecast, horizons, currency: str | None) -> None:
     """The base's totals over the CLV horizon with their intervals, overall and per stage."""
     level = f"{horizons.interval:.0%}"
-    table = Table("buyers", "customers", "purchases", f"{level} interval", "spend", f"{level} interval",
+    table = Table("buyers", "customers", "purchases", f"{level} interval", f"spend{_in(currency)}",
+                  f"{level} interval",
                   title=f"forecast for the next {horizons.clv_days} days (undiscounted; customer and parameter "
                         "uncertainty)")
     for row in forecast[forecast.group.isin(["all", "stage"])].itertuples():
@@ -169,7 +182,7 @@ def training_run(run, clv_model: str) -> None:
         table.add_row(label, f"{values[metric]:.4f}", baseline, f"{values[key]:.4f}" if key else "")
     console.print(table)
     _clv(evaluation, result.model, w, clv_model)
-    _forecast(result.forecast, result.model.horizons)
+    _forecast(result.forecast, result.model.horizons, result.model.currency)
     notes([*result.notes, *run.cleaned], console)
     verdict = "promoted to champion" if decision.promote else "held back as challenger"
     why = "; ".join(decision.reasons) or "no gated metric worse"
@@ -232,11 +245,12 @@ def drift(psi: dict[str, float], reference: str, shown: int = 10) -> None:
 
 
 def inputs(data) -> None:
-    """Each input table's rows: in, valid, rejected and why."""
+    """Each input table's rows (and the lines they were rolled up from): in, valid, rejected and why."""
     table = Table("input", "rows", "valid", "rejected", "reasons", title="inputs")
     for name, report in data.report.items():
         reasons = ", ".join(f"{reason}: {n:,}" for reason, n in report.rejected.items()) or "-"
-        table.add_row(name, f"{report.rows:,}", f"{report.valid:,}", f"{report.rejected_total:,}", reasons)
+        rows = f"{report.rows:,}" + (f" ({report.lines:,} lines)" if report.lines is not None else "")
+        table.add_row(name, rows, f"{report.valid:,}", f"{report.rejected_total:,}", reasons)
     console.print(table)
 
 

@@ -20,7 +20,9 @@ from lifecycle.cli.application import (
     AsOfOption,
     CustomersOption,
     EventsOption,
+    ExcludeOption,
     HostOption,
+    IncludeOption,
     PortOption,
     TransactionsOption,
     app,
@@ -80,6 +82,8 @@ def score(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    exclude: ExcludeOption = None,
+    include: IncludeOption = None,
     customer_list: Annotated[str | None, typer.Option(
         help="Score only these customers: CSV/Parquet with a customer_id column. Ids without any history "
              "are scored as prospects we know nothing about.")] = None,
@@ -101,7 +105,7 @@ def score(
     from lifecycle.training import load_model
     from serving.batch import load_customer_list, score_batch
 
-    settings = settings_with_inputs(ctx, transactions, events, customers, as_of)
+    settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
     if engine is Engine.local:
         output_format(out)  # before anything is read or written
     if engine is Engine.spark:
@@ -142,6 +146,8 @@ def report(
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
+    exclude: ExcludeOption = None,
+    include: IncludeOption = None,
     scores: Annotated[str | None, typer.Option(
         help="Records of `lifecycle score` (Parquet or CSV) to report on, scored from these inputs; default: score "
              "every customer with the champion first (into the report's folder).")] = None,
@@ -156,7 +162,7 @@ def report(
     from serving.batch import score_batch
     from serving.report import build_report
 
-    settings = settings_with_inputs(ctx, transactions, events, customers, as_of)
+    settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
     with console.status("loading the model..."):
         model = load_model(settings)
     with console.status("validating inputs..."):
@@ -168,7 +174,7 @@ def report(
             score_batch(model, data, day, scores)
     with console.status("computing the KPIs..."):
         built = build_report(data, model, scores, out)
-    render.report_made(built)
+    render.report_made(built, model.currency)
 
 
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
@@ -221,6 +227,7 @@ def demo(ctx: typer.Context) -> None:
     from serving.report import build_report
 
     settings = command_settings(ctx)
+    settings.currency = settings.currency or "USD"  # CDNOW's amounts are US dollars
     with console.status("writing the CDNOW master log..."):
         path = cdnow.write_master(settings.state_dir / "data" / "cdnow")
     settings.inputs.transactions = TableSource(path=str(path))
@@ -234,11 +241,11 @@ def demo(ctx: typer.Context) -> None:
         model = load_model(settings)
         score_batch(model, data, run.result.windows.end, out)
         scores = pd.read_parquet(out)
-    render.scored(scores, out)
+    render.scored(scores, out, model.currency)
     render.published_fits(_fit_published())
     with console.status("writing the lifecycle report..."):
         built = build_report(data, model, out, settings.state_dir / "output" / "report")
-    render.report_made(built)
+    render.report_made(built, model.currency)
 
 
 def _fit_published() -> dict:
