@@ -114,3 +114,14 @@ def write_relation(relation: duckdb.DuckDBPyRelation, path: str | Path) -> None:
 def sql_literal(text: str) -> str:
     """``text`` as a quoted SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> tuple[list[str], list[str]]:
+    """The names and DuckDB types of a relation's columns."""
+    described = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+    return [row[0] for row in described], [row[1] for row in described]
+
+
+def ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'

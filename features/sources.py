@@ -8,7 +8,7 @@ dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report
 
 from __future__ import annotations
 
-import re
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Self
 import duckdb
 
 from features.errors import LifecycleError
-from features.files import malformed_lines, raw_relation, sql_literal, write_relation
-from features.tables import SCHEMAS, RowFilter, TableSource
+from features.exports import filter_sql, rolled_up, sum_of, terms
+from features.files import columns_of, ident, malformed_lines, raw_relation, sql_literal, write_relation
+from features.tables import SCHEMAS, TableSource
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
@@ -27,7 +28,6 @@ if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts wi
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER"}
 _SQL_TYPE = {"id": "VARCHAR", "key": "VARCHAR", "label": "VARCHAR", "timestamp": "TIMESTAMP",
              "amount": "DOUBLE", "number": "DOUBLE", "currency": "VARCHAR"}
-_TERM = re.compile(r"\s+([+-])\s+")  # between the columns of an amount's expression: 'Total - Refunded Amount'
 
 
 @dataclass(frozen=True)
@@ -144,16 +144,17 @@ def load(
     are emails, compared trimmed and in any case. ``currency``: the one currency orders must be in, where they
     name theirs (``columns.currency``); without it, they must all name the same one.
     """
-    if sources.get("transactions") is None:
-        raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
     given = {}  # table -> (raw view, its source)
     for table in SCHEMAS:
         source = sources.get(table)
         if isinstance(source, TableSource):
             if source.path is not None:
-                given[table] = (_rolled_up(con, table, raw_relation(con, table, source), source), source)
+                given[table] = (rolled_up(con, table, raw_relation(con, table, source), source), source)
         elif source is not None:  # a data frame
             given[table] = (raw_relation(con, table, source), TableSource())
+    if "transactions" not in given:
+        raise LifecycleError("no orders given: pass --transactions FILE, or set inputs.transactions.path in "
+                             "lifecycle.toml (LIFECYCLE_INPUTS__TRANSACTIONS__PATH)")
     rules = Rules(now + timedelta(days=future_tolerance_days), _id_type(con, given, emails), emails, currency)
     report: dict[str, TableReport] = {}
     reject_views = []
@@ -185,7 +186,7 @@ def _describe(report: TableReport) -> str:
 def _currency(con, given, configured: str | None) -> str | None:
     """The currency of the orders: the configured one, else the one their currency column names (if mapped)."""
     raw, source = given["transactions"]
-    if configured or source.columns.get("currency", "currency") not in _columns(con, raw)[0]:
+    if configured or source.columns.get("currency", "currency") not in columns_of(con, raw)[0]:
         return configured
     found = con.execute("SELECT currency, count(*) FROM transactions WHERE currency IS NOT NULL GROUP BY 1 "
                         "ORDER BY 2 DESC, 1").fetchall()
@@ -196,56 +197,13 @@ def _currency(con, given, configured: str | None) -> str | None:
     return found[0][0] if found else None
 
 
-def _rolled_up(con, table: str, raw: str, source: TableSource) -> str:
-    """``raw`` itself, or with ``source.line_items`` the view ``{table}_orders``: the lines sharing an order id as
-    one row (a line without an id is an order of its own), each column its first non-empty value in file order, or
-    with ``"sum"`` the amount's columns summed over the lines (their first unreadable value, if one is: it is then
-    rejected as such). ``_line`` is the order's first line, counted as ``source_row`` counts rows."""
-    if source.line_items is None:
-        return raw
-    if "order_id" not in source.columns and "order_id" not in _columns(con, raw)[0]:
-        raise LifecycleError(f"{table}: line_items needs the order id: set inputs.{table}.columns.order_id")
-    names, types = _columns(con, raw)
-    summed = set()
-    if source.line_items == "sum":
-        amount = source.columns.get("amount", "amount")
-        summed = {*(_terms(amount, names) or [amount]), source.columns.get("refunded", "refunded")} & set(names)
-    order = _ident(source.columns.get("order_id", "order_id"))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW {table}_lines AS SELECT row_number() OVER () AS _line, * FROM {raw}")
-    columns = []
-    for name, dtype in zip(names, types, strict=True):
-        column, text = _ident(name), f"NULLIF(trim(CAST({_ident(name)} AS VARCHAR)), '')"
-        first = f"arg_min({column}, _line) FILTER (WHERE {text} IS NOT NULL)"
-        if name in summed and dtype == "VARCHAR":
-            unreadable = f"{text} IS NOT NULL AND try_cast({text} AS DOUBLE) IS NULL"
-            first = (f"coalesce(arg_min({column}, _line) FILTER (WHERE {unreadable}), "
-                     f"CAST(sum(try_cast({text} AS DOUBLE)) AS VARCHAR))")
-        elif name in summed:
-            first = f"sum({column})"
-        columns.append(f"{first} AS {column}")
-    con.execute(f"""
-        CREATE OR REPLACE TEMP VIEW {table}_orders AS
-        SELECT min(_line) AS _line, {", ".join(columns)} FROM {table}_lines
-        GROUP BY coalesce(NULLIF(trim(CAST({order} AS VARCHAR)), ''), '#line ' || _line)
-    """)
-    return f"{table}_orders"
-
-
-def _terms(expression: str, available) -> list[str] | None:
-    """The columns of an amount's expression in order (``"A + B - C"``: each is a column of ``available``), or
-    None where it is not one (a single name is not an expression)."""
-    parts = _TERM.split(expression.strip())
-    columns = parts[::2]
-    return columns if len(columns) > 1 and all(c in available for c in columns) else None
-
-
 def _id_type(con, given, emails: bool) -> str:
     """BIGINT when every given table stores customer ids as integers (faster) and they are not emails, else
     VARCHAR."""
     if emails:
         return "VARCHAR"
     for raw, source in given.values():
-        names, types = _columns(con, raw)
+        names, types = columns_of(con, raw)
         dtype = dict(zip(names, types, strict=True)).get(source.columns.get("customer_id", "customer_id"))
         if dtype not in _INTEGER_TYPES:
             return "VARCHAR"
@@ -255,47 +213,39 @@ def _id_type(con, given, emails: bool) -> str:
 def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules: Rules) -> None:
     """Create ``{table}_parsed`` (every row, parsed, with a reason or NULL), ``{table}_rejected`` (the rejected
     row numbers and reasons) and ``{table}`` (the valid rows; an order's amount net of its refund)."""
-    rolled = raw == f"{table}_orders"  # line items rolled up (``_rolled_up``): a row is counted at its first line
-    available = {name: dtype for name, dtype in zip(*_columns(con, raw), strict=True)
+    rolled = raw == f"{table}_orders"  # line items rolled up (``rolled_up``): a row is counted at its first line
+    available = {name: dtype for name, dtype in zip(*columns_of(con, raw), strict=True)
                  if not (rolled and name == "_line")}
     mapping = source.columns
     unknown = set(mapping) - set(schema)
     if unknown:
         raise LifecycleError(f"{table}: column map names unknown columns {sorted(unknown)}; ours are {list(schema)}")
     filters = source.filters()
-    missing = [f.column for f, _ in filters if f.column not in available]
-    if missing:
-        raise LifecycleError(f"{table}: the row filters name {missing}, not columns of the file; it has "
-                             f"{sorted(available)}")
+    _check_columns(table, schema, source, available)
     given, parsed, checks = [], [], []
     for k, (condition, keep) in enumerate(filters):  # first: a row left out is not checked further
-        given.append(f"{_filter_sql(condition, f'raw.{_ident(condition.column)}')} AS _filter_{k}")
+        given.append(f"{filter_sql(condition, f'raw.{ident(condition.column)}')} AS _filter_{k}")
         checks.append((f"{'NOT ' if keep else ''}_filter_{k}",
                        f"{'not included' if keep else 'excluded'}: {condition.text}"))
     for ours, (required, kind) in schema.items():
         theirs = mapping.get(ours, ours)
-        terms = _terms(theirs, available) if kind == "amount" and theirs not in available else None
-        if theirs not in available and terms is None:
-            if required:
-                raise LifecycleError(
-                    f"{table}: column {theirs!r} (for {ours}) not found; the file has {sorted(available)}"
-                    + ("" if ours in mapping else f"; map yours with inputs.{table}.columns.{ours}")
-                )
+        summed = terms(theirs, available) if kind == "amount" and theirs not in available else None
+        if theirs not in available and summed is None:  # an optional column not given (``_check_columns``)
             parsed.append(f"CAST(NULL AS {_SQL_TYPE[kind]}) AS {ours}")
             continue
-        if terms is None:
+        if summed is None:
             _check_type(table, ours, kind, theirs, available[theirs])
-            inputs, value, column_checks = _parse(ours, kind, f"raw.{_ident(theirs)}", available[theirs],
+            inputs, value, column_checks = _parse(ours, kind, f"raw.{ident(theirs)}", available[theirs],
                                                   source.timestamp_format, required, rules)
         else:
-            inputs, value, column_checks = _sum_of(ours, theirs, {t: available[t] for t in terms})
+            inputs, value, column_checks = sum_of(ours, theirs, {t: available[t] for t in summed})
         given.append(inputs)
         parsed.append(f"{value} AS {ours}")
         checks.extend(column_checks)
     if table == "transactions" and mapping.get("refunded", "refunded") in available:
         checks.append(("refunded > 0 AND refunded >= amount", "fully refunded (not a purchase)"))
     reason = "CASE " + " ".join(f"WHEN {cond} THEN {sql_literal(why)}" for cond, why in checks) + " END"
-    record = "to_json({" + ", ".join(f"{sql_literal(c)}: raw.{_ident(c)}" for c in available) + "})"
+    record = "to_json({" + ", ".join(f"{sql_literal(c)}: raw.{ident(c)}" for c in available) + "})"
     row = "raw._line" if rolled else "row_number() OVER ()"
     con.execute(f"CREATE OR REPLACE TEMP VIEW {table}_numbered AS SELECT {row} AS source_row, {record} AS record "
                 f"FROM {raw} AS raw")
@@ -326,34 +276,28 @@ def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules:
     malformed_lines(con, table)
 
 
-def _filter_sql(condition: RowFilter, column: str) -> str:
-    """A row filter as SQL that is true or false, never NULL (an empty value is in no list and contains nothing)."""
-    text = f"lower(trim(CAST({column} AS VARCHAR)))"
-    if condition.test == "in":
-        test = f"coalesce({text} IN ({', '.join(sql_literal(v) for v in condition.values)}), false)"
-    elif condition.test == "contains":
-        test = f"coalesce(contains({text}, {sql_literal(condition.values[0])}), false)"
-    else:
-        test = f"coalesce({text}, '') = ''"
-    return f"NOT {test}" if condition.negated else test
+def _check_columns(table: str, schema, source: TableSource, available) -> None:
+    """Refuse, in one line, every column the table needs and the file does not have: required ones, mapped ones and
+    those the row filters name, each with the file's closest names (any case)."""
+    wanted = [(theirs, f"for {ours}") for ours, (required, kind) in schema.items()
+              if (theirs := source.columns.get(ours, ours)) not in available
+              and (required or ours in source.columns) and not (kind == "amount" and terms(theirs, available))]
+    wanted += [(condition.column, "in a row filter") for condition, _ in source.filters()
+               if condition.column not in available]
+    if not wanted:
+        return
+    by_case = {name.lower(): name for name in available}
 
+    def closest(name: str) -> str:
+        close = [by_case[name.lower()]] if name.lower() in by_case else [
+            by_case[c] for c in difflib.get_close_matches(name.lower(), list(by_case), n=2, cutoff=0.6)]
+        return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
-def _sum_of(ours: str, expression: str, terms: dict[str, str]) -> tuple[str, str, list[tuple[str, str]]]:
-    """``_parse`` for an amount written as columns joined by ``+`` and ``-``: an empty column counts as 0, all of
-    them empty is a missing amount, and any value that is not a number makes it unparseable."""
-    signs = ["+", *_TERM.findall(expression.strip())]
-    numbers = {t: (f"raw.{_ident(t)}" if dtype != "VARCHAR"
-                   else f"try_cast(NULLIF(trim(raw.{_ident(t)}), '') AS DOUBLE)") for t, dtype in terms.items()}
-    texts = [f"NULLIF(trim(CAST(raw.{_ident(t)} AS VARCHAR)), '')" for t in terms]
-    total = " ".join(f"{sign} coalesce({numbers[t]}, 0)" for sign, t in zip(signs, terms, strict=True))
-    unreadable = " OR ".join(f"({text} IS NOT NULL AND {numbers[t]} IS NULL)"
-                             for text, t in zip(texts, terms, strict=True))
-    given = (f"CASE WHEN {' AND '.join(f'{t} IS NULL' for t in texts)} THEN NULL ELSE {total} END AS _in_{ours}, "
-             f"({unreadable}) AS _unreadable_{ours}")
-    checks = [(f"_in_{ours} IS NULL", f"missing {ours}"), (f"_unreadable_{ours}", f"unparseable {ours}"),
-              (f"isnan({ours}) OR isinf({ours})", f"{ours} is not a finite number"),
-              (f"{ours} < 0", f"negative {ours}")]
-    return given, f"_in_{ours}", checks
+    named = ", ".join(f"{name!r} ({why}{closest(name)})" for name, why in wanted)
+    unmapped = [why.removeprefix("for ") for name, why in wanted if why.startswith("for ") and why[4:] == name]
+    hint = f"; map yours in inputs.{table}.columns ({', '.join(unmapped)})" if unmapped else ""
+    raise LifecycleError(f"{table}: {len(wanted)} column{'s' if len(wanted) > 1 else ''} not found: {named}; the "
+                         f"file has {sorted(available)}{hint}")
 
 
 def _reject_repeated_keys(con, table: str, key: str) -> None:
@@ -459,12 +403,3 @@ def _empty_view(con, table: str, schema, id_type: str) -> None:
         f"CAST(NULL AS {id_type if kind == 'id' else _SQL_TYPE[kind]}) AS {name}" for name, (_, kind) in schema.items()
     )
     con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT {cols} WHERE false")
-
-
-def _columns(con, relation: str) -> tuple[list[str], list[str]]:
-    described = con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
-    return [row[0] for row in described], [row[1] for row in described]
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

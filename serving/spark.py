@@ -62,12 +62,13 @@ def session(master: str):
 
 def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
                 now: datetime, customer_list: str | Path | None = None, partitions: int | None = None,
-                future_tolerance_days: int = 1) -> SparkRun:
+                future_tolerance_days: int = 1, emails: bool = False, currency: str | None = None) -> SparkRun:
     """Score every customer in ``sources`` (or those in ``customer_list``) at ``as_of`` into ``out``, with
     the model at ``model_uri``; as ``serving.batch.score_batch`` does on one machine.
 
     ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is
-    how many groups of customers the features are built in.
+    how many groups of customers the features are built in. ``emails`` and ``currency`` are
+    ``features.sources.load``'s (a currency column needs ``currency``: a partition cannot see the others').
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType, TimestampType
@@ -84,10 +85,10 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     for name, source in sources.items():
         if source is None or source.path is None:
             continue
-        if source.timestamp_format:
-            raise LifecycleError(f"{name}: timestamp_format is not supported with the Spark engine; "
-                                 "give ISO 8601 timestamps")
+        check_supported(name, source, currency)
         frame = _read(spark, name, source)
+        if emails:  # before the hash that puts a customer's rows in one partition
+            frame = frame.withColumn("customer_id", F.lower(F.trim(F.col("customer_id"))))
         rows[name] = frame.count()
         tables.append(frame.select(F.lit(name).alias("_table"), *(
             (F.col(c).cast("string") if c in frame.columns else F.lit(None).cast("string")).alias(c)
@@ -108,7 +109,8 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
                   for name in SCHEMAS if (group["_table"] == name).any()}
         if "transactions" not in frames:  # customers here have events or are listed, but no orders
             frames["transactions"] = pd.DataFrame({c: pd.Series(dtype=object) for c in SCHEMAS["transactions"]})
-        data = load(connect(threads=1), frames, now=now, future_tolerance_days=future_tolerance_days)
+        data = load(connect(threads=1), frames, now=now, future_tolerance_days=future_tolerance_days,
+                    emails=emails, currency=currency)
         if customer_list is not None:
             listed = group.loc[group["_table"] == LIST, ["customer_id"]]
             data.con.register("listed", listed)
@@ -157,6 +159,21 @@ def _listed(spark, path: str | Path):
         raise LifecycleError(f"customer list {str(path)!r} needs a customer_id column; it has {frame.columns}")
     ids = F.trim(F.col(column).cast("string"))
     return frame.select(ids.alias("customer_id")).where(ids.isNotNull() & (ids != "")).distinct()
+
+
+def check_supported(name: str, source: TableSource, currency: str | None) -> None:
+    """Refuse what the Spark engine does not do yet: each would need the user's own columns in the partitions."""
+    unsupported = [what for what, used in (
+        ("timestamp_format (give ISO 8601 timestamps)", source.timestamp_format),
+        ("row filters (exclude, include)", source.exclude or source.include),
+        ("line_items", source.line_items),
+        ("an amount from several columns", " + " in source.columns.get("amount", "")
+         or " - " in source.columns.get("amount", "")),
+        ("a currency column without the currency setting", "currency" in source.columns and not currency),
+    ) if used]
+    if unsupported:
+        raise LifecycleError(f"{name}: {', '.join(unsupported)} not supported with the Spark engine yet; score with "
+                             "the local engine, or write the orders as they should be read")
 
 
 def _read(spark, name: str, source: TableSource):

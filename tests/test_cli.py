@@ -67,7 +67,9 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["features", "--transactions", "missing.csv", "--out", "f.csv"], "no file matches 'missing.csv'"),
     (["features", "--transactions", "orders.csv", "--out", "f.csv"],
-     "column 'customer_id' (for customer_id) not found"),
+     "transactions: 3 columns not found: 'customer_id' (for customer_id), 'timestamp' (for timestamp), 'amount' (for "
+     "amount); the file has ['cust', 'ts', 'value']; map yours in inputs.transactions.columns (customer_id, "
+     "timestamp, amount)"),
     (["features", "--transactions", "orders.csv", "--out", "f.csv", "--as-of", "soon"], "Invalid value"),
     (["--config", "nowhere.toml", "config", "show"], "config file 'nowhere.toml' not found"),
     (["data", "simulate", "--out", "x", "--format", "xlsx"], "--format must be parquet or csv"),
@@ -84,7 +86,10 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
      "there is no champion model yet: run `lifecycle train` first"),
     (["train", "--transactions", "header.csv", "--as-of", "1998-13-01"], "Invalid value"),
     (["train", "--transactions", "thin.csv"], "too little data to train: by 2024-06-17 (the first day a model is "
-     "fitted) 15 customers had ordered (need at least 100) and 0 customers had ordered on two or more days"),
+     "fitted) 15 customers had ordered (need at least 100) and 0 customers had ordered on two or more days (need at "
+     "least 20); a shorter churn_horizon_days (now 90) fits the classifiers later"),
+    (["train"], "no orders given: pass --transactions FILE, or set inputs.transactions.path in lifecycle.toml "
+     "(LIFECYCLE_INPUTS__TRANSACTIONS__PATH)"),
 ])
 def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, monkeypatch, capsys):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
@@ -409,7 +414,7 @@ def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop,
     if shop == "one day":
         assert result.returncode == 2
         assert err == ("error: the data span 2024-05-01..2024-05-01; the out-of-time protocol needs more than two "
-                       "churn horizons (60 days)")
+                       "churn horizons (60 days): a shorter churn_horizon_days (now 30) needs less")
         return
     assert result.returncode == 0, err
     assert "version 1: promoted to champion (first model)" in out

@@ -155,14 +155,27 @@ def test_a_csv_glob_matches_columns_by_name_and_rejects_malformed_lines_per_file
 
 
 def test_unknown_or_missing_columns_are_named(orders_csv):
-    with pytest.raises(LifecycleError, match=r"column 'customer_id' .* the file has \['cust', 'oid', 'price', 'ts'\]"):
+    with pytest.raises(LifecycleError) as missing:
         load(transactions=TableSource(path=str(orders_csv)))
+    assert str(missing.value) == (
+        "transactions: 3 columns not found: 'customer_id' (for customer_id), 'timestamp' (for timestamp), 'amount' "
+        "(for amount); the file has ['cust', 'oid', 'price', 'ts']; map yours in inputs.transactions.columns "
+        "(customer_id, timestamp, amount)")
+    with pytest.raises(LifecycleError) as misspelt:  # every one at once, with the closest names in any case
+        load(transactions=TableSource(path=str(orders_csv), exclude=["Stat in [x]"],
+                                      columns={"customer_id": "Cust", "timestamp": "tss", "amount": "prize",
+                                               "order_id": "order"}))
+    assert str(misspelt.value) == (
+        "transactions: 5 columns not found: 'Cust' (for customer_id; did you mean 'cust'?), 'tss' (for timestamp; "
+        "did you mean 'ts'?), 'prize' (for amount; did you mean 'price'?), 'order' (for order_id), 'Stat' (in a row "
+        "filter); the file has ['cust', 'oid', 'price', 'ts']")
     with pytest.raises(LifecycleError, match="unknown columns"):
         load(transactions=TableSource(path=str(orders_csv), columns={"customer": "cust"}))
     with pytest.raises(LifecycleError, match="no file matches"):
         load(transactions=TableSource(path=str(orders_csv) + ".missing"))
-    with pytest.raises(LifecycleError, match="no transactions given"):
-        load(events=TableSource(path=str(orders_csv)))
+    with pytest.raises(LifecycleError, match=r"no orders given: pass --transactions FILE, or set "
+                                             r"inputs\.transactions\.path"):
+        load(events=TableSource(path=str(orders_csv)), transactions=TableSource())
 
 
 def test_a_table_without_any_valid_row_is_an_error():

@@ -202,11 +202,14 @@ def test_too_little_data_is_refused_in_one_line():
         train(load(transactions=orders))
     assert str(refused.value) == (f"too little data to train: by {day} (the first day a model is fitted) {buyers} "
                                   f"customers had ordered (need at least 100) and {repeat} customers had ordered on "
-                                  "two or more days (need at least 20)")
+                                  "two or more days (need at least 20); a shorter churn_horizon_days (now 90) fits the "
+                                  "classifiers later")
+    assert day == win.t0  # the classifiers' training date came first: the churn horizon is what moves it
 
 
 def test_too_short_a_history_is_refused():
-    with pytest.raises(LifecycleError, match="needs more than two churn horizons"):
+    with pytest.raises(LifecycleError, match=r"needs more than two churn horizons \(180 days\): a shorter "
+                                             r"churn_horizon_days \(now 90\) needs less"):
         windows(date(2024, 1, 1), date(2024, 5, 1), Horizons(churn_days=90))
 
 

@@ -50,7 +50,8 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
     t1, t0 = end - h, end - 2 * h
     if t0 <= first:
         raise LifecycleError(f"the data span {first}..{end}; the out-of-time protocol needs more than "
-                             f"two churn horizons ({2 * horizons.churn_days} days)")
+                             f"two churn horizons ({2 * horizons.churn_days} days): a shorter churn_horizon_days (now "
+                             f"{horizons.churn_days}) needs less")
     history = (end - first).days + 1
     holdout = min(horizons.clv_days, history // 2)
     label = max(1, min(horizons.clv_days, (history - 2 * horizons.churn_days) // 2))
@@ -64,7 +65,7 @@ def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts:
     for k in range(cuts):
         try:
             win = windows(first, end - timedelta(days=k * horizons.churn_days), horizons)
-            check_sufficient(data, win)
+            check_sufficient(data, win, horizons)
         except LifecycleError:
             if not found:
                 raise
@@ -73,9 +74,9 @@ def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts:
     return found
 
 
-def check_sufficient(data: Dataset, win: Windows) -> None:
+def check_sufficient(data: Dataset, win: Windows, horizons: Horizons) -> None:
     """Refuse, in one line, data too thin to learn from: fewer than ``MIN_BUYERS`` buyers or ``MIN_REPEAT_BUYERS``
-    repeat buyers by the first day a model is fitted."""
+    repeat buyers by the first day a model is fitted, naming the setting that would fit it later (if one would)."""
     day = min(win.btyd_calibration_end, win.t0)
     buyers, repeat = data.con.execute(
         "SELECT count(*), count(*) FILTER (WHERE days > 1) FROM "
@@ -84,5 +85,11 @@ def check_sufficient(data: Dataset, win: Windows) -> None:
              for n, least, on in ((buyers, MIN_BUYERS, ""), (repeat, MIN_REPEAT_BUYERS, " on two or more days"))
              if n < least]
     if short:
+        if day == win.t0:
+            remedy = f"a shorter churn_horizon_days (now {horizons.churn_days}) fits the classifiers later"
+        elif win.btyd_holdout_days == horizons.clv_days:
+            remedy = f"a shorter clv_horizon_days (now {horizons.clv_days}) fits the purchase models later"
+        else:
+            remedy = "the purchase models are fitted on the first half of the history: more history is needed"
         raise LifecycleError(f"too little data to train: by {day} (the first day a model is fitted) "
-                             + " and ".join(short))
+                             + " and ".join(short) + f"; {remedy}")

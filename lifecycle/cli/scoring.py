@@ -193,7 +193,8 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
                           {"transactions": inputs.transactions, "events": inputs.events,
                            "customers": inputs.customers}, settings.as_of, out,
                           now=datetime.now(UTC).replace(tzinfo=None), customer_list=customer_list,
-                          partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days)
+                          partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days,
+                          emails=inputs.customer_ids == "email", currency=settings.currency)
     render.row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
