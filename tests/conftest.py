@@ -31,8 +31,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # alone at the end. The first needs the CDNOW demo (``cdnow_demo``) at once, so the second needs none: it runs while
 # the demo is made.
 SLOWEST_FIRST = ("test_cli (module fixtures)", "test_writers (module fixtures)", "test_service (module fixtures)",
-                 "test_cli", "test_registry", "test_training", "test_spark (module fixtures)", "test_shapes",
-                 "test_cdnow_dates", "test_simulator")
+                 "test_cli", "test_registry", "test_exports", "test_training", "test_spark (module fixtures)",
+                 "test_shapes", "test_cdnow_dates", "test_simulator")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups

@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers import cdnow_folder, run, run_here
 
-COMMANDS = [["config", "show"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
+COMMANDS = [["config", "show"], ["init"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
             ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["report"], ["serve"]]
 
 

@@ -4,8 +4,6 @@ say, and a Shopify-style export end to end against an independent pandas computa
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,56 +31,142 @@ SHOPIFY = [
     "Billing Province Name", "Shipping Province Name", "Payment ID", "Payment Terms Name", "Next Payment Due At",
     "Payment References",
 ]
-SHOPIFY_SOURCE = {
+WOOCOMMERCE = [  # "Advanced Order Export For WooCommerce", its default columns: one row per product
+    "Order Number", "Order Status", "Order Date", "Customer Note", "First Name (Billing)", "Last Name (Billing)",
+    "Company (Billing)", "Address 1&2 (Billing)", "City (Billing)", "State Code (Billing)", "Postcode (Billing)",
+    "Country Code (Billing)", "Email (Billing)", "Phone (Billing)", "First Name (Shipping)", "Last Name (Shipping)",
+    "Address 1&2 (Shipping)", "City (Shipping)", "State Code (Shipping)", "Postcode (Shipping)",
+    "Country Code (Shipping)", "Item #", "SKU", "Name", "Quantity", "Item Cost", "Coupon Code", "Discount Amount",
+    "Discount Amount Tax", "Shipping Method Title", "Payment Method Title", "Cart Discount Amount",
+    "Order Subtotal Amount", "Order Shipping Amount", "Order Refund Amount", "Order Total Amount",
+    "Order Total Tax Amount", "Currency",
+]
+STRIPE = [  # Stripe's payments export (unified_payments.csv), its default columns: one row per payment
+    "id", "Created date (UTC)", "Amount", "Amount Refunded", "Currency", "Captured", "Converted Amount",
+    "Converted Amount Refunded", "Converted Currency", "Decline Reason", "Description", "Fee", "Refunded date (UTC)",
+    "Statement Descriptor", "Status", "Seller Message", "Taxes On Fee", "Card ID", "Customer ID",
+    "Customer Description", "Customer Email", "Invoice ID", "Transfer",
+]
+SHOPIFY_SOURCE = {  # what `lifecycle init` writes for a Shopify export (test_init_...)
     "columns": {"customer_id": "Email", "timestamp": "Created at", "amount": "Total", "order_id": "Name",
                 "refunded": "Refunded Amount", "currency": "Currency"},
     "line_items": "first",
-    "exclude": ["Financial Status in [voided]", "Cancelled at is not empty", "Tags contains test"],
+    "exclude": ["Financial Status in [voided, expired]", "Cancelled at is not empty", "Payment Method in [bogus]"],
 }
+KINDS = ["paid"] * 14 + ["refunded", "partial", "void", "void", "pending", "cancelled", "test"]
 
 
-def shopify_export(orders: int = 400, seed: int = 0) -> pd.DataFrame:
-    """A Shopify-style orders export: 1-3 lines per order; voided, cancelled, test, refunded and partially refunded
-    orders; emails in mixed case with stray spaces; local times with UTC offsets; EUR."""
+def _purchases(customers: int, seed: int) -> list[dict]:
+    """A shop's orders over 600 days, before any platform writes them: customers who join over the first 300
+    days and buy again at their own rate; each order's local time and UTC offset, total, and what became of it."""
     rng = np.random.default_rng(seed)
-    people = [f"Customer{k}@Example.com" for k in range(60)]
+    start, orders = pd.Timestamp("2024-01-01"), []
+    for k in range(customers):
+        joined = rng.uniform(0, 300)
+        days = np.sort(np.r_[joined, rng.uniform(joined, 600, rng.poisson(rng.gamma(1.2, 2.0)))])
+        email = f"Customer{k}@Example.com"
+        for day in days:
+            total = round(float(rng.gamma(2, 30)), 2)
+            kind = str(rng.choice(KINDS))
+            orders.append({"customer": k, "email": str(rng.choice([email, email.lower(), f" {email.upper()} "])),
+                           "local": start + pd.Timedelta(minutes=int(day * 1440)),
+                           "offset": int(rng.choice([-5, 0, 1])),
+                           "total": total, "kind": kind, "lines": int(rng.integers(1, 4)),
+                           "refund": {"refunded": total, "partial": round(total * 0.4, 2)}.get(kind, 0.0)})
+    return sorted(orders, key=lambda o: o["local"])
+
+
+def shopify_export(customers: int = 60, seed: int = 0) -> pd.DataFrame:
+    """A Shopify-style orders export: 1-3 lines per order; voided, cancelled, test (the Bogus gateway), refunded
+    and partially refunded orders; emails in mixed case with stray spaces; local times with UTC offsets; EUR."""
+    status = {"paid": "paid", "refunded": "refunded", "partial": "partially_refunded", "void": "voided",
+              "pending": "pending", "cancelled": "paid", "test": "paid"}
     rows = []
-    start = pd.Timestamp("2024-01-01")
-    for number in range(orders):
-        email = people[rng.integers(len(people))]
-        email = rng.choice([email, email.lower(), f" {email.upper()} "])
-        offset = int(rng.choice([-5, 0, 1, 2]))
-        local = start + pd.Timedelta(minutes=int(rng.integers(0, 600 * 24 * 60)))
-        created = f"{local:%Y-%m-%d %H:%M:%S} {'+' if offset >= 0 else '-'}{abs(offset):02d}00"
-        status = rng.choice(["paid", "paid", "paid", "refunded", "partially_refunded", "voided", "pending"])
-        total = round(float(rng.gamma(2, 30)), 2)
-        refunded = {"refunded": total, "partially_refunded": round(total * 0.4, 2)}.get(status, 0.0)
-        cancelled = f"{local + pd.Timedelta(days=1):%Y-%m-%d %H:%M:%S} +0100" if rng.random() < 0.05 else ""
-        tags = "test" if rng.random() < 0.03 else rng.choice(["", "vip", "wholesale, Gift"])
-        for line in range(int(rng.integers(1, 4))):
+    for number, order in enumerate(_purchases(customers, seed)):
+        sign = "+" if order["offset"] >= 0 else "-"
+        created = f"{order['local']:%Y-%m-%d %H:%M:%S} {sign}{abs(order['offset']):02d}00"
+        for line in range(order["lines"]):
             row = dict.fromkeys(SHOPIFY, "")
-            row |= {"Name": f"#{1001 + number}", "Email": email, "Created at": created, "Lineitem quantity": "1",
-                    "Lineitem name": f"Item {line}", "Lineitem price": f"{total / 2:.2f}"}
+            row |= {"Name": f"#{1001 + number}", "Email": order["email"], "Created at": created,
+                    "Lineitem quantity": "1", "Lineitem name": f"Item {line}",
+                    "Lineitem price": f"{order['total'] / order['lines']:.2f}"}
             if line == 0:
-                row |= {"Financial Status": status, "Currency": "EUR", "Total": f"{total:.2f}",
-                        "Subtotal": f"{total:.2f}", "Refunded Amount": f"{refunded:.2f}" if refunded else "",
-                        "Cancelled at": cancelled, "Tags": tags, "Id": str(6_000_000 + number)}
+                row |= {"Financial Status": status[order["kind"]], "Currency": "EUR", "Total": f"{order['total']:.2f}",
+                        "Subtotal": f"{order['total']:.2f}", "Id": str(6_000_000 + number),
+                        "Refunded Amount": f"{order['refund']:.2f}" if order["refund"] else "",
+                        "Cancelled at": f"{order['local'] + pd.Timedelta(days=1):%Y-%m-%d %H:%M:%S} +0100"
+                        if order["kind"] == "cancelled" else "",
+                        "Payment Method": "bogus" if order["kind"] == "test" else "Shopify Payments",
+                        "Tags": "test" if order["kind"] == "test" else "wholesale, Gift" if number % 3 else ""}
             rows.append(row)
     return pd.DataFrame(rows, columns=SHOPIFY)
 
 
+def woocommerce_export(customers: int = 60, seed: int = 1) -> pd.DataFrame:
+    """A WooCommerce export (Advanced Order Export): one row per product with the order's columns repeated;
+    status labels; site-local times without an offset; refunds; billing emails in mixed case; GBP."""
+    status = {"paid": "Completed", "refunded": "Refunded", "partial": "Completed", "void": "Failed",
+              "pending": "Pending payment", "cancelled": "Cancelled", "test": "Processing"}
+    rows = []
+    for number, order in enumerate(_purchases(customers, seed)):
+        for line in range(order["lines"]):
+            rows.append(dict.fromkeys(WOOCOMMERCE, "") | {
+                "Order Number": str(5001 + number), "Order Status": status[order["kind"]],
+                "Order Date": f"{order['local']:%Y-%m-%d %H:%M}", "Email (Billing)": order["email"],
+                "Item #": str(line + 1), "Name": f"Item {line}", "Quantity": "1",
+                "Item Cost": f"{order['total'] / order['lines']:.2f}", "Order Total Amount": f"{order['total']:.2f}",
+                "Order Refund Amount": f"{order['refund']:.2f}", "Currency": "GBP"})
+    return pd.DataFrame(rows, columns=WOOCOMMERCE)
+
+
+def stripe_export(customers: int = 60, seed: int = 2) -> pd.DataFrame:
+    """Stripe's payments export: one row per payment, amounts in each charge's currency (lower case) and in the
+    account's (Converted, USD); failed and uncaptured payments; full and partial refunds; emails in mixed case."""
+    rate = {"usd": 1.0, "eur": 1.08}
+    rows = []
+    for number, order in enumerate(_purchases(customers, seed)):
+        currency = "eur" if number % 4 == 0 else "usd"
+        status = {"refunded": "Refunded", "void": "Failed"}.get(order["kind"], "Paid")
+        rows.append(dict.fromkeys(STRIPE, "") | {
+            "id": f"ch_{number:08d}", "Created date (UTC)": f"{order['local']:%Y-%m-%d %H:%M:%S}",
+            "Amount": f"{order['total']:.2f}", "Amount Refunded": f"{order['refund']:.2f}", "Currency": currency,
+            "Captured": "false" if order["kind"] == "pending" else "true",
+            "Converted Amount": f"{order['total'] * rate[currency]:.2f}",
+            "Converted Amount Refunded": f"{order['refund'] * rate[currency]:.2f}", "Converted Currency": "usd",
+            "Status": status, "Customer ID": f"cus_{order['customer']:06d}",
+            "Customer Email": order["email"]})
+    return pd.DataFrame(rows, columns=STRIPE)
+
+
+def _per_customer(emails: pd.Series, days: pd.Series, net: pd.Series) -> pd.DataFrame:
+    orders = pd.DataFrame({"customer_id": emails.str.strip().str.lower(), "day": days.dt.normalize(), "net": net})
+    return orders.groupby("customer_id").agg(purchase_days=("day", "nunique"), total_spend=("net", "sum"))
+
+
 def expected_customers(export: pd.DataFrame) -> pd.DataFrame:
-    """Independently: each customer's purchase days (UTC) and net spend from a Shopify-style export, in pandas."""
+    """Independently, in pandas: each customer's purchase days (UTC) and net spend from a Shopify-style export."""
     first = export.groupby("Name", sort=False).first().replace("", np.nan)
-    first = first[first["Financial Status"] != "voided"]
-    first = first[first["Cancelled at"].isna() & ~first["Tags"].fillna("").str.lower().str.contains("test")]
-    total = first["Total"].astype(float)
-    refunded = first["Refunded Amount"].astype(float).fillna(0.0)
+    first = first[~first["Financial Status"].isin(["voided", "expired"]) & first["Cancelled at"].isna()
+                  & (first["Payment Method"] != "bogus")]
+    total, refunded = first["Total"].astype(float), first["Refunded Amount"].astype(float).fillna(0.0)
     first = first[~((refunded > 0) & (refunded >= total))]  # a fully refunded order is not a purchase
     when = pd.to_datetime(first["Created at"], format="%Y-%m-%d %H:%M:%S %z", utc=True).dt.tz_localize(None)
-    orders = pd.DataFrame({"customer_id": first["Email"].str.strip().str.lower(), "day": when.dt.normalize(),
-                           "net": (total - refunded)[first.index]})
-    return orders.groupby("customer_id").agg(purchase_days=("day", "nunique"), total_spend=("net", "sum"))
+    return _per_customer(first["Email"], when, total - refunded)
+
+
+def expected_woocommerce(export: pd.DataFrame) -> pd.DataFrame:
+    first = export.groupby("Order Number", sort=False).first()
+    first = first[~first["Order Status"].str.lower().isin(["cancelled", "failed", "pending payment"])]
+    total, refunded = first["Order Total Amount"].astype(float), first["Order Refund Amount"].astype(float)
+    first = first[~((refunded > 0) & (refunded >= total))]
+    return _per_customer(first["Email (Billing)"], pd.to_datetime(first["Order Date"]), total - refunded)
+
+
+def expected_stripe(export: pd.DataFrame) -> pd.DataFrame:
+    paid = export[(export.Status != "Failed") & (export.Captured == "true")]
+    total, refunded = paid["Converted Amount"].astype(float), paid["Converted Amount Refunded"].astype(float)
+    paid = paid[~((refunded > 0) & (refunded >= total))]
+    return _per_customer(paid["Customer Email"], pd.to_datetime(paid["Created date (UTC)"]), total - refunded)
 
 
 def test_a_shopify_export_is_read_as_orders_with_net_spend(tmp_path):
@@ -94,9 +178,10 @@ def test_a_shopify_export_is_read_as_orders_with_net_spend(tmp_path):
     report = data.report["transactions"]
     orders = export.Name.nunique()
     assert report.lines == len(export) and report.rows == orders == report.valid + report.rejected_total
-    assert set(report.rejected) <= {"excluded: Financial Status in [voided]", "excluded: Cancelled at is not empty",
-                                    "excluded: Tags contains test", "fully refunded (not a purchase)"}
-    assert len(report.rejected) == 4 and data.currency == "EUR"
+    assert set(report.rejected) == {"excluded: Financial Status in [voided, expired]",
+                                    "fully refunded (not a purchase)", "excluded: Cancelled at is not empty",
+                                    "excluded: Payment Method in [bogus]"}
+    assert data.currency == "EUR"
     expected = expected_customers(export)
     assert report.valid == int(data.con.execute("SELECT count(*) FROM transactions").fetchone()[0])
     end = data.date_range()[1].date()
@@ -236,36 +321,94 @@ def test_the_currency_is_the_orders_one_or_the_configured_one():
     assert loaded(orders.drop(columns="currency")).currency is None
 
 
-def test_an_export_configured_in_toml_the_environment_or_flags(tmp_path, monkeypatch, capsys):
-    """The Shopify settings above in lifecycle.toml: `lifecycle features` reads the export with no other flag; the
-    environment and --exclude replace the configured filters; a filter that cannot be read is one line."""
-    shopify_export(orders=150, seed=3).to_csv(tmp_path / "orders_export_1.csv", index=False)
-    source = SHOPIFY_SOURCE["columns"]
-    (tmp_path / "lifecycle.toml").write_text(
-        '[inputs]\ncustomer_ids = "email"\n[inputs.transactions]\npath = "orders_export_1.csv"\n'
-        f"columns = {{ {', '.join(f'{k} = {v!r}' for k, v in source.items())} }}\n".replace("'", '"')
-        + 'line_items = "first"\n'
-        + f"exclude = [{', '.join(repr(e) for e in SHOPIFY_SOURCE['exclude'])}]\n".replace("'", '"'))
-    made = run_here("features", "--out", "f.parquet", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
-    assert made.returncode == 0, made.stderr
-    out = " ".join(made.stdout.split())
-    assert re.search(r"│ transactions │ 150 \([\d,]+ lines\) │", out)
-    reasons = set(pd.read_parquet(tmp_path / "f.rejects.parquet").reason)
-    assert {"excluded: Financial Status in [voided]", "fully refunded (not a purchase)"} <= reasons
-    expected = expected_customers(shopify_export(orders=150, seed=3))
-    features = pd.read_parquet(tmp_path / "f.parquet").set_index("customer_id")
+EXPORTS = {  # platform: (the export, the file name the platform gives it, independent expectations, currency)
+    "Shopify orders export": (shopify_export, "orders_export_1.csv", expected_customers, "EUR"),
+    "WooCommerce export (Advanced Order Export)": (woocommerce_export, "orders-2025-06-30.csv", expected_woocommerce,
+                                                   "GBP"),
+    "Stripe payments export": (stripe_export, "unified_payments.csv", expected_stripe, "USD"),
+}
+
+
+@pytest.mark.parametrize("platform", list(EXPORTS))
+def test_lifecycle_init_then_train_score_and_report_with_no_other_flag(platform, tmp_path, monkeypatch, capsys):
+    """A platform's export, as the platform writes it: `lifecycle init FILE` recognises it and writes the
+    configuration; `features`, `train`, `score` and `report` then need no flag, and every customer's purchase days
+    and net spend to date equal an independent pandas computation."""
+    make, name, expected_of, currency = EXPORTS[platform]
+    export = make(customers=250)
+    export.to_csv(tmp_path / name, index=False)
+
+    def lifecycle(*args: str):
+        done = run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+        assert done.returncode == 0, done.stderr
+        return " ".join(done.stdout.split())
+
+    said = lifecycle("init", name)
+    assert f"recognised a {platform}" in said and f"amounts in {currency}" in said
+    written = (tmp_path / "lifecycle.toml").read_text()
+    assert f'currency = "{currency}"' in written and 'customer_ids = "email"' in written
+    lifecycle("features", "--out", "features.parquet")
+    expected = expected_of(export)
+    features = pd.read_parquet(tmp_path / "features.parquet").set_index("customer_id")
+    assert sorted(features.index[features.orders > 0]) == sorted(expected.index)
+    np.testing.assert_array_equal(features.loc[expected.index].purchase_days, expected.purchase_days)
     np.testing.assert_allclose(features.loc[expected.index].total_spend, expected.total_spend, rtol=1e-12)
-    flagged = run_here("features", "--out", "g.parquet", "--exclude", "Financial Status in [voided, refunded]",
-                       cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
-    assert flagged.returncode == 0
-    reasons = set(pd.read_parquet(tmp_path / "g.rejects.parquet").reason)
-    assert "excluded: Financial Status in [voided, refunded]" in reasons  # instead of the configured filters
-    assert not reasons & {"excluded: Financial Status in [voided]", "excluded: Cancelled at is not empty"}
+    assert "version 1: promoted to champion" in lifecycle("train")
+    assert f"{len(features):,} customers" in lifecycle("score")
+    assert pd.read_parquet(tmp_path / "scores.parquet").customer_id.is_unique
+    reported = lifecycle("report")
+    assert "predicted CLV" in reported and currency in reported and (tmp_path / "report/report.html").is_file()
+
+
+def test_init_guesses_other_files_and_says_what_it_could_not(tmp_path, monkeypatch, capsys):
+    """A file no preset knows: its columns guessed from common names in any case, a status column it does not
+    filter by warned about, a missing column named; an existing configuration kept unless --force."""
+    pd.DataFrame({"Customer": ["a@x.com", "B@x.com"], "Order Date": ["2024-01-01", "2024-02-01"],
+                  "Grand Total": [10.0, 20.0], "Order Status": ["complete", "cancelled"]}).to_csv(
+        tmp_path / "sales.csv", index=False)
+    pd.DataFrame({"user_id": ["a@x.com"], "Event": ["email_open"], "time": ["2024-01-02"]}).to_csv(
+        tmp_path / "events.csv", index=False)
+    pd.DataFrame({"Customer": ["a@x.com"], "Signed up at": ["2023-12-01"], "Channel": ["ads"]}).to_csv(
+        tmp_path / "people.csv", index=False)
+    made = run_here("init", "sales.csv", "events.csv", "people.csv", cwd=tmp_path, monkeypatch=monkeypatch,
+                    capsys=capsys)
+    assert made.returncode == 0, made.stderr
+    out, err = " ".join(made.stdout.split()), " ".join(made.stderr.split())
+    assert ("columns guessed from their names: customer_id = 'Customer', timestamp = 'Order Date', amount = "
+            "'Grand Total'") in out
+    assert "'Order Status' is not filtered (values in the first rows: cancelled 1, complete 1)" in err
+    written = (tmp_path / "lifecycle.toml").read_text()
+    assert 'customer_ids = "email"' in written and "[inputs.events]" in written and "[inputs.customers]" in written
+    assert 'columns = { customer_id = "user_id", timestamp = "time", event_type = "Event" }' in written
+    assert 'columns = { customer_id = "Customer", signup_date = "Signed up at", acquisition_channel = "Channel" }' in (
+        written)
+    again = run_here("init", "sales.csv", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert again.returncode == 2 and "lifecycle.toml exists: pass --force to replace it" in again.stderr
+    pd.DataFrame({"who": ["a"], "when": ["2024-01-01"]}).to_csv(tmp_path / "thin.csv", index=False)
+    thin = run_here("init", "thin.csv", "--force", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert "no column for customer_id (set inputs.transactions.columns.customer_id)" in thin.stderr
+    assert "no column for amount" in thin.stderr
+
+
+def test_flags_and_the_environment_replace_the_configured_filters(tmp_path, monkeypatch, capsys):
+    """--exclude, and LIFECYCLE_INPUTS__TRANSACTIONS__EXCLUDE, replace what `lifecycle init` configured; a filter
+    that cannot be read is one line."""
+    shopify_export(customers=40, seed=3).to_csv(tmp_path / "orders_export_1.csv", index=False)
+    assert run_here("init", "orders_export_1.csv", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys).returncode == 0
+
+    def reasons(*flags: str) -> set[str]:
+        made = run_here("features", "--out", "f.parquet", *flags, cwd=tmp_path, monkeypatch=monkeypatch,
+                        capsys=capsys)
+        assert made.returncode == 0, made.stderr
+        return set(pd.read_parquet(tmp_path / "f.rejects.parquet").reason)
+
+    assert "excluded: Payment Method in [bogus]" in reasons()
+    flagged = reasons("--exclude", "Financial Status in [voided, refunded]")
+    assert "excluded: Financial Status in [voided, refunded]" in flagged
+    assert not flagged & {"excluded: Payment Method in [bogus]", "excluded: Cancelled at is not empty"}
     monkeypatch.setenv("LIFECYCLE_INPUTS__TRANSACTIONS__EXCLUDE", '["Tags contains gift"]')
-    from_environment = run_here("features", "--out", "h.parquet", cwd=tmp_path, monkeypatch=monkeypatch,
-                                capsys=capsys)
-    assert from_environment.returncode == 0
-    assert "excluded: Tags contains gift" in set(pd.read_parquet(tmp_path / "h.rejects.parquet").reason)
+    assert reasons() & {"excluded: Tags contains gift", "excluded: Payment Method in [bogus]"} == {
+        "excluded: Tags contains gift"}
     bad = run_here("features", "--out", "i.parquet", "--exclude", "Tags = test", cwd=tmp_path,
                    monkeypatch=monkeypatch, capsys=capsys)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -30,6 +30,7 @@ from lifecycle.cli.application import (
     settings_with_inputs,
 )
 from lifecycle.cli.render import console, errors
+from lifecycle.config import DEFAULT_CONFIG
 
 
 @config_app.command("show")
@@ -39,6 +40,26 @@ def config_show(ctx: typer.Context) -> None:
     Example: [bold]LIFECYCLE_CHURN_HORIZON_DAYS=60 lifecycle config show[/bold]
     """
     console.print(command_settings(ctx).to_toml(), markup=False, highlight=False)
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    files: Annotated[list[str], typer.Argument(
+        help="Your orders export (CSV or Parquet, a glob in quotes), then optionally engagement events and a "
+             "customer table.")],
+    force: Annotated[bool, typer.Option(help="Replace an existing lifecycle.toml.")] = False,
+) -> None:
+    """Write a commented lifecycle.toml that reads your own export: Shopify, WooCommerce and Stripe exports are
+    recognised by their headers, other files get their columns guessed from common names.
+
+    Example: [bold]lifecycle init orders_export_1.csv[/bold], then [bold]lifecycle train[/bold]
+    """
+    from lifecycle.onboarding import initialise
+
+    target = ctx.obj or DEFAULT_CONFIG
+    made = initialise(files, Path(target), force)
+    render.onboarding(made)
 
 
 @data_app.command("cdnow")

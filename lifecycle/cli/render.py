@@ -270,3 +270,18 @@ def feature_run(run: FeatureRun) -> None:
                   f"({run.total_seconds:.1f} s)")
     if run.rejects:
         console.print(f"rejected rows with reasons: [bold]{run.rejects}[/bold]")
+
+
+def onboarding(made) -> None:
+    """What ``lifecycle init`` decided, could not decide and warns about, and what to run next."""
+    reading = made.orders
+    for line in reading.decided:
+        console.print(f"- {escape(line)}", highlight=False)
+    if reading.currency:
+        console.print(f"- amounts in {reading.currency}", highlight=False)
+    for table, source in made.others.items():
+        console.print(f"- {escape(source.path)}: {table}", highlight=False)
+    for line in [*reading.missing, *reading.warnings]:
+        errors.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+    console.print(f"wrote [bold]{made.path}[/bold]; next: [bold]lifecycle train[/bold], then [bold]lifecycle "
+                  "score[/bold] and [bold]lifecycle report[/bold]")

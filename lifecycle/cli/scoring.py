@@ -78,7 +78,8 @@ def serve(
 def score(
     ctx: typer.Context,
     out: Annotated[str, typer.Option(help="Output file: .parquet or .csv; rejected input rows go next to it "
-                                          "(with --engine spark: a folder, local or a URL like s3a://...).")],
+                                          "(with --engine spark: a folder, local or a URL like s3a://...).")
+                   ] = "scores.parquet",
     transactions: TransactionsOption = None,
     events: EventsOption = None,
     customers: CustomersOption = None,
