@@ -340,7 +340,7 @@ def _parse(ours, kind, column, dtype, fmt, required, rules: Rules):
     the checks over both names, so each is computed once per row in its own layer of the query.
     """
     typed = dtype != "VARCHAR"
-    given = column if typed and kind != "label" else f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
+    given = column if typed and kind not in ("label", "currency") else f"NULLIF(trim(CAST({column} AS VARCHAR)), '')"
     if kind == "id" and rules.emails:
         given = f"lower({given})"
     elif kind == "currency":

@@ -38,7 +38,6 @@ from pydantic import BeforeValidator
 
 from features.errors import LifecycleError
 from features.sources import connect, load
-from features.tables import SCHEMAS
 from models import pyfunc
 from models.lifecycle import LifecycleModel
 from serving import asgi
@@ -110,8 +109,7 @@ class LifecycleService:
         if as_of > datetime.now(UTC).date():
             raise RequestError(f"as_of {as_of} is in the future")
         tables = {"transactions": orders, "events": events, "customers": customers}
-        frames = {name: pd.DataFrame([row.model_dump() for row in rows], columns=list(SCHEMAS[name]))
-                  for name, rows in tables.items() if rows}
+        frames = {name: pd.DataFrame([row.model_dump() for row in rows]) for name, rows in tables.items() if rows}
         for frame in frames.values():  # ids as text: one type whatever mix of numbers and strings arrived
             for key in ("customer_id", "order_id"):
                 if key in frame:
