@@ -87,6 +87,7 @@ class Registered:
     run_id: str | None
     version: ModelVersion | None  # the registered version holding the run, if any
     metadata: mlflow.models.Model  # MLflow's description of it: signature, flavours
+    example: pd.DataFrame | None = None  # the feature rows it was logged with
 
 
 class IncompatibleModel(LifecycleError):
@@ -108,4 +109,4 @@ def load(uri: str) -> Registered:
     version = found[0] if found else None
     model.version = str(version.version) if version else run_id or uri
     columns = {spec.name: spec.type.name for spec in loaded.metadata.get_input_schema().inputs}
-    return Registered(model, columns, run_id, version, loaded.metadata)
+    return Registered(model, columns, run_id, version, loaded.metadata, loaded.input_example)

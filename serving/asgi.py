@@ -2,8 +2,8 @@
 installed on the service by one explicit step (``install``) when the service module loads.
 
 Every 4xx and 5xx body is ``{"error": ..., "detail": ...}``; a body too large or not JSON is refused before it
-is parsed; the published API description declares what the routes answer; the metrics count only known paths;
-a client's mistake is one log line, not a traceback.
+is parsed; the API documents itself (``serving.api_docs``); the metrics count only known paths; a client's mistake
+is one log line, not a traceback, and no client text can forge one.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import bentoml
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from serving.api_docs import PAGES, PublicDocs
 from serving.records import MAX_TEXT
 from serving.settings import ServingSettings
 
-# What our routes answer besides 200 (401 too when a token is set)
-DECLARED_ERRORS = (HTTPStatus.BAD_REQUEST, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                   HTTPStatus.UNPROCESSABLE_ENTITY)
 UNKNOWN_PATH = "/unknown"  # what the metrics call every path that is not a route
 
 
@@ -160,66 +158,16 @@ def _error_body(raw: bytes) -> dict[str, str]:
     return body
 
 
-class PublicDocs:
-    """ASGI middleware that makes what BentoML publishes match the API: ``/docs.json`` declares every error
-    status our routes answer (400, 401, 413, 415, 422, with the body they carry) and the bearer scheme when
-    a token is set; the docs page at ``/`` is served without BentoML's third-party tag manager (its own
-    Swagger UI files are local)."""
-
-    def __init__(self, app, routes: tuple[str, ...], secured: tuple[str, ...]):
-        self.app, self.routes, self.secured = app, routes, secured
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in ("/", "/docs.json"):
-            await self.app(scope, receive, send)
-            return
-        start, chunks = {}, []
-
-        async def keep(message) -> None:
-            if message["type"] == "http.response.start":
-                start.update(message)
-            else:
-                chunks.append(message.get("body", b""))
-
-        await self.app(scope, receive, keep)
-        body = b"".join(chunks)
-        if start.get("status") == HTTPStatus.OK:
-            body = self._amended(json.loads(body)) if scope["path"] == "/docs.json" else _without_tag_manager(body)
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-    def _amended(self, spec: dict) -> bytes:
-        schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-        schemas["Error"] = {"type": "object", "required": ["error"], "description": "Why the request was refused",
-                            "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}
-        error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        for path in self.routes:
-            responses = spec["paths"][path]["post"]["responses"]
-            for status in DECLARED_ERRORS:
-                responses[str(int(status))] = {"description": status.phrase, "content": error}
-            if path in self.secured:
-                spec["paths"][path]["post"]["security"] = [{"bearer": []}]
-                responses["401"] = {"description": "Missing or wrong bearer token", "content": error}
-        if self.secured:
-            spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            spec["paths"]["/metrics"]["get"]["security"] = [{"bearer": []}]
-        return json.dumps(spec).encode()
-
-
-def _without_tag_manager(page: bytes) -> bytes:
-    """BentoML's docs page without the Google Tag Manager script and its noscript frame."""
-    page = re.sub(rb"<script>(?:(?!</script>).)*googletagmanager(?:(?!</script>).)*</script>", b"", page, flags=re.S)
-    return re.sub(rb"<noscript>(?:(?!</noscript>).)*googletagmanager(?:(?!</noscript>).)*</noscript>", b"", page,
-                  flags=re.S)
-
-
 class ClientErrorsInOneLine(logging.Filter):
     """BentoML logs every failed request at ERROR with its traceback; a client's mistake (a 4xx) becomes one
-    WARNING line with the status and the reason, cut to ``MAX_TEXT`` characters (a 5xx keeps its trace)."""
+    WARNING line with the status and the reason. Client text (the path, the reason) is only ever an argument of
+    the line, never its format, cut to ``MAX_TEXT`` characters with control characters escaped: no text a client
+    sends can break the line or forge another (a 5xx keeps its trace)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
+        if isinstance(record.args, tuple):
+            record.args = tuple(_printable(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(error, ClientDisconnect):  # the client left, or RequestLimits cut off its body (a 413)
             status, reason = HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body refused while it streamed in, or client gone"
         elif isinstance(error, ValidationError):
@@ -228,9 +176,14 @@ class ClientErrorsInOneLine(logging.Filter):
             status, reason = error.error_code, str(error)
         else:
             return True
-        record.msg, record.args = f"client error on %s [%s]: {int(status)} {reason[:MAX_TEXT]}", record.args
+        record.msg, record.args = "client error on %s [%s]: %d %s", (*record.args, int(status), _printable(reason))
         record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.WARNING, "WARNING"
         return True
+
+
+def _printable(text: str) -> str:
+    """``text`` cut to ``MAX_TEXT`` characters, its control characters (newlines included) written as escapes."""
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda found: f"\\x{ord(found.group()):02x}", text[:MAX_TEXT])
 
 
 def _count_known_paths_only(routes: tuple[str, ...]) -> None:
@@ -242,7 +195,7 @@ def _count_known_paths_only(routes: tuple[str, ...]) -> None:
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
     static = Path(internal_server.__file__).parent / "static_content"
-    known = {*routes, "/", "/docs.json", "/metrics", "/healthz",
+    known = {*routes, *PAGES, "/metrics", "/healthz",
              "/livez", "/readyz", *(f"/static_content/{f.relative_to(static)}" for f in static.rglob("*"))}
     count = RunnerTrafficMetricsMiddleware.__call__
 

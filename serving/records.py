@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 import bentoml
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, RootModel, StrictInt, StringConstraints
+from pydantic import BaseModel, RootModel, StrictFloat, StrictInt, StringConstraints
 
 # Features that may be negative: the trends compare the recent rate with the earlier one.
 SIGNED_FEATURES = {"order_rate_trend", "spend_trend"}
@@ -26,11 +26,11 @@ Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
 
 
 class Order(BaseModel):
-    """One order, as in the order log."""
+    """One order, as in the order log (numbers are numbers: ``false`` or ``"3"`` is not an amount)."""
 
     customer_id: Text | StrictInt
     timestamp: datetime
-    amount: float
+    amount: StrictFloat
     order_id: Text | StrictInt | None = None
 
 
@@ -40,7 +40,7 @@ class Event(BaseModel):
     customer_id: Text | StrictInt
     timestamp: datetime
     event_type: Text
-    value: float | None = None
+    value: StrictFloat | None = None
 
 
 class Customer(BaseModel):
@@ -49,7 +49,7 @@ class Customer(BaseModel):
     customer_id: Text | StrictInt
     signup_date: datetime | None = None
     acquisition_channel: Text | None = None
-    acquisition_cost: float | None = None
+    acquisition_cost: StrictFloat | None = None
 
 
 class RequestError(bentoml.exceptions.BentoMLException):

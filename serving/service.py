@@ -5,7 +5,7 @@ returns the design's output records, with adaptive batching: records are checked
 a time as they arrive (a bad one is that request's 4xx), then BentoML gathers the records of
 concurrent requests into one model call; ``POST /score_history`` takes raw orders (and events) and
 computes the features with the same code as batch scoring; ``POST /model`` says which model
-answers. The service
+answers; ``/docs`` says all of it, with examples. The service
 follows the ``champion`` alias: a background thread polls the registry every
 ``poll_seconds`` and swaps in a newly promoted version; a request uses the model it started
 with, so a swap never fails one in flight. Bad input is a 4xx with the reason, never a 500.
@@ -23,6 +23,7 @@ filter, a metrics patch) is in ``serving.asgi``, installed by the one call at th
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import threading
@@ -41,6 +42,7 @@ from features.sources import connect, load
 from models import pyfunc
 from models.lifecycle import LifecycleModel
 from serving import asgi
+from serving.api_docs import Served
 from serving.records import (
     Customer,
     Event,
@@ -71,6 +73,9 @@ class ServedModel:
         self.trained_at = datetime.fromtimestamp(found.creation_timestamp / 1000, UTC).isoformat() if found else None
         tags = found.tags if found else {}
         self.gate = {k.removeprefix("gate_"): v for k, v in tags.items() if k.startswith("gate_")}
+        example = registered.example
+        self.example = None if example is None or example.empty else json.loads(
+            example.head(1).to_json(orient="records", date_format="iso", double_precision=15))[0]
 
 @bentoml.service(name="customer-lifecycle", traffic={"timeout": 60}, workers=SETTINGS.workers)
 class LifecycleService:
@@ -153,6 +158,7 @@ class LifecycleService:
         """Answer with the model at ``uri`` from now on (and check records against its input columns)."""
         self.served = ServedModel(uri)
         Rules.columns = self.served.columns
+        Served.version, Served.uri, Served.example = self.served.version, uri, self.served.example
         # The libraries and the model are ~300k long-lived objects: a full collection would walk them all
         # (~0.25 s with every request waiting). Collect once now, then keep them out of later collections.
         gc.unfreeze()

@@ -319,6 +319,8 @@ def test_the_currency_is_the_orders_one_or_the_configured_one():
         loaded(orders.iloc[:3])
     assert loaded(orders.iloc[:2]).currency == "EUR"
     assert loaded(orders.drop(columns="currency")).currency is None
+    unnamed = loaded(orders.assign(currency=np.nan))  # a frame's column of nothing but missing values
+    assert unnamed.currency is None and unnamed.report["transactions"].valid == 4
 
 
 EXPORTS = {  # platform: (the export, the file name the platform gives it, independent expectations, currency)

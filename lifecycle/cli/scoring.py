@@ -46,9 +46,14 @@ def serve(
     port: PortOption = 3000,
     host: HostOption = "127.0.0.1",
 ) -> None:
-    """Serve the scoring API (BentoML): POST /score and /model; follows the champion without restarts.
+    """Serve the scoring API (BentoML), following the champion without restarts.
 
-    Bearer-token auth when LIFECYCLE_SERVING__API_TOKEN is set. OpenAPI at /docs.json.
+    POST /score: output records for feature records (one object per customer).
+    POST /score_history: output records from raw orders (and events, customer rows) as of a day.
+    POST /model: which model answers, its decisions, track record and gate.
+    GET /docs: this API's page, with examples; /docs.json: its OpenAPI description; /swagger: the interactive page;
+    /livez, /readyz: health; /metrics: Prometheus.
+    Bearer-token auth when LIFECYCLE_SERVING__API_TOKEN is set (every POST and /metrics).
 
     Example: [bold]lifecycle serve --port 3000[/bold]
     """
