@@ -16,7 +16,7 @@ def machine() -> str:
 
 
 def print_table(title: str, headers: list[str], rows: list[list[str]], console: Console | None = None) -> None:
-    """The table for the terminal, then the same as Markdown for the README."""
+    """The table for the terminal, then the same as Markdown for docs/benchmarks.md."""
     table = Table(*headers, title=title)
     for row in rows:
         table.add_row(*row)
