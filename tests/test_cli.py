@@ -234,23 +234,38 @@ def test_simulate_writes_tables_and_ground_truth(tmp_path):
 
 
 def test_demo_runs_the_main_job_on_cdnow(cdnow_demo):
+    """`make demo` without a terminal: a line per step as it goes, then what a shop acts on (the model that scored,
+    the base and its value at risk, stages and segments, the most valuable customers, the forecast, the report),
+    no MLflow chatter; the diagnostics (inputs, the run's choices and track record, the published fits) in a file."""
     folder, result = cdnow_demo
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
-    assert "version 1: promoted to champion (first model)" in out
-    assert "ten most valuable" in out and "Champions" in out and "Fader, Hardie & Lee (2005)" in out
+    assert "Successfully registered" not in result.stderr and "Created version" not in result.stderr
+    steps = ["writing and validating the CDNOW master log...", "training out of time (features, purchase models, "
+             "Gamma-Gamma, LightGBM) and gating...", "scoring every customer with the champion...",
+             "writing the lifecycle report..."]
+    assert all(re.search(re.escape(step) + r" done in \d+ s", out) for step in steps), out[:2000]
+    summary = ["model version 1, promoted to champion: MBG/NBD purchases", "lifecycle report as of 1998-06-30: "
+               "23,570 customers", "RFM segments", "ten most valuable", "forecast for the next 365 days",
+               ".lifecycle/output/demo_diagnostics.txt"]
+    where = [out.index(part) for part in summary]
+    assert where == sorted(where) and where[0] > out.index(steps[-1]), where
+    assert re.search(r"predicted CLV [\d,]+ USD, of which [\d,]+ USD", out) and "Champions" in out
     assert re.search(r"expected CLV \(learned\) over the next 12 months: [\d,]+ USD in total", out)
-    assert "│ r │ 0.2426 │ 0.243 │" in out and "-9582.43" in out
-    assert "Fader & Hardie (2005)" in out and "│ beta │ 11.6679 │ 11.66 │" in out and "-9594.97" in out
-    # the purchase models side by side, the one chosen, the track record over three cut dates and each decision
-    assert "│ BG/NBD │" in out and "│ MBG/NBD │" in out and "│ Pareto/NBD │" in out and "chosen" in out
-    assert "judged on 3 cut date(s), one churn horizon apart: 1998-06-30, 1998-04-01, 1998-01-01" in out
-    assert "track record of what serves" in out and "│ 1998-01-01 │" in out
-    assert "churn source: the " in out and "clv source: the " in out and "purchase model: MBG/NBD" in out
+    assert ".lifecycle/output/report/report.html" in out and (folder / ".lifecycle/output/report/report.html").is_file()
     scores = pd.read_parquet(folder / ".lifecycle/output/cdnow_scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
-    assert ".lifecycle/output/report/report.html" in out
-    assert (folder / ".lifecycle/output/report/report.html").is_file()
+    diagnostics = " ".join((folder / ".lifecycle/output/demo_diagnostics.txt").read_text().split())
+    assert "│ r │ 0.2426 │ 0.243 │" not in out and "Fader, Hardie & Lee (2005)" in diagnostics
+    assert "│ r │ 0.2426 │ 0.243 │" in diagnostics and "-9582.43" in diagnostics
+    assert "Fader & Hardie (2005)" in diagnostics and "│ beta │ 11.6679 │ 11.66 │" in diagnostics
+    assert "-9594.97" in diagnostics
+    # the purchase models side by side, the one chosen, the track record over three cut dates and each decision
+    assert "│ BG/NBD │" in diagnostics and "│ MBG/NBD │" in diagnostics and "│ Pareto/NBD │" in diagnostics
+    assert "judged on 3 cut date(s), one churn horizon apart: 1998-06-30, 1998-04-01, 1998-01-01" in diagnostics
+    assert "track record of what serves" in diagnostics and "│ 1998-01-01 │" in diagnostics
+    assert "churn source: the " in diagnostics and "clv source: the " in diagnostics
+    assert "purchase model: MBG/NBD" in diagnostics and "chosen" in diagnostics
 
 
 def test_paths_with_quotes_work(tmp_path):
@@ -265,11 +280,12 @@ def test_paths_with_quotes_work(tmp_path):
 @pytest.fixture(scope="module")
 def trained(cdnow_demo, tmp_path_factory) -> tuple[Path, str]:
     """A folder where CDNOW was trained once (a copy of the demo's: the same `lifecycle train` on the same orders, at
-    data/transactions.csv here), and what it printed (stdout and stderr)."""
+    data/transactions.csv here), and what it printed (stdout, stderr and the diagnostics it wrote)."""
     demo, result = cdnow_demo
     assert result.returncode == 0, result.stderr
     folder = cdnow_folder(demo, tmp_path_factory.mktemp("trained"))
-    return folder, " ".join((result.stdout + result.stderr).split())
+    diagnostics = (demo / ".lifecycle/output/demo_diagnostics.txt").read_text()
+    return folder, " ".join((result.stdout + result.stderr + diagnostics).split())
 
 
 def test_train_registers_and_gates_and_the_registry_commands(trained):

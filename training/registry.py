@@ -19,6 +19,8 @@ import os
 import pickle
 import socket
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.utils import logging_utils
 
 from features.errors import LifecycleError
 from features.sources import Dataset
@@ -125,7 +128,8 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
             mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
         for name, figure in figures(result).items():
             mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
-        info = pyfunc.log(result.model, result.features.head(5), registered_name=MODEL_NAME)
+        with _quiet_registration():
+            info = pyfunc.log(result.model, result.features.head(5), registered_name=MODEL_NAME)
     version = str(info.registered_model_version)
     for key, value in choices.items():
         MlflowClient().set_model_version_tag(MODEL_NAME, version, key, value)
@@ -329,6 +333,17 @@ def drift_from_champion(client: MlflowClient, features: pd.DataFrame) -> dict[st
     except pyfunc.IncompatibleModel:  # an older release's champion
         return {}
     return profile.psi(profile.counts(features)) if profile is not None else {}
+
+
+@contextmanager
+def _quiet_registration() -> Iterator[None]:
+    """MLflow prints "Successfully registered model ..." and "Created version ..." on every registration, whatever
+    its logging level: news to no one, since the command says which version it made."""
+    logging_utils.disable_logging()
+    try:
+        yield
+    finally:
+        logging_utils.enable_logging()
 
 
 def _load_twins(client: MlflowClient, version: str) -> list[EvaluationTwin] | None:

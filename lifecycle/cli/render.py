@@ -4,6 +4,9 @@ warnings and errors, one line each (``errors``)."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,33 @@ def money(value: float, currency: str | None) -> str:
 def _in(currency: str | None) -> str:
     """A money column's unit in its heading: `` (EUR)``, or nothing where the currency is not known."""
     return f" ({currency})" if currency else ""
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """A long step: a spinner on a terminal; elsewhere (a log, CI) a line as it starts and one when it is done."""
+    if console.is_terminal:
+        with console.status(f"{what}..."):
+            yield
+        return
+    started = time.monotonic()
+    console.print(f"{what}...", highlight=False)
+    yield
+    console.print(f"  done in {time.monotonic() - started:.0f} s", highlight=False)
+
+
+def business_summary(run, scores, built, out: Path) -> None:
+    """What a shop acts on, first: the model that scored, the base and its value at risk, stages and segments,
+    the most valuable customers, the forecast, and where the report and every record are."""
+    model = run.result.model
+    verdict = "promoted to champion" if run.decision.promote else "held back (the champion scored)"
+    console.print(f"\nmodel version {run.version}, {verdict}: {model.purchases.label} purchases, churn from the "
+                  f"{'classifier' if model.churn_source == 'classifier' else 'purchase model'}, the "
+                  f"{'learned' if model.clv_source == 'learned' else 'BTYD'} CLV"
+                  + (f"; weak: {'; '.join(model.weaknesses)}" if model.weaknesses else ""), highlight=False)
+    report_made(built, model.currency)
+    scored(scores, out, model.currency)
+    _forecast(run.result.forecast, model.horizons, model.currency)
 
 
 def report_made(built, currency: str | None) -> None:

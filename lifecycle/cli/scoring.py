@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from features.errors import LifecycleError
 from features.tables import TableSource, output_format
@@ -220,8 +221,11 @@ def _warn_about_list(data, listed: int, path: str) -> None:
 
 
 @app.command()
-def demo(ctx: typer.Context) -> None:
-    """The main job on the real CDNOW data: train, register the champion, score every customer.
+def demo(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Print the diagnostics too: the inputs, the training run's choices and metrics over its "
+                          "cut dates, the published models' fits.")] = False) -> None:
+    """The main job on the real CDNOW data: train, register the champion, score every customer, write the report;
+    then what a shop acts on (the diagnostics go to a file, or with --verbose to the screen).
 
     Example: [bold]lifecycle demo[/bold]
     """
@@ -235,24 +239,32 @@ def demo(ctx: typer.Context) -> None:
 
     settings = command_settings(ctx)
     settings.currency = settings.currency or "USD"  # CDNOW's amounts are US dollars
-    with console.status("writing the CDNOW master log..."):
+    output = settings.state_dir / "output"
+    with render.step("writing and validating the CDNOW master log"):
         path = cdnow.write_master(settings.state_dir / "data" / "cdnow")
-    settings.inputs.transactions = TableSource(path=str(path))
-    data = open_dataset(settings)
-    render.inputs(data)
-    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating..."):
+        settings.inputs.transactions = TableSource(path=str(path))
+        data = open_dataset(settings)
+    with render.step("training out of time (features, purchase models, Gamma-Gamma, LightGBM) and gating"):
         run = run_training(settings, data)
-    render.training_run(run, settings.clv.model)
-    out = settings.state_dir / "output" / "cdnow_scores.parquet"
-    with console.status("scoring every customer with the champion..."):
+    with render.step("scoring every customer with the champion"):
         model = load_model(settings)
-        score_batch(model, data, run.result.windows.end, out)
-        scores = pd.read_parquet(out)
-    render.scored(scores, out, model.currency)
-    render.published_fits(_fit_published())
-    with console.status("writing the lifecycle report..."):
-        built = build_report(data, model, out, settings.state_dir / "output" / "report")
-    render.report_made(built, model.currency)
+        score_batch(model, data, run.result.windows.end, output / "cdnow_scores.parquet")
+        scores = pd.read_parquet(output / "cdnow_scores.parquet")
+    with render.step("writing the lifecycle report"):
+        built = build_report(data, model, output / "cdnow_scores.parquet", output / "report")
+    with render.step("fitting the published models on the papers' sample"):
+        published = _fit_published()
+    render.business_summary(run, scores, built, output / "cdnow_scores.parquet")
+    with console.capture() as captured:
+        render.inputs(data)
+        render.training_run(run, settings.clv.model)
+        render.published_fits(published)
+    diagnostics = output / "demo_diagnostics.txt"
+    diagnostics.write_text(Text.from_ansi(captured.get()).plain, encoding="utf-8")
+    if verbose:
+        console.print(Text.from_ansi(captured.get()))
+    console.print(f"diagnostics (the inputs, the training run's choices and track record, the published fits): "
+                  f"[bold]{diagnostics}[/bold]" + ("" if verbose else "; --verbose prints them"))
 
 
 def _fit_published() -> dict:
