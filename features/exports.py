@@ -19,9 +19,9 @@ def rolled_up(con, table: str, raw: str, source: TableSource) -> str:
     rejected as such). ``_line`` is the order's first line, counted as ``source_row`` counts rows."""
     if source.line_items is None:
         return raw
-    if "order_id" not in source.columns and "order_id" not in columns_of(con, raw)[0]:
-        raise LifecycleError(f"{table}: line_items needs the order id: set inputs.{table}.columns.order_id")
     names, types = columns_of(con, raw)
+    if "order_id" not in source.columns and "order_id" not in names:
+        raise LifecycleError(f"{table}: line_items needs the order id: set inputs.{table}.columns.order_id")
     summed = set()
     if source.line_items == "sum":
         amount = source.columns.get("amount", "amount")

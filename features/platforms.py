@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from features.files import raw_relation
+from features.files import ident, raw_relation
 from features.tables import TableSource, row_filter
 
 SAMPLE_ROWS = 5000  # rows read to decide the currency and to show a status column's values
@@ -138,9 +138,9 @@ def read_orders(path: str) -> Reading:
     reading.missing = [f"no column for {ours} (set inputs.transactions.columns.{ours})"
                        for ours in ("customer_id", "timestamp", "amount") if ours not in found]
     if "currency" in found:
+        code = f"upper(trim(CAST({ident(found['currency'])} AS VARCHAR)))"
         codes = [c for (c,) in con.execute(
-            f'SELECT DISTINCT upper(trim(CAST("{found["currency"]}" AS VARCHAR))) FROM {table} '
-            f'WHERE NULLIF(trim(CAST("{found["currency"]}" AS VARCHAR)), \'\') IS NOT NULL ORDER BY 1').fetchall()]
+            f"SELECT DISTINCT {code} FROM {table} WHERE NULLIF({code}, '') IS NOT NULL ORDER BY 1").fetchall()]
         if len(codes) == 1:
             reading.currency = codes[0]
         elif codes:
@@ -183,7 +183,7 @@ def _listed(columns: dict[str, str]) -> str:
 def _first_value(con, table: str, column: str | None) -> str:
     if column is None:
         return ""
-    found = con.execute(f'SELECT CAST("{column}" AS VARCHAR) FROM {table} WHERE "{column}" IS NOT NULL '
+    found = con.execute(f"SELECT CAST({ident(column)} AS VARCHAR) FROM {table} WHERE {ident(column)} IS NOT NULL "
                         "LIMIT 1").fetchall()
     return found[0][0] if found else ""
 
@@ -199,7 +199,7 @@ def _unfiltered_statuses(con, table: str, headers: list[str], source: TableSourc
     for column in headers:
         if "status" not in column.lower() or column in filtered:
             continue
-        values = con.execute(f'SELECT lower(trim(CAST("{column}" AS VARCHAR))) AS v, count(*) FROM {table} '
+        values = con.execute(f"SELECT lower(trim(CAST({ident(column)} AS VARCHAR))) AS v, count(*) FROM {table} "
                              "WHERE v IS NOT NULL AND v <> '' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 8").fetchall()
         if values:
             shown = ", ".join(f"{v} {n:,}" for v, n in values)

@@ -20,7 +20,7 @@ import duckdb
 from features.errors import LifecycleError
 from features.exports import filter_sql, rolled_up, sum_of, terms
 from features.files import columns_of, ident, malformed_lines, raw_relation, sql_literal, write_relation
-from features.tables import SCHEMAS, TableSource
+from features.tables import SCHEMAS, RowFilter, TableSource
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
@@ -164,7 +164,7 @@ def load(
             continue
         raw, source = given[table]
         _checked_view(con, table, schema, raw, source, rules)
-        report[table] = _count(con, table, raw)
+        report[table] = _count(con, table, raw, source.line_items is not None)
         if table == "transactions" and not report[table].rows and isinstance(sources[table], TableSource):
             raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely
@@ -213,7 +213,7 @@ def _id_type(con, given, emails: bool) -> str:
 def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules: Rules) -> None:
     """Create ``{table}_parsed`` (every row, parsed, with a reason or NULL), ``{table}_rejected`` (the rejected
     row numbers and reasons) and ``{table}`` (the valid rows; an order's amount net of its refund)."""
-    rolled = raw == f"{table}_orders"  # line items rolled up (``rolled_up``): a row is counted at its first line
+    rolled = source.line_items is not None  # ``raw`` is the orders ``rolled_up``: a row counts at its first line
     available = {name: dtype for name, dtype in zip(*columns_of(con, raw), strict=True)
                  if not (rolled and name == "_line")}
     mapping = source.columns
@@ -221,7 +221,7 @@ def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules:
     if unknown:
         raise LifecycleError(f"{table}: column map names unknown columns {sorted(unknown)}; ours are {list(schema)}")
     filters = source.filters()
-    _check_columns(table, schema, source, available)
+    _check_columns(table, schema, source, filters, available)
     given, parsed, checks = [], [], []
     for k, (condition, keep) in enumerate(filters):  # first: a row left out is not checked further
         given.append(f"{filter_sql(condition, f'raw.{ident(condition.column)}')} AS _filter_{k}")
@@ -276,14 +276,15 @@ def _checked_view(con, table: str, schema, raw: str, source: TableSource, rules:
     malformed_lines(con, table)
 
 
-def _check_columns(table: str, schema, source: TableSource, available) -> None:
+def _check_columns(table: str, schema, source: TableSource, filters: list[tuple[RowFilter, bool]],
+                   available) -> None:
     """Refuse, in one line, every column the table needs and the file does not have: required ones, mapped ones and
-    those the row filters name, each with the file's closest names (any case)."""
-    wanted = [(theirs, f"for {ours}") for ours, (required, kind) in schema.items()
-              if (theirs := source.columns.get(ours, ours)) not in available
-              and (required or ours in source.columns) and not (kind == "amount" and terms(theirs, available))]
-    wanted += [(condition.column, "in a row filter") for condition, _ in source.filters()
-               if condition.column not in available]
+    those the row ``filters`` name, each with the file's closest names (any case)."""
+    needed = [(ours, source.columns.get(ours, ours)) for ours, (required, kind) in schema.items()
+              if (required or ours in source.columns) and source.columns.get(ours, ours) not in available
+              and not (kind == "amount" and terms(source.columns.get(ours, ours), available))]
+    wanted = [(theirs, f"for {ours}") for ours, theirs in needed]
+    wanted += [(condition.column, "in a row filter") for condition, _ in filters if condition.column not in available]
     if not wanted:
         return
     by_case = {name.lower(): name for name in available}
@@ -294,7 +295,7 @@ def _check_columns(table: str, schema, source: TableSource, available) -> None:
         return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
     named = ", ".join(f"{name!r} ({why}{closest(name)})" for name, why in wanted)
-    unmapped = [why.removeprefix("for ") for name, why in wanted if why.startswith("for ") and why[4:] == name]
+    unmapped = [ours for ours, theirs in needed if theirs == ours]
     hint = f"; map yours in inputs.{table}.columns ({', '.join(unmapped)})" if unmapped else ""
     raise LifecycleError(f"{table}: {len(wanted)} column{'s' if len(wanted) > 1 else ''} not found: {named}; the "
                          f"file has {sorted(available)}{hint}")
@@ -385,16 +386,15 @@ def _parse(ours, kind, column, dtype, fmt, required, rules: Rules):
     return given, value, checks
 
 
-def _count(con, table: str, relation: str) -> TableReport:
-    """Rows in (of ``relation``: line items rolled up into orders, the lines counted too), valid and rejected."""
+def _count(con, table: str, relation: str, rolled: bool) -> TableReport:
+    """Rows in (of ``relation``; where line items were ``rolled`` up into orders, the lines counted too), valid and
+    rejected."""
     rejected = dict(con.execute(
         f"SELECT reason, count(*) FROM (SELECT reason FROM {table}_rejected UNION ALL "
         f"SELECT reason FROM {table}_malformed) GROUP BY reason ORDER BY 2 DESC, 1").fetchall())
     malformed = con.execute(f"SELECT count(*) FROM {table}_malformed").fetchall()[0][0]
     rows = con.execute(f"SELECT count(*) FROM {relation}").fetchall()[0][0] + malformed
-    lines = None
-    if relation != f"{table}_raw":
-        lines = con.execute(f"SELECT count(*) FROM {table}_raw").fetchall()[0][0] + malformed
+    lines = con.execute(f"SELECT count(*) FROM {table}_raw").fetchall()[0][0] + malformed if rolled else None
     return TableReport(rows=rows, valid=rows - sum(rejected.values()), rejected=rejected, lines=lines)
 
 

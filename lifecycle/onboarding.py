@@ -31,7 +31,7 @@ def initialise(files: list[str], target: Path, force: bool = False) -> Onboardin
     others: dict[str, TableSource] = {}
     for path in files[1:]:
         table, source = guess_table(path)
-        if table in others or table == "transactions":
+        if table in others:
             raise LifecycleError(f"{path}: looks like a second {table} table; give one file (or a glob) per table")
         others[table] = source
     target.write_text(config_text(files, orders, others), encoding="utf-8")

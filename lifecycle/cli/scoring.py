@@ -240,6 +240,7 @@ def demo(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
     settings = command_settings(ctx)
     settings.currency = settings.currency or "USD"  # CDNOW's amounts are US dollars
     output = settings.state_dir / "output"
+    out = output / "cdnow_scores.parquet"
     with render.step("writing and validating the CDNOW master log"):
         path = cdnow.write_master(settings.state_dir / "data" / "cdnow")
         settings.inputs.transactions = TableSource(path=str(path))
@@ -248,21 +249,21 @@ def demo(ctx: typer.Context, verbose: Annotated[bool, typer.Option(
         run = run_training(settings, data)
     with render.step("scoring every customer with the champion"):
         model = load_model(settings)
-        score_batch(model, data, run.result.windows.end, output / "cdnow_scores.parquet")
-        scores = pd.read_parquet(output / "cdnow_scores.parquet")
+        score_batch(model, data, run.result.windows.end, out)
+        scores = pd.read_parquet(out)
     with render.step("writing the lifecycle report"):
-        built = build_report(data, model, output / "cdnow_scores.parquet", output / "report")
+        built = build_report(data, model, out, output / "report")
     with render.step("fitting the published models on the papers' sample"):
         published = _fit_published()
-    render.business_summary(run, scores, built, output / "cdnow_scores.parquet")
+    render.business_summary(run, scores, built, out)
     with console.capture() as captured:
         render.inputs(data)
         render.training_run(run, settings.clv.model)
         render.published_fits(published)
-    diagnostics = output / "demo_diagnostics.txt"
-    diagnostics.write_text(Text.from_ansi(captured.get()).plain, encoding="utf-8")
+    shown, diagnostics = Text.from_ansi(captured.get()), output / "demo_diagnostics.txt"
+    diagnostics.write_text(shown.plain, encoding="utf-8")
     if verbose:
-        console.print(Text.from_ansi(captured.get()))
+        console.print(shown)
     console.print(f"diagnostics (the inputs, the training run's choices and track record, the published fits): "
                   f"[bold]{diagnostics}[/bold]" + ("" if verbose else "; --verbose prints them"))
 
