@@ -24,6 +24,7 @@ from features.params import ActivityRules
 
 TIER_SHARES = (0.01, 0.05, 0.10, 0.25, 0.50)  # the top shares of buyers by CLV that name a tier
 REST = "rest"
+TIERS = (*(f"top {share:.0%}" for share in TIER_SHARES), REST)  # the tiers' names, the most valuable first
 WAIT_STEPS = 48  # horizons (geometric, 1 day to the CLV horizon) on which the next order's day is found
 
 
@@ -45,7 +46,7 @@ class ValueTiers:
     def tier(self, clv) -> np.ndarray:
         """Each CLV's tier: the smallest top share whose edge it reaches, else ``rest`` (None where missing)."""
         values = np.asarray(clv, dtype=float)
-        names = np.array([*(f"top {share:.0%}" for share in TIER_SHARES), REST], dtype=object)
+        names = np.array(TIERS, dtype=object)
         reached = np.full(len(values), len(TIER_SHARES))
         for i, edge in reversed(list(enumerate(self.edges))):
             reached = np.where(values >= edge, i, reached)

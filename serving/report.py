@@ -1,17 +1,17 @@
-"""Lifecycle KPIs over a scoring run and the inputs it read (``lifecycle report``).
+"""Lifecycle KPIs over a scoring run and the inputs it read (``lifecycle report``), for the marketers who act on them.
 
 Computed with DuckDB at the scores' as-of date, over the records of every customer and the validated
-tables: the stage funnel, monthly acquisition cohorts, CLV against acquisition cost by channel,
-NPS and CSAT by stage and segment, and the value at risk with the customers to act on first. Each
-is written as a CSV table, and all of them as one self-contained HTML page (plots embedded as PNG,
-no script, nothing fetched). A section whose inputs the shop does not have (no customer table, no
-NPS events) says so instead of showing numbers. Definitions: docs/serving.md, "Lifecycle report".
+tables: the audiences to reach (``serving.audiences``, one CSV each), the RFM segments with a suggested action,
+the value at risk with the customers to act on first, the most valuable customers, the base's forecast with its
+interval, the stage funnel, monthly acquisition cohorts, CLV against acquisition cost by channel, NPS and CSAT by
+stage and segment, and how the model's predictions held up. Each is written as a CSV table, and all of them as
+one self-contained HTML page (``serving.report_page``). A section, or a funnel stage, whose inputs the shop does
+not have says which input or column would fill it instead of showing numbers. Definitions: docs/usage.md,
+"Lifecycle report".
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -21,31 +21,41 @@ import pandas as pd
 from features.build import STAGES, FeatureBuilder, orders_sql
 from features.files import sql_literal
 from features.sources import Dataset
+from models.forecast import forecast
 from models.lifecycle import DAYS_PER_MONTH, LifecycleModel
+from serving.audiences import AUDIENCES, NO_PURCHASE, SEGMENT_ACTIONS, write_audiences
+from serving.report_page import render
 
 HEALTHY_CLV_TO_CAC = 3.0  # the usual rule of thumb: a customer should be worth three times what they cost
 COHORT_MONTHS = 12  # retention shown for the first months after the first order
 ACT_FIRST = 20  # customers listed to act on first
+TOP_CUSTOMERS = 20  # the most valuable customers listed
 NPS_RANGE, CSAT_RANGE = (0, 10), (1, 5)  # valid answers; others are left out
-TEMPLATE = Path(__file__).with_name("templates") / "report.html"
+EVENTS = "engagement events (--events FILE, or inputs.events.path)"
+CUSTOMERS = "a customer table (--customers FILE, or inputs.customers.path)"
+# What fills a funnel stage no order shows: people known before they bought.
+STAGE_INPUTS = {"awareness": (("customers", "events"), f"{CUSTOMERS} or {EVENTS}: people known before they buy"),
+                "consideration": (("events",), f"{EVENTS}: sessions, product views, cart adds")}
 
 
 @dataclass
 class Report:
-    """What ``build_report`` wrote: the HTML page, each KPI table (CSV) and why a section is empty."""
+    """What ``build_report`` wrote: the HTML page, each KPI table (CSV), the audiences and why a section is
+    empty."""
 
     as_of: date
     html: Path
     tables: dict[str, Path]
-    missing: dict[str, str] = field(default_factory=dict)  # section -> why it has no numbers
+    missing: dict[str, str] = field(default_factory=dict)  # section -> the input that would fill it
     headline: dict[str, float] = field(default_factory=dict)
+    audiences: list[dict] = field(default_factory=list)  # per audience: title, rule, customers, CLV, file
 
 
 def build_report(data: Dataset, model: LifecycleModel, scores: str | Path, out: str | Path) -> Report:
-    """Write the KPI tables and ``report.html`` into the folder ``out`` from the records in ``scores`` (the
-    output of ``lifecycle score``: Parquet or CSV) and the validated inputs in ``data``; ``model`` (the one that
-    scored them) places customers in stages one churn horizon before the scores' as-of date, and its track record,
-    decisions and weaknesses say how its predictions held up out of time."""
+    """Write the KPI tables, the audiences and ``report.html`` into the folder ``out`` from the records in
+    ``scores`` (the output of ``lifecycle score``: Parquet or CSV) and the validated inputs in ``data``; ``model``
+    (the one that scored them) places customers in stages one churn horizon before the scores' as-of date,
+    forecasts the base, and its track record, decisions and weaknesses say how its predictions held up."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reader = "read_parquet" if str(scores).lower().endswith((".parquet", ".pq")) else "read_csv_auto"
@@ -53,36 +63,79 @@ def build_report(data: Dataset, model: LifecycleModel, scores: str | Path, out: 
     con.execute(f"CREATE OR REPLACE TEMP VIEW scores AS SELECT * FROM {reader}({sql_literal(str(scores))})")
     as_of = con.execute("SELECT CAST(max(as_of) AS DATE) FROM scores").fetchall()[0][0]
     tables, missing = {}, {}
-    window_days = model.horizons.churn_days
-    tables["funnel"] = _funnel(data, model.builder, as_of, window_days)
+    tables["segments"] = _segments(data)
+    tables["value_at_risk"], tables["act_first"] = _value_at_risk(data)
+    tables["top_customers"] = _top_customers(data)
+    tables["forecast"] = _forecast(data, model, as_of)
+    tables["funnel"] = _funnel(data, model.builder, as_of, model.horizons.churn_days)
     tables["cohorts"], tables["cohort_retention"] = _cohorts(data, as_of)
     tables["channels"] = _channels(data, as_of)
     if tables["channels"] is None:
-        missing["channels"] = "the customer table has no acquisition channels (or there is no customer table)"
+        missing["channels"] = (f"needs {CUSTOMERS} with acquisition_channel and acquisition_cost columns"
+                               if "customers" not in data.report else "the customer table has no acquisition "
+                               "channels: map acquisition_channel and acquisition_cost (inputs.customers.columns)")
     tables["satisfaction"] = _satisfaction(data, as_of)
     if tables["satisfaction"] is None:
-        missing["satisfaction"] = "no event carries an NPS or CSAT answer"
-    tables["value_at_risk"], tables["act_first"] = _value_at_risk(data)
+        answers = "events of type nps (0-10) or csat (1-5) with the answer in value"
+        missing["satisfaction"] = (f"needs {EVENTS} with NPS or CSAT answers: {answers}" if "events" not in
+                                   data.report else f"no event is an NPS or CSAT answer: add {answers}")
     tables["track_record"] = pd.DataFrame(model.track_record) if model.track_record else None
     if tables["track_record"] is None:
-        missing["track_record"] = "the model carries no track record (it was trained by an older release)"
+        missing["track_record"] = "the model was trained by an older release: retrain it (lifecycle train)"
     paths = {}
     for name, table in tables.items():
         if table is not None:
             paths[name] = out / f"{name}.csv"
             table.to_csv(paths[name], index=False)
+    audiences = write_audiences(con, out)
     headline = _headline(con, tables)
     html = out / "report.html"
-    html.write_text(_render(as_of, window_days, tables, missing, headline, data, model), encoding="utf-8")
-    return Report(as_of, html, paths, missing, headline)
+    page = render(as_of, tables, missing, headline, audiences, data, model, HEALTHY_CLV_TO_CAC)
+    html.write_text(page, encoding="utf-8")
+    return Report(as_of, html, paths, missing, headline, audiences)
+
+
+def _segments(data: Dataset) -> pd.DataFrame:
+    """Per RFM segment (prospects as one): customers, their predicted CLV in total and on average, its share, the
+    mean churn probability, the share at high churn risk, and the suggested action; the most CLV first."""
+    table = data.con.sql(f"""
+        SELECT coalesce(rfm_segment, '{NO_PURCHASE}') AS segment, count(*) AS customers,
+            coalesce(sum(clv), 0) AS clv, avg(clv) AS mean_clv,
+            coalesce(sum(clv), 0) / nullif((SELECT sum(clv) FROM scores), 0) AS share_of_clv,
+            avg(churn_probability) AS churn_probability,
+            count(*) FILTER (WHERE churn_risk = 'high') / count(*) AS high_risk_share
+        FROM scores GROUP BY ALL ORDER BY clv DESC, segment
+    """).df()
+    return table.assign(action=table.segment.map(SEGMENT_ACTIONS))
+
+
+def _top_customers(data: Dataset) -> pd.DataFrame:
+    """The ``TOP_CUSTOMERS`` most valuable customers by predicted CLV, with their purchases and spend over the CLV
+    horizon and those intervals, their next order and churn risk."""
+    return data.con.sql(f"""
+        SELECT customer_id, rfm_segment, activity_status, value_tier, total_spend, clv,
+            clv_purchases, clv_purchases_low, clv_purchases_high, clv_spend, clv_spend_low, clv_spend_high,
+            next_order_date, churn_probability
+        FROM scores WHERE clv IS NOT NULL ORDER BY clv DESC, customer_id LIMIT {TOP_CUSTOMERS}
+    """).df()
+
+
+def _forecast(data: Dataset, model: LifecycleModel, as_of: date) -> pd.DataFrame:
+    """The base's purchases and spend over the CLV horizon with their intervals (``models.forecast``): every buyer
+    known at ``as_of``, then each stage."""
+    features = model.builder.transform(data, as_of).order("customer_id").df()  # one order: the same sums each run
+    totals = forecast(model.purchases, model.spend, model.horizons, features)
+    return totals[totals.group.isin(["all", "stage"])].drop(columns="group").rename(columns={"value": "group"})
 
 
 def _funnel(data: Dataset, builder: FeatureBuilder, as_of: date, window_days: int) -> pd.DataFrame:
     """Per stage: customers in it now, customers who have come this far (this stage or a later one), the
-    conversion from the stage before, and of those in it ``window_days`` ago, the share in a later one now."""
+    conversion from the stage before, and of those in it ``window_days`` ago, the share in a later one now. A
+    stage the inputs cannot show (``STAGE_INPUTS``: no customer table or events) has no numbers, and ``no_data``
+    names the input that would give them."""
     earlier = as_of - timedelta(days=window_days)
     ranks = ", ".join(f"('{stage}', {rank})" for rank, stage in enumerate(STAGES))
-    return data.con.sql(f"""
+    funnel = data.con.sql(f"""
         WITH rank_of(stage, stage_rank) AS (VALUES {ranks}),
         now AS (SELECT customer_id, stage_rank FROM scores JOIN rank_of USING (stage)),
         before AS (SELECT customer_id, stage_rank FROM ({builder.sql(earlier)})),
@@ -105,6 +158,13 @@ def _funnel(data: Dataset, builder: FeatureBuilder, as_of: date, window_days: in
         FROM counted AS c LEFT JOIN moved AS m USING (stage_rank)
         ORDER BY c.stage_rank
     """).df()
+    funnel["no_data"] = [STAGE_INPUTS[stage][1] if stage in STAGE_INPUTS and not any(
+        source in data.report for source in STAGE_INPUTS[stage][0]) else None for stage in funnel.stage]
+    blank = funnel.no_data.notna()
+    numbers = ["customers", "reached", "conversion_from_previous", "in_it_window_ago", "moved_up_since"]
+    funnel.loc[blank, numbers] = None
+    funnel.loc[blank.shift(fill_value=False), "conversion_from_previous"] = None  # from a stage without numbers
+    return funnel
 
 
 def _cohorts(data: Dataset, as_of: date) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,7 +259,7 @@ def _satisfaction(data: Dataset, as_of: date) -> pd.DataFrame | None:
 def _value_at_risk(data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The predicted CLV held by each churn risk band, and the customers to act on first: medium or high risk and
     not churned (gone is a win-back, not a retention, case), ranked by the CLV they are expected to take with them
-    (CLV x churn probability)."""
+    (CLV x churn probability), with the win-back action (high risk) or the at-risk one (medium)."""
     bands = data.con.sql("""
         SELECT churn_risk, count(*) AS customers, coalesce(sum(clv), 0) AS clv,
             coalesce(sum(clv), 0) / (SELECT sum(clv) FROM scores) AS share_of_clv
@@ -207,12 +267,13 @@ def _value_at_risk(data: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
         ORDER BY list_position(['high', 'medium', 'low'], churn_risk)
     """).df()
     first = data.con.sql(f"""
-        SELECT customer_id, stage, activity_status, rfm_segment, value_tier, clv, churn_probability,
+        SELECT customer_id, stage, activity_status, rfm_segment, value_tier, clv, churn_probability, churn_risk,
             clv * churn_probability AS value_at_risk, next_order_date
         FROM scores WHERE churn_risk IN ('medium', 'high') AND activity_status <> 'churned' AND clv > 0
         ORDER BY value_at_risk DESC, customer_id LIMIT {ACT_FIRST}
     """).df()
-    return bands, first
+    actions = {audience.name: audience.action for audience in AUDIENCES}
+    return bands, first.assign(action=first.churn_risk.map({"high": actions["win_back"], "medium": actions["at_risk"]}))
 
 
 def _headline(con, tables: dict[str, pd.DataFrame | None]) -> dict[str, float]:
@@ -224,111 +285,3 @@ def _headline(con, tables: dict[str, pd.DataFrame | None]) -> dict[str, float]:
     active = con.execute("SELECT count(*) FILTER (WHERE activity_status = 'active') FROM scores").fetchall()[0][0]
     return {"customers": customers, "buyers": buyers, "active": active, "clv": float(clv or 0),
             "value_at_risk": at_risk, "value_at_risk_share": at_risk / clv if clv else 0.0}
-
-
-def _render(as_of, window_days, tables, missing, headline, data, model) -> str:
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(TEMPLATE.parent), autoescape=select_autoescape(["html"]))
-    env.filters["number"] = _number
-    return env.get_template(TEMPLATE.name).render(
-        as_of=as_of, window_days=window_days, tables=tables, missing=missing, headline=headline,
-        plots=_plots(tables), columns=COLUMNS, formats=FORMATS, threshold=HEALTHY_CLV_TO_CAC,
-        decisions=model.decisions, weaknesses=model.weaknesses,
-        inputs={name: report.valid for name, report in data.report.items()})
-
-
-# How each table's columns are headed and written on the page (the CSV keeps every digit).
-COLUMNS = {
-    "funnel": {"stage": "stage", "customers": "in it now", "reached": "came this far",
-               "conversion_from_previous": "from the stage before", "in_it_window_ago": "in it {window} days ago",
-               "moved_up_since": "of those, in a later stage now"},
-    "cohorts": {"cohort": "cohort (first order)", "customers": "customers", "repeat_rate": "bought again"},
-    "channels": {"channel": "channel", "customers": "customers", "buyers": "buyers", "cac": "CAC", "clv": "CLV",
-                 "clv_to_cac": "CLV:CAC", "payback_months": "payback (months)"},
-    "satisfaction": {"grouped_by": "by", "group": "group", "nps_answers": "NPS answers", "nps": "NPS",
-                     "csat_answers": "CSAT answers", "csat": "CSAT %"},
-    "value_at_risk": {"churn_risk": "churn risk", "customers": "customers", "clv": "predicted CLV",
-                      "share_of_clv": "share of CLV"},
-    "act_first": {"customer_id": "customer", "stage": "stage", "activity_status": "status",
-                  "rfm_segment": "segment", "value_tier": "tier", "clv": "CLV", "churn_probability": "churn",
-                  "value_at_risk": "CLV at risk", "next_order_date": "next order"},
-    "track_record": {"cut": "cut date", "churn_roc_auc": "churn ROC-AUC", "churn_roc_auc_recency": "recency alone",
-                     "churn_brier": "churn Brier", "clv_gini": "CLV Gini", "clv_gini_spend_rate": "past spend rate",
-                     "clv_decile_mape": "CLV decile error", "clv_decile_mape_spend_rate": "past spend rate's",
-                     "holdout_purchases_interval_coverage": "purchases in interval",
-                     "holdout_purchases_interval_stated": "stated",
-                     "holdout_spend_interval_coverage": "spend in interval", "holdout_spend_interval_stated": "stated"},
-}
-FORMATS = {"conversion_from_previous": "percent", "moved_up_since": "percent", "repeat_rate": "percent",
-           "share_of_clv": "percent", "churn_probability": "fraction", "clv_to_cac": "ratio", "payback_months": "ratio",
-           "nps": "ratio", "csat": "ratio", "cac": "money", "clv": "money", "value_at_risk": "money",
-           "next_order_date": "date", **dict.fromkeys(COLUMNS["track_record"], "score"), "cut": None}
-
-
-def _number(value, kind: str | None = None) -> str:
-    """A value as the page writes it: thousands separated, percentages and money rounded, missing as a dash."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "-"
-    if kind == "percent":
-        return f"{100 * value:.1f}%"
-    if kind == "fraction":
-        return f"{value:.2f}"
-    if kind == "score":
-        return f"{value:.3f}"
-    if kind == "ratio":
-        return f"{value:,.1f}"
-    if kind == "money":
-        return f"{value:,.0f}"
-    if kind == "date":
-        return f"{pd.Timestamp(value):%Y-%m-%d}"
-    if isinstance(value, float) and not value.is_integer():
-        return f"{value:,.2f}"
-    return f"{int(value):,}" if isinstance(value, int | float) else str(value)
-
-
-def _plots(tables: dict[str, pd.DataFrame | None]) -> dict[str, str]:
-    """Each section's figure as a PNG data URI."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figures = {}
-    funnel = tables["funnel"]
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.barh(funnel.stage[::-1], funnel.reached[::-1], color="#3b6ea5")
-    ax.set_xlabel("customers who came this far")
-    figures["funnel"] = fig
-    retention = tables["cohort_retention"]
-    if len(retention):
-        grid = retention.pivot(index="cohort", columns="months_since_first", values="retention")
-        fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(grid))))
-        image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="Blues", vmin=0)
-        ax.set_yticks(range(len(grid)), grid.index)
-        ax.set_xticks(range(len(grid.columns)), grid.columns)
-        ax.set_xlabel("months since the first order")
-        fig.colorbar(image, ax=ax, label="share ordering")
-        figures["cohorts"] = fig
-    channels = tables["channels"]
-    if channels is not None:
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.bar(channels.channel, channels.clv_to_cac, color=["#c0392b" if low else "#3b6ea5"
-                                                             for low in channels.below_3_to_1])
-        ax.axhline(HEALTHY_CLV_TO_CAC, color="black", linestyle="--", linewidth=1)
-        ax.set_ylabel("CLV : CAC")
-        figures["channels"] = fig
-    bands = tables["value_at_risk"]
-    fig, ax = plt.subplots(figsize=(7, 2.5))
-    ax.barh(bands.churn_risk, bands.clv, color=[{"high": "#c0392b", "medium": "#e67e22"}.get(b, "#3b6ea5")
-                                               for b in bands.churn_risk])
-    ax.set_xlabel("predicted CLV")
-    figures["value_at_risk"] = fig
-    uris = {}
-    for name, fig in figures.items():
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
-        plt.close(fig)
-        uris[name] = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return uris

@@ -26,9 +26,9 @@ DAY = pd.Timedelta(days=1)
 ONE_CUT = {"LIFECYCLE_BACKTEST_CUTS": "1"}
 
 
-def load(now: datetime = NOW, **tables) -> sources.Dataset:
-    """Validate tables (DataFrames or TableSources) into a fresh DuckDB connection."""
-    return sources.load(sources.connect(), tables, now=now)
+def load(now: datetime = NOW, currency: str | None = None, **tables) -> sources.Dataset:
+    """Validate tables (DataFrames or TableSources) into a fresh DuckDB connection (amounts in ``currency``)."""
+    return sources.load(sources.connect(), tables, now=now, currency=currency)
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

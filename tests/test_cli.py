@@ -344,14 +344,20 @@ def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained)
     assert made.returncode == 0, made.stderr
     out = " ".join(made.stdout.split())
     assert "lifecycle report as of 1998-06-30: 23,570 customers" in out and "report: rep/report.html" in out
-    assert "note: the channels section has no numbers: the customer table has no acquisition channels" in out
+    assert "note: the channels section has no numbers: needs a customer table (--customers FILE" in out
+    assert re.search(r"audiences: win back [\d,]+, second order 0, vip [\d,]+, at risk [\d,]+ \(rep/audiences/\)",
+                     out), out
     assert {p.name for p in (folder / "rep").iterdir()} == {
-        "scores.parquet", "scores.drift.csv", "report.html", "funnel.csv", "cohorts.csv", "cohort_retention.csv",
-        "value_at_risk.csv", "act_first.csv", "track_record.csv"}
+        "scores.parquet", "scores.drift.csv", "report.html", "segments.csv", "value_at_risk.csv", "act_first.csv",
+        "top_customers.csv", "forecast.csv", "funnel.csv", "cohorts.csv", "cohort_retention.csv", "track_record.csv",
+        "audiences"}
+    assert {p.name for p in (folder / "rep" / "audiences").iterdir()} == {
+        "win_back.csv", "second_order.csv", "vip.csv", "at_risk.csv"}
     again = run("report", "--transactions", "data/transactions.csv", "--scores", "rep/scores.parquet", "--out",
                 "again", cwd=folder)  # from records scored before: the same tables
     assert again.returncode == 0, again.stderr
-    for name in ("funnel.csv", "cohorts.csv", "value_at_risk.csv", "act_first.csv"):
+    for name in ("funnel.csv", "cohorts.csv", "value_at_risk.csv", "act_first.csv", "segments.csv", "forecast.csv",
+                 "audiences/vip.csv"):
         assert (folder / "again" / name).read_text() == (folder / "rep" / name).read_text(), name
 
 

@@ -18,12 +18,12 @@ from features import cdnow
 from features.build import FeatureBuilder
 from features.simulator import SimulationParams, simulate
 from models.distributions import MIXTURE_ABOVE
+from models.forecast import forecast
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 from models.purchase_models import PURCHASE_MODELS
 from tests.helpers import load
 from training import evaluate
-from training.forecast import forecast
 
 WEEK_SCALES = ("alpha", "beta")  # the parameters measured in time, from weeks to days
 PARAMS = {name: {k: v * 7 if k in WEEK_SCALES else v for k, v in params.items()}  # CDNOW's, in days

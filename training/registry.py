@@ -57,7 +57,7 @@ INTERRUPTED = "interrupted"
 HOST_TAG, PID_TAG = "host", "pid"  # on a run: who logs it
 PLOTS = "plots"
 NOTES_ARTIFACT = "fit_notes.txt"  # what the BTYD fits needed (a penalizer) or found (parameters at an edge)
-FORECAST_ARTIFACT = "forecast.csv"  # the base's totals over the CLV horizon with intervals (training.forecast)
+FORECAST_ARTIFACT = "forecast.csv"  # the base's totals over the CLV horizon with intervals (models.forecast)
 TRACK_RECORD_ARTIFACT = "track_record.csv"  # what serves, per cut date, beside the baselines
 
 

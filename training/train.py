@@ -43,6 +43,7 @@ from models.actions import ValueTiers
 from models.btyd import PurchaseModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
+from models.forecast import forecast
 from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
@@ -51,7 +52,6 @@ from training.backtest import Bootstrap, judged_share
 from training.choices import AUTO, CUTS, MAPE_SLACK
 from training.decisions import better_churn_source, better_clv_source, choose_purchase_model, weaknesses
 from training.fitter import Fitter
-from training.forecast import forecast
 from training.judging import (
     TRACK_RECORD,
     Evaluation,
@@ -99,7 +99,7 @@ class TrainingResult:
     twins: list[EvaluationTwin]
     backtest: list[Evaluation]
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
-    forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``training.forecast``)
+    forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``models.forecast``)
     judged_share: float = 1.0  # of the customers, that each cut date is judged on (``training.backtest.judged_share``)
 
     @property
