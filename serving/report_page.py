@@ -85,7 +85,7 @@ FORMATS = {**dict.fromkeys(MONEY, "money"), **dict.fromkeys(COLUMNS["track_recor
 TEXT = {"audience", "who", "action", "segment", "customer_id", "rfm_segment", "activity_status", "value_tier",
         "churn_risk", "stage", "channel", "grouped_by", "group"}
 PROSE = {"who", "action"}
-# The column whose bar is drawn in each row of a table, and the rows' flag (a CSS class) where there is one.
+# The column whose bar is drawn in each row of a table (as a share of the column's largest value).
 BARS = {"segments": "clv", "value_at_risk": "clv", "funnel": "reached", "channels": "clv_to_cac"}
 
 
