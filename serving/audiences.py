@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.files import write_relation
+from features.files import sql_literal, write_relation
 from models.actions import TIERS
 
 NO_PURCHASE = "(no purchase)"  # the segment of a prospect (customers without an order have no RFM scores)
@@ -33,7 +33,7 @@ SEGMENT_ACTIONS = {
     NO_PURCHASE: "convert: a first-order incentive and nurturing content",
 }
 TOP_TIERS = TIERS[:3]  # the top 10 % of buyers by CLV
-_TOP = "(" + ", ".join(f"'{tier}'" for tier in TOP_TIERS) + ")"
+_TOP = "(" + ", ".join(sql_literal(tier) for tier in TOP_TIERS) + ")"
 
 # Each customer's line in an audience file.
 CAMPAIGN_FIELDS = """customer_id, rfm_segment, activity_status, value_tier, frequency + 1 AS purchase_days,
@@ -72,16 +72,16 @@ FOLDER = "audiences"
 
 
 def write_audiences(con, out: Path) -> list[dict]:
-    """Write each audience of the ``scores`` view to ``out/audiences/NAME.csv``; per audience, its name, title,
-    rule, action, customers, their CLV and the file's path relative to ``out``."""
+    """Write each audience of the ``scores`` view to ``out/audiences/NAME.csv``; per audience, its title, rule,
+    action, customers, their CLV and the file's path relative to ``out``."""
+    totals = con.execute("SELECT " + ", ".join(
+        f"count(*) FILTER (WHERE {a.where}), coalesce(sum(clv) FILTER (WHERE {a.where}), 0)" for a in AUDIENCES)
+        + " FROM scores").fetchall()[0]  # every audience's size and CLV in one pass over the records
     rows = []
-    for audience in AUDIENCES:
-        relation = con.sql(f"SELECT {CAMPAIGN_FIELDS} FROM scores WHERE {audience.where} "
-                           f"ORDER BY {audience.order}, customer_id")
+    for i, audience in enumerate(AUDIENCES):
         path = Path(FOLDER) / f"{audience.name}.csv"
-        write_relation(relation, out / path)
-        customers, clv = con.execute(f"SELECT count(*), coalesce(sum(clv), 0) FROM scores WHERE {audience.where}"
-                                     ).fetchall()[0]
-        rows.append({"audience": audience.title, "who": audience.who, "customers": customers, "clv": clv,
-                     "action": audience.action, "file": path.as_posix()})
+        write_relation(con.sql(f"SELECT {CAMPAIGN_FIELDS} FROM scores WHERE {audience.where} "
+                               f"ORDER BY {audience.order}, customer_id"), out / path)
+        rows.append({"audience": audience.title, "who": audience.who, "customers": totals[2 * i],
+                     "clv": totals[2 * i + 1], "action": audience.action, "file": path.as_posix()})
     return rows

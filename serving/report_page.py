@@ -98,8 +98,8 @@ def render(as_of: date, tables: dict, missing: dict, headline: dict, audiences: 
     env = Environment(loader=FileSystemLoader(TEMPLATE.parent), autoescape=select_autoescape(["html"]))
     env.filters["number"] = number
     return env.get_template(TEMPLATE.name).render(
-        as_of=as_of, sections=SECTIONS, tables=tables, missing=missing, headline=headline, audiences=audiences,
-        units=units, bars={name: _bars(tables[name], column) for name, column in BARS.items()
+        as_of=as_of, sections=SECTIONS, titles=dict(SECTIONS), tables=tables, missing=missing, headline=headline,
+        audiences=audiences, units=units, bars={name: _bars(tables[name], column) for name, column in BARS.items()
                            if tables.get(name) is not None},
         cohorts=_cohort_grid(tables["cohorts"], tables["cohort_retention"]),
         headings={name: {column: heading.format(**units) for column, heading in columns.items()}
@@ -186,15 +186,18 @@ def _cohort_grid(cohorts: pd.DataFrame, retention: pd.DataFrame) -> list[dict]:
     return rows
 
 
+# How each kind of value is written (see ``number``).
+NUMBER_FORMATS = {"percent": lambda v: f"{100 * v:.1f}%", "fraction": "{:.2f}".format, "score": "{:.3f}".format,
+                  "ratio": "{:,.1f}".format, "money": "{:,.0f}".format, "whole": "{:,.0f}".format,
+                  "date": lambda v: f"{pd.Timestamp(v):%Y-%m-%d}", "id": str}
+
+
 def number(value, kind: str | None = None) -> str:
     """A value as the page writes it: thousands separated, percentages and money rounded, missing as a dash."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return "-"
-    formats = {"percent": lambda v: f"{100 * v:.1f}%", "fraction": "{:.2f}".format, "score": "{:.3f}".format,
-               "ratio": "{:,.1f}".format, "money": "{:,.0f}".format, "whole": "{:,.0f}".format,
-               "date": lambda v: f"{pd.Timestamp(v):%Y-%m-%d}", "id": str}
-    if kind in formats:
-        return formats[kind](value)
+    if kind in NUMBER_FORMATS:
+        return NUMBER_FORMATS[kind](value)
     if isinstance(value, float) and not value.is_integer():
         return f"{value:,.2f}"
     return f"{int(value):,}" if isinstance(value, int | float) else str(value)

@@ -73,6 +73,8 @@ def business_summary(run, scores, built, out: Path) -> None:
 
 def report_made(built, currency: str | None) -> None:
     """The report's headline, its sections without numbers, its audiences, and where its tables and page are."""
+    from serving.audiences import FOLDER  # loaded already: the report was built with it
+
     h = built.headline
     console.print(f"lifecycle report as of {built.as_of}: {h['customers']:,} customers, {h['active']:,} active; "
                   f"predicted CLV {money(h['clv'], currency)}, of which {money(h['value_at_risk'], currency)} "
@@ -80,7 +82,7 @@ def report_made(built, currency: str | None) -> None:
     for section, why in built.missing.items():
         console.print(f"[yellow]note:[/yellow] the {section.replace('_', ' ')} section has no numbers: {why}")
     counts = ", ".join(f"{row['audience'].lower()} {row['customers']:,}" for row in built.audiences)
-    console.print(f"audiences: {counts} ({built.html.parent / 'audiences'}/)")
+    console.print(f"audiences: {counts} ({built.html.parent / FOLDER}/)")
     console.print(f"tables: {', '.join(path.name for path in built.tables.values())}")
     console.print(f"report: [bold]{built.html}[/bold]")
 
