@@ -1,4 +1,4 @@
-"""BTYD fit and CLV vs plain lifetimes, and the whole `lifecycle train`, in one run.
+"""BTYD fit and CLV vs plain lifetimes, the whole `lifecycle train` at growing sizes, and what sampling costs.
 
 - BG/NBD, MBG/NBD, Pareto/NBD and Gamma-Gamma fits on the BTYD summary of N simulated customers
   (all buyers, days): ours (unique rows with weights, no Hessian) vs lifetimes' plain ``fit`` of
@@ -6,14 +6,18 @@
   beside the times (lifetimes' Pareto/NBD stops its Nelder-Mead search at a tolerance of 1e-4).
 - CLV of the same N customers over 12 months: ours (models.clv.clv, vectorised) vs lifetimes'
   ``customer_lifetime_value`` with the same parameters; largest relative difference.
-- `lifecycle train` end to end (a fresh process: imports, validation, features, fits, evaluation,
-  plots, MLflow logging and registry, gate) on CDNOW, on a simulated shop of N customers (orders
-  only) and on one of N / 10 customers with engagement events; wall time and peak memory, judged on
-  one cut date (``backtest_cuts = 1``, the protocol before the backtest) and on the default three.
+- `lifecycle train` end to end with its defaults (a fresh process: imports, validation, features, fits, evaluation,
+  plots, MLflow logging and registry, gate) on CDNOW, on simulated shops of each of ``--sizes`` customers (orders
+  only) and on one of ``--events-customers`` with engagement events; wall time and peak memory (the process and its
+  children, DuckDB included).
+- ``--only sampling``: the accuracy cost of learning the classifiers and the learned CLV from a sample
+  (``sample_customers``): training in process on CDNOW and on a simulated shop of ``--customers``, once on everyone
+  and once on a sample, each metric of the newest cut date and pooled over the cut dates side by side (both judged
+  on the same customers).
 
-Usage: python -m benchmarks.training [--customers 1000000] [--only fits|train]
+Usage: python -m benchmarks.training [--customers 1000000] [--sizes 1000000 5000000 10000000]
+                                     [--only fits|train|sampling]
 """
-
 from __future__ import annotations
 
 import argparse
@@ -22,13 +26,13 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from benchmarks.report import machine, print_table, run_measured
-from training.choices import CUTS
 
 MONTHS, MONTHLY_DISCOUNT, MONTH_DAYS = 12, 0.01, 30
 MONTH_ENDS = np.arange(1, MONTHS + 1) * MONTH_DAYS
@@ -99,25 +103,56 @@ def compare_btyd(summary: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def train_runs(transactions: Path, events: Path | None, state: Path) -> list[str]:
-    """Seconds and peak resident memory (GB) of `lifecycle train` judged on one cut date and on the default number,
-    each a fresh process with its own state, and the ratio of their times."""
+def train_run(transactions: Path, events: Path | None, state: Path) -> list[str]:
+    """Seconds and peak resident memory (GB) of `lifecycle train` with its defaults, in a fresh process."""
     command = [sys.executable, "-m", "lifecycle", "train", "--transactions", str(transactions)]
     if events is not None:
         command += ["--events", str(events)]
-    measured = []
-    for cuts in (1, CUTS):
-        env = {**os.environ, "LIFECYCLE_STATE_DIR": str(state / f"cuts-{cuts}"), "LIFECYCLE_BACKTEST_CUTS": str(cuts)}
-        seconds, peak, _ = run_measured(command, env=env)
-        measured.append((seconds, peak))
-    (one, one_peak), (all_, all_peak) = measured
-    return [f"{one:.1f}", f"{all_:.1f}", f"{all_ / one:.2f}x", f"{one_peak:.2f}", f"{all_peak:.2f}"]
+    seconds, peak, _ = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)})
+    return [f"{seconds:.1f}", f"{peak:.2f}"]
+
+
+SAMPLING_METRICS = ("churn_roc_auc", "churn_buyers_classifier_roc_auc", "churn_brier", "next_stage_roc_auc",
+                    "clv_gini", "clv_learned_gini", "clv_decile_mape")
+
+
+def sampling_cost(name: str, transactions: Path, sample: int, state: Path) -> list[list[str]]:
+    """Rows: each of ``SAMPLING_METRICS``, newest cut date and mean over the cut dates, learning from everyone and
+    from ``sample`` customers, and the difference."""
+    from lifecycle.config import Settings
+    from lifecycle.pipeline import open_dataset, with_churn_horizon
+    from lifecycle.training import training_config
+    from training.train import train
+
+    results = {}
+    for size in (None, sample):
+        settings = Settings(inputs={"transactions": {"path": str(transactions)}}, state_dir=state)
+        data = open_dataset(settings)
+        settings = with_churn_horizon(settings, data).settings
+        config = training_config(settings)
+        config = replace(config, sample_customers=size or data.customers_count())
+        results[size] = train(data, config)
+    rows = []
+    for metric in SAMPLING_METRICS:
+        values = {}
+        for size, result in results.items():
+            newest = result.evaluation.metrics.get(metric, np.nan)
+            pooled = np.mean([e.metrics.get(metric, np.nan) for e in result.backtest])
+            values[size] = newest, pooled
+        (everyone, everyone_pooled), (sampled, sampled_pooled) = values[None], values[sample]
+        rows.append([name, f"{sample:,}", metric, f"{everyone:.4f}", f"{sampled:.4f}", f"{sampled - everyone:+.4f}",
+                     f"{everyone_pooled:.4f}", f"{sampled_pooled:.4f}", f"{sampled_pooled - everyone_pooled:+.4f}"])
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["fits", "train"], help="run only the fits or only `lifecycle train`")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 10_000_000],
+                        help="simulated customers `lifecycle train` is timed on (orders only)")
+    parser.add_argument("--events-customers", type=int, default=100_000,
+                        help="simulated customers with engagement events `lifecycle train` is timed on")
+    parser.add_argument("--only", choices=["fits", "train", "sampling"], help="run only one part")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -126,7 +161,7 @@ def main() -> None:
     from features.simulator import SimulationParams, simulate
 
     console = Console()
-    if args.only != "train":
+    if args.only in (None, "fits"):
         with console.status(f"BTYD summary of {args.customers:,} simulated buyers..."):
             summary = btyd_summary(args.customers)
         with console.status("fits and CLV, ours and lifetimes'..."):
@@ -134,27 +169,42 @@ def main() -> None:
         print_table(f"BTYD vs plain lifetimes, {args.customers:,} simulated customers ({machine()})",
                     ["step", "customers", "lifetimes s", "ours s", "speed-up", "max relative difference"], rows,
                     console)
-    if args.only == "fits":
-        return
-    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         path = cdnow.write_master(folder / "cdnow")
+        if args.only in (None, "sampling"):
+            from training.choices import SAMPLE_CUSTOMERS
+
+            rows = sampling_cost("CDNOW (real)", path, 12_000, folder / "state-sampling-cdnow")
+            with console.status(f"simulating {args.customers:,} customers..."):
+                sim = simulate(SimulationParams(customers=args.customers, seed=0, events=False))
+                paths = sim.write(folder / "sim-sampling")
+            with console.status(f"training twice on {args.customers:,} simulated customers..."):
+                rows += sampling_cost(f"simulated {args.customers / 1e6:g}M", paths["transactions"],
+                                      min(SAMPLE_CUSTOMERS, args.customers // 2), folder / "state-sampling")
+            print_table(f"What learning from a sample costs ({machine()})",
+                        ["data", "sample", "metric", "everyone", "sample", "difference", "everyone, cut dates' mean",
+                         "sample, cut dates' mean", "difference"], rows, console)
+        if args.only not in (None, "train"):
+            return
+        runs = []
         with console.status("lifecycle train on CDNOW..."):
-            runs.append(["CDNOW (real)", "69,659", "-", "23,570", *train_runs(path, None, folder / "state-cdnow")])
-        # orders only at full size; engagement events (about 83 per customer) on a tenth of it
-        for customers, events in ((args.customers, False), (args.customers // 10, True)):
+            runs.append(["CDNOW (real)", "69,659", "-", "23,570", *train_run(path, None, folder / "state-cdnow")])
+        shops = [(customers, False) for customers in args.sizes] + [(args.events_customers, True)]
+        for customers, events in shops:
             with console.status(f"simulating {customers:,} customers..."):
                 sim = simulate(SimulationParams(customers=customers, seed=0, events=events))
-                paths = sim.write(folder / f"sim-{customers}")
+                paths = sim.write(folder / f"sim-{customers}-{events}")
+                orders, logged = len(sim.transactions), len(sim.events) if events else 0
+                del sim
             with console.status(f"lifecycle train on {customers:,} simulated customers..."):
-                measured = train_runs(paths["transactions"], paths["events"] if events else None,
-                                      folder / f"state-{customers}")
-            runs.append([f"simulated {customers / 1e6:g}M", f"{len(sim.transactions):,}",
-                         f"{len(sim.events):,}" if events else "-", f"{customers:,}", *measured])
-    print_table(f"lifecycle train, end to end, on 1 and {CUTS} cut dates ({machine()})",
-                ["data", "orders", "events", "customers", "1 cut s", f"{CUTS} cuts s", "ratio", "1 cut peak GB",
-                 f"{CUTS} cuts peak GB"], runs, console)
+                measured = train_run(paths["transactions"], paths["events"] if events else None,
+                                     folder / f"state-{customers}-{events}")
+            runs.append([f"simulated {customers / 1e6:g}M", f"{orders:,}", f"{logged:,}" if events else "-",
+                         f"{customers:,}", *measured])
+            print(" | ".join(runs[-1]), flush=True)  # a long run keeps what it measured
+    print_table(f"lifecycle train, end to end ({machine()})",
+                ["data", "orders", "events", "customers", "seconds", "peak GB"], runs, console)
 
 
 if __name__ == "__main__":

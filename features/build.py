@@ -168,8 +168,10 @@ class FeatureBuilder:
         FROM ranked
         """
 
-    def labels(self, data: Dataset, as_of: date, horizon_days: int) -> duckdb.DuckDBPyRelation:
-        """Labels from the window (as_of, as_of + horizon]: what each customer at ``as_of`` went on to do.
+    def labels(self, data: Dataset, as_of: date, horizon_days: int, population: str | None = None
+               ) -> duckdb.DuckDBPyRelation:
+        """Labels from the window (as_of, as_of + horizon]: what each customer at ``as_of`` (or of ``population``, as
+        in ``transform``) went on to do.
 
         ``purchases`` counts purchase days (BTYD transactions), ``orders`` raw orders, ``spend``
         their amount; ``churned`` is no purchase in the window; ``reached_next_stage`` compares the
@@ -177,7 +179,7 @@ class FeatureBuilder:
         """
         end = as_of + timedelta(days=horizon_days)
         return data.con.sql(f"""
-            WITH now AS ({self.sql(as_of)}), later AS ({self.sql(end)}),
+            WITH now AS ({self.sql(as_of, population)}), later AS ({self.sql(end, population)}),
             window_tx AS ({_window_sql(data, as_of, horizon_days)})
             SELECT now.customer_id, DATE '{as_of}' AS as_of, {horizon_days} AS horizon_days,
                 coalesce(w.purchases, 0) AS purchases, coalesce(w.orders, 0) AS orders,

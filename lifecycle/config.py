@@ -28,7 +28,7 @@ from features.params import ActivityRules, FeatureParams, StageRules
 from features.tables import TableSource
 from models.risk import RiskBands
 from serving.settings import ServingSettings
-from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK, PURCHASE_MODEL_NAMES
+from training.choices import AUTO, CLV_SOURCES, CUTS, MAPE_SLACK, PURCHASE_MODEL_NAMES, SAMPLE_CUSTOMERS
 
 if TYPE_CHECKING:  # DuckDB loads where features are built (the CLI starts without it)
     from features.build import FeatureBuilder
@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="seed of every random step of training")
     backtest_cuts: int = Field(CUTS, ge=1, description="cut dates, one churn horizon apart, that training judges every "
                                "choice on (as many as the history allows, down to 1)")
+    sample_customers: int = Field(SAMPLE_CUSTOMERS, ge=1000, description="most customers the classifiers and the "
+                                  "learned CLV learn from: on larger shops a sample, stratified by lifecycle stage "
+                                  "(the BTYD models are fitted on every buyer)")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction
 

@@ -51,7 +51,8 @@ def training_config(settings: Settings) -> TrainingConfig:
     """What training is told, from the configuration (its churn horizon resolved: ``with_churn_horizon``)."""
     return TrainingConfig(settings.feature_builder, horizons(settings), seed=settings.seed,
                           purchase_model=settings.btyd.model, penalizer=settings.btyd.penalizer,
-                          clv_model=settings.clv.model, mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts)
+                          clv_model=settings.clv.model, mape_slack=settings.clv.mape_slack, cuts=settings.backtest_cuts,
+                          sample_customers=settings.sample_customers)
 
 
 def open_registry(settings: Settings, on_wait: Callable[[str], None] = _to_stderr):

@@ -63,14 +63,19 @@ class PurchaseModel(ABC):
         self.log_likelihood_: float | None = None
         self.customers_ = 0
 
-    def fit(self, frequency, recency, T) -> Self:
-        """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence."""
+    def fit(self, frequency, recency, T, weights=None) -> Self:
+        """Maximum-likelihood fit; raises LifecycleError on too little data or non-convergence.
+
+        ``weights``: how many customers each row stands for (distinct rows with their counts, aggregated where the
+        customers are); one each by default.
+        """
         x, t_x, age = as_arrays(frequency, recency, T)
-        repeaters = int((x > 0).sum())
+        weights = np.ones_like(x) if weights is None else as_arrays(weights, x)[0]
+        repeaters = int(weights[x > 0].sum())
         if repeaters < MIN_REPEAT_BUYERS_TO_FIT:
             raise LifecycleError(
                 f"only {repeaters} repeat buyers; {self.label} needs at least {MIN_REPEAT_BUYERS_TO_FIT}")
-        (ux, ut_x, uage), counts, _ = unique_rows(x, t_x, age)
+        (ux, ut_x, uage), counts, _ = unique_rows(x, t_x, age, weights=weights)
         scale = 1 / uage.max()
         caps = {self.parameters.index(name): most for name, most in self.most.items()}
         values = maximize_likelihood(self.label, self._objective(), (ux, ut_x * scale, uage * scale), counts,
@@ -83,7 +88,7 @@ class PurchaseModel(ABC):
                         for name, value in zip(self.parameters, values, strict=True)}
         warn_at_boundary(self.label, self.params_)
         self.log_likelihood_ = float((counts * self.log_likelihood(ux, ut_x, uage)).sum())
-        self.customers_ = len(x)
+        self.customers_ = int(weights.sum())
         return self
 
     def log_likelihood(self, frequency, recency, T) -> np.ndarray:
@@ -116,11 +121,13 @@ class PurchaseModel(ABC):
 
         return per_unique(silent, frequency, recency, T, squeeze=np.ndim(t) == 0)
 
-    def log_parameter_covariance(self, frequency, recency, T) -> np.ndarray:
+    def log_parameter_covariance(self, frequency, recency, T, weights=None) -> np.ndarray:
         """The covariance of the log-parameters (in the order of ``parameters``) from the fit's curvature on the
-        data it was fitted to (``frequency``, ``recency``, ``T``): what the data leave unsure about them."""
+        data it was fitted to (``frequency``, ``recency``, ``T``, ``weights`` as in ``fit``): what the data leave
+        unsure about them."""
         x, t_x, age = as_arrays(frequency, recency, T)
-        (ux, ut_x, uage), counts, _ = unique_rows(x, t_x, age)
+        (ux, ut_x, uage), counts, _ = unique_rows(x, t_x, age, weights=None if weights is None else
+                                                  as_arrays(weights, x)[0])
         scale = 1 / uage.max()  # the fit's time unit (the covariance of log-parameters does not depend on it)
         point = np.log([self._values()[i] * (scale if name in self.time_parameters else 1)
                         for i, name in enumerate(self.parameters)])

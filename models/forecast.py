@@ -11,79 +11,111 @@ The interval is normal with both variances added: a total over many customers is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from scipy.stats import norm
 
+from features.errors import LifecycleError
 from models.btyd import PurchaseModel, holding
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
+from models.rows import buyer_rows
 
 GROUPINGS = ("rfm_segment", "stage")
+COLUMNS = "customer_id, orders, frequency, recency, T, monetary_value, rfm_segment, stage"  # that ``forecast`` reads
 STEP = 1e-4  # of the central differences, in log-parameters
+CHUNK = 250_000  # buyers read at a time
 
 
-def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, features: pd.DataFrame) -> pd.DataFrame:
+def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, features: duckdb.DuckDBPyRelation,
+             chunk: int = CHUNK) -> pd.DataFrame:
     """One row per group (``all`` buyers, then each RFM segment and stage): its customers, and their total
     purchases and spend over the CLV horizon with ``*_low`` / ``*_high`` at the interval level of ``horizons``.
 
-    ``features`` are the rows the two models were fitted on (the training population at its end).
+    ``features`` is the feature table the two models were fitted on (the training population at its end). Its buyers
+    are read ``chunk`` at a time, in customer order (the same sums whoever computes them, in bounded memory); the
+    parameters' covariances come from their distinct rows (``models.rows.buyer_rows``).
     """
-    buyers = features[features["orders"] > 0].reset_index(drop=True)
-    f, r, t, m = (buyers[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
-    days = horizons.clv_days
-    counts = purchases.future_purchases(days, f, r, t)
-    money = spend.future_spend(counts, f, m)
-    codes, labels = _groups(buyers)
-
-    def totals(values: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.bincount(c, weights=values, minlength=len(g)) for c, g in zip(codes, labels,
-                                                                                              strict=True)])
-
-    expected, order_value = counts.mean(), spend.expected_order_value(f, m)
-
-    def purchase_totals(model: PurchaseModel) -> np.ndarray:  # purchases, then spend at today's order values
-        shifted = model.expected_purchases(days, f, r, t)
-        return np.stack([totals(shifted), totals(shifted * order_value)])
-
-    by_purchases = _gradient(purchase_totals, purchases)  # parameters x (purchases, spend) x groups
-    by_spend = _gradient(lambda model: totals(expected * model.expected_order_value(f, m)), spend)
-    purchase_covariance = purchases.log_parameter_covariance(f, r, t)
+    sums = None
+    for part in _chunks(features.filter("orders > 0").select(COLUMNS).order("customer_id"), chunk):
+        found = _sums(purchases, spend, horizons.clv_days, part)
+        sums = found if sums is None else sums.add(found, fill_value=0)
+    if sums is None:
+        raise LifecycleError("no buyers to forecast")
+    sums = sums.sort_index()  # all, rfm_segment, stage; their values in order
+    rows = buyer_rows(features)
+    purchase_covariance = purchases.log_parameter_covariance(*_columns(rows.purchases))
+    spend_covariance = spend.log_parameter_covariance(*_columns(rows.spend))
+    by_purchases = {name: sums[[f"{name}_by_{p}" for p in purchases.params_]].to_numpy().T
+                    for name in ("purchases", "spend")}
+    by_spend = sums[[f"spend_by_{p}" for p in spend.params_]].to_numpy().T
     parameter_variance = {
-        "purchases": _through(by_purchases[:, 0], purchase_covariance),
-        "spend": _through(by_purchases[:, 1], purchase_covariance)
-        + _through(by_spend, spend.log_parameter_covariance(f, m))}
-    out = pd.DataFrame({"group": [name for name, g in zip(("all", *GROUPINGS), labels, strict=True) for _ in g],
-                        "value": [value for g in labels for value in g],
-                        "customers": totals(np.ones(len(buyers))).astype(int)})
+        "purchases": _through(by_purchases["purchases"], purchase_covariance),
+        "spend": _through(by_purchases["spend"], purchase_covariance) + _through(by_spend, spend_covariance)}
+    out = sums.index.to_frame(index=False)
+    out["customers"] = sums["customers"].to_numpy().astype(int)
     z = norm.ppf((1 + horizons.interval) / 2)
-    own_variance = {"purchases": counts.variance(), "spend": money.variance()}
-    for name, point in (("purchases", expected), ("spend", money.mean())):
-        centre = totals(point)
-        half = z * np.sqrt(totals(own_variance[name]) + parameter_variance[name])
+    for name in ("purchases", "spend"):
+        centre = sums[name].to_numpy()
+        half = z * np.sqrt(sums[f"{name}_variance"].to_numpy() + parameter_variance[name])
         out[name], out[f"{name}_low"], out[f"{name}_high"] = centre, np.maximum(centre - half, 0), centre + half
     return out
 
 
-def _gradient(total_of, model) -> np.ndarray:
-    """d totals / d log-parameter: the model's parameters in their order by the shape of ``total_of``'s totals."""
-    rows = []
+def _sums(purchases: PurchaseModel, spend: SpendModel, days: int, buyers: pd.DataFrame) -> pd.DataFrame:
+    """Per group of ``buyers``: customers, expected purchases and spend, their variances, and the expected totals'
+    derivatives in each log-parameter (``{purchases,spend}_by_{parameter}``); indexed by (group, value)."""
+    f, r, t, m = (buyers[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+    counts = purchases.future_purchases(days, f, r, t)
+    money = spend.future_spend(counts, f, m)
+    expected, order_value = counts.mean(), spend.expected_order_value(f, m)
+    values = {"customers": np.ones(len(f)), "purchases": expected, "spend": money.mean(),
+              "purchases_variance": counts.variance(), "spend_variance": money.variance()}
+    for name, (up, down) in _shifted(purchases):  # purchases, and spend at today's order values
+        change = (up.expected_purchases(days, f, r, t) - down.expected_purchases(days, f, r, t)) / (2 * STEP)
+        values[f"purchases_by_{name}"], values[f"spend_by_{name}"] = change, change * order_value
+    for name, (up, down) in _shifted(spend):
+        values[f"spend_by_{name}"] = expected * (up.expected_order_value(f, m) - down.expected_order_value(f, m)) / (
+            2 * STEP)
+    table = pd.DataFrame(values)
+    groups = [table.groupby(np.zeros(len(table), dtype=int)).sum().set_axis(pd.MultiIndex.from_tuples(
+        [("all", "all buyers")], names=["group", "value"]))]
+    for column in GROUPINGS:
+        summed = table.groupby(buyers[column].astype(str).to_numpy()).sum()
+        groups.append(summed.set_axis(pd.MultiIndex.from_product([[column], summed.index], names=["group", "value"])))
+    return pd.concat(groups)
+
+
+def _shifted(model):
+    """Each parameter's name with the model at it times exp(+STEP) and exp(-STEP) (central differences)."""
     for name, value in model.params_.items():
-        up, down = (holding(model, model.params_ | {name: value * np.exp(side * STEP)}) for side in (1, -1))
-        rows.append((total_of(up) - total_of(down)) / (2 * STEP))
-    return np.array(rows)
+        yield name, tuple(holding(model, model.params_ | {name: value * np.exp(side * STEP)}) for side in (1, -1))
+
+
+def _columns(rows: pd.DataFrame) -> list[pd.Series]:
+    """A ``BuyerRows`` table's columns as a fit takes them: the values, then the counts as weights."""
+    return [rows[c] for c in rows.columns]
+
+
+def _chunks(relation: duckdb.DuckDBPyRelation, size: int) -> Iterator[pd.DataFrame]:
+    """``relation``'s rows ``size`` at a time, in its order (the chunks' bounds do not depend on DuckDB's batches)."""
+    pending, rows = [], 0
+    for batch in relation.to_arrow_reader(size):
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size).to_pandas()
+            rest = table.slice(size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield pa.Table.from_batches(pending).to_pandas()
 
 
 def _through(gradient: np.ndarray, covariance: np.ndarray) -> np.ndarray:
     """Each group's variance ``g' C g`` by the delta method."""
     return np.einsum("pg,pq,qg->g", gradient, covariance, gradient)
-
-
-def _groups(buyers: pd.DataFrame) -> tuple[list[np.ndarray], list[list[str]]]:
-    """Each grouping's code per customer and its values (``all``: one group)."""
-    codes, labels = [np.zeros(len(buyers), dtype=np.int64)], [["all buyers"]]
-    for column in GROUPINGS:
-        code, values = pd.factorize(buyers[column].astype(str), sort=True)
-        codes.append(code)
-        labels.append(list(values))
-    return codes, labels

@@ -53,8 +53,9 @@ class SpendModel:
         self.spend_correlation_: float | None = None
         self.pooled_ = False
 
-    def fit(self, frequency, monetary_value) -> Self:
-        """Fit on repeat buyers with a positive mean repeat spend; checks q > 1 and independence.
+    def fit(self, frequency, monetary_value, weights=None) -> Self:
+        """Fit on repeat buyers with a positive mean repeat spend; checks q > 1 and independence. ``weights``: how
+        many customers each row stands for (one each by default).
 
         Unpenalized, in units of the mean repeat spend (``gamma`` scaled back): the likelihood is then well posed
         wherever q > 1 in any currency, and a penalizer on the parameters' squares would only pull q towards 1 and
@@ -64,20 +65,19 @@ class SpendModel:
         every order Gamma(p, nu) with the same nu for everyone, Gamma-Gamma's limit q -> infinity, held as
         q = ``POOLED_Q``.
         """
-        x, m = as_arrays(frequency, monetary_value)
-        usable = (x > 0) & (m > 0)
-        if usable.sum() < MIN_REPEAT_BUYERS_TO_FIT:
+        x, m, w = _usable(frequency, monetary_value, weights)
+        if w.sum() < MIN_REPEAT_BUYERS_TO_FIT:
             raise LifecycleError(
-                f"only {int(usable.sum())} repeat buyers with a positive spend; Gamma-Gamma needs "
+                f"only {int(w.sum())} repeat buyers with a positive spend; Gamma-Gamma needs "
                 f"{MIN_REPEAT_BUYERS_TO_FIT}")
-        x, m = x[usable], m[usable]
-        self.spend_correlation_ = float(np.corrcoef(x, m)[0, 1])
+        self.spend_correlation_ = float(np.cov(x, m, aweights=w)[0, 1] / np.sqrt(
+            np.cov(x, aweights=w) * np.cov(m, aweights=w)))
         if self.spend_correlation_ > MAX_SPEND_CORRELATION:
             warnings.warn(
                 f"frequency and mean spend correlate at {self.spend_correlation_:.2f} (> {MAX_SPEND_CORRELATION}): "
                 "Gamma-Gamma assumes they are independent, so its order values are biased", stacklevel=2)
-        unit = m.mean()
-        (ux, um), counts, _ = unique_rows(x, m / unit)
+        unit = np.average(m, weights=w)
+        (ux, um), counts, _ = unique_rows(x, m / unit, weights=w)
         pooled = _fit_pooled(ux, um, counts)
         try:  # Gamma-Gamma's gain in log-likelihood over the pooled model, unpenalized
             p, q, gamma = maximize_likelihood("Gamma-Gamma", _GAMMA_GAMMA, (ux, um), counts, 0.0, 3)
@@ -113,12 +113,12 @@ class SpendModel:
         weight = p * x / (p * x + q - 1)
         return (1 - weight) * self.population_mean + weight * m
 
-    def log_parameter_covariance(self, frequency, monetary_value) -> np.ndarray:
-        """The covariance of the log-parameters (p, q, gamma) from the fit's curvature on the data it was fitted to."""
-        x, m = as_arrays(frequency, monetary_value)
-        usable = (x > 0) & (m > 0)
-        unit = m[usable].mean()
-        (ux, um), counts, _ = unique_rows(x[usable], m[usable] / unit)
+    def log_parameter_covariance(self, frequency, monetary_value, weights=None) -> np.ndarray:
+        """The covariance of the log-parameters (p, q, gamma) from the fit's curvature on the data it was fitted to
+        (``weights`` as in ``fit``)."""
+        x, m, w = _usable(frequency, monetary_value, weights)
+        unit = np.average(m, weights=w)
+        (ux, um), counts, _ = unique_rows(x, m / unit, weights=w)
         p, q, gamma = self._params()
         return log_parameter_covariance(_GAMMA_GAMMA, (ux, um), counts, 0.0, np.log([p, q, gamma / unit]))
 
@@ -154,6 +154,14 @@ _GAMMA_GAMMA = value_and_grad(GammaGammaFitter._negative_log_likelihood)
 class _Pooled:
     params: tuple[float, float, float]  # as Gamma-Gamma's (p, POOLED_Q, gamma), with the same mean order value
     log_likelihood: float
+
+
+def _usable(frequency, monetary_value, weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows Gamma-Gamma is fitted on (repeat buyers with a positive mean repeat spend) and their weights."""
+    x, m = as_arrays(frequency, monetary_value)
+    w = np.ones_like(x) if weights is None else as_arrays(weights, x)[0]
+    usable = (x > 0) & (m > 0)
+    return x[usable], m[usable], w[usable]
 
 
 def _fit_pooled(x, m, weights) -> _Pooled:

@@ -6,6 +6,9 @@ shop's customers there are many times fewer of them than customers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -22,8 +25,10 @@ def as_arrays(*columns) -> list[np.ndarray]:
     return arrays
 
 
-def unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The distinct rows of the given columns (sorted), how often each occurs, and each row's index.
+def unique_rows(*columns: np.ndarray, weights: np.ndarray | None = None
+                ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The distinct rows of the given columns (sorted), how often each occurs (the sum of its rows' ``weights``,
+    when given: rows that stand for several customers each), and each row's index.
 
     Rows are hashed to 64 bits and the hashes factorized, many times faster than the sort behind
     ``np.unique(axis=0)``; every row is then checked against its representative, and a hash
@@ -36,13 +41,14 @@ def unique_rows(*columns: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, np.
     first[inverse[::-1]] = np.arange(len(inverse))[::-1]  # the first row of each distinct hash
     levels = [c[first] for c in columns]
     if not all(np.array_equal(level[inverse], c) for level, c in zip(levels, columns, strict=True)):
-        unique, inverse, counts = np.unique(np.column_stack(columns), axis=0, return_inverse=True, return_counts=True)
-        return list(unique.T), counts, inverse.ravel()
+        unique, inverse = np.unique(np.column_stack(columns), axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        return list(unique.T), np.bincount(inverse, weights), inverse
     order = np.lexsort(levels[::-1])
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
     inverse = rank[inverse]
-    return [level[order] for level in levels], np.bincount(inverse), inverse
+    return [level[order] for level in levels], np.bincount(inverse, weights), inverse
 
 
 def per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
@@ -57,3 +63,24 @@ def per_unique(function, *columns, squeeze: bool = True) -> np.ndarray:
     if squeeze and values.ndim == 2:
         values = values[:, 0]
     return values[inverse]
+
+
+@dataclass(frozen=True)
+class BuyerRows:
+    """Every buyer of a table as the BTYD fits take them: distinct (frequency, recency, T) rows and distinct
+    (frequency, monetary_value) rows, each with how many buyers it stands for (``count``)."""
+
+    purchases: pd.DataFrame  # frequency, recency, T, count
+    spend: pd.DataFrame  # frequency, monetary_value, count
+
+    @property
+    def customers(self) -> int:
+        return int(self.purchases["count"].sum())
+
+
+def buyer_rows(relation: duckdb.DuckDBPyRelation, buyers: str = "orders > 0") -> BuyerRows:
+    """The ``BuyerRows`` of the rows of ``relation`` (BTYD summary columns) where ``buyers`` holds."""
+    def grouped(columns: str) -> pd.DataFrame:
+        return relation.filter(buyers).aggregate(f"{columns}, count(*)::DOUBLE AS count", columns).order(columns).df()
+
+    return BuyerRows(grouped("frequency, recency, T"), grouped("frequency, monetary_value"))

@@ -123,10 +123,7 @@ def _top_customers(data: Dataset) -> pd.DataFrame:
 def _forecast(data: Dataset, model: LifecycleModel, as_of: date) -> pd.DataFrame:
     """The base's purchases and spend over the CLV horizon with their intervals (``models.forecast``): every buyer
     known at ``as_of``, then each stage."""
-    features = (model.builder.transform(data, as_of).filter("orders > 0")  # the buyers, in one order: the same sums
-                .select("customer_id, orders, frequency, recency, T, monetary_value, rfm_segment, stage")
-                .order("customer_id").df())
-    totals = forecast(model.purchases, model.spend, model.horizons, features)
+    totals = forecast(model.purchases, model.spend, model.horizons, model.builder.transform(data, as_of))
     return totals[totals.group.isin(["all", "stage"])].drop(columns="group").rename(columns={"value": "group"})
 
 

@@ -3,6 +3,7 @@ known standard errors, and the rules that settle each decision on hand-made eval
 
 from __future__ import annotations
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,13 +15,13 @@ from training.backtest import (
     brier,
     decile_mape,
     gini,
-    judged_sample,
     judged_share,
     mean,
     roc_auc,
 )
 from training.decisions import NEAR_CHANCE_AUC, better_churn_source, better_clv_source, weaknesses
 from training.judging import Evaluation
+from training.tables import Sample
 
 ONES = np.ones((1, 7))
 
@@ -125,6 +126,13 @@ def test_a_large_shop_draws_its_replicates_on_a_sample():
     assert sampled.mean == full.mean and sampled.se == pytest.approx(full.se, rel=0.15)
 
 
+def _kept(table: pd.DataFrame, sample: Sample) -> pd.DataFrame:
+    """``sample``'s rows of ``table``, drawn in DuckDB as training draws them."""
+    con = duckdb.connect()
+    con.register("shop", table)
+    return con.sql(f"SELECT * FROM shop WHERE {sample.condition(con, 'SELECT * FROM shop')}").df()
+
+
 def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
     """Above ``most`` customers a run judges about ``most`` of them (within 4 binomial SDs), chosen by id at one share:
     the same ones whatever the order of the rows and in every table of the run (another table with some of the
@@ -134,18 +142,18 @@ def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
     its noise by sqrt(1/4))."""
     rng = np.random.default_rng(4)
     table = pd.DataFrame({"customer_id": [f"c{k}" for k in range(80_000)], "value": rng.random(80_000)})
-    assert judged_share(80_000, most=100_000) == 1.0 and judged_sample(table, 1.0) is table
+    assert judged_share(80_000, most=100_000) == 1.0 and len(_kept(table, Sample(judged=1.0))) == len(table)
     share = judged_share(80_000, most=20_000)
     assert share == 0.25
-    kept = judged_sample(table, share)
+    kept = _kept(table, Sample(judged=share))
     assert abs(len(kept) - 20_000) < 4 * np.sqrt(80_000 * 0.25 * 0.75)
-    shuffled = judged_sample(table.sample(frac=1, random_state=1), share)
+    shuffled = _kept(table.sample(frac=1, random_state=1), Sample(judged=share))
     assert set(shuffled.customer_id) == set(kept.customer_id)
     some = table.iloc[::3]
-    assert set(judged_sample(some, share).customer_id) == set(kept.customer_id) & set(some.customer_id)
+    assert set(_kept(some, Sample(judged=share)).customer_id) == set(kept.customer_id) & set(some.customer_id)
     newcomers = {f"n{k}" for k in range(20_000)}
     later = pd.concat([table, pd.DataFrame({"customer_id": sorted(newcomers), "value": 0.0})])
-    assert set(judged_sample(later, judged_share(len(later), most=20_000)).customer_id) <= (
+    assert set(_kept(later, Sample(judged=judged_share(len(later), most=20_000))).customer_id) <= (
         set(kept.customer_id) | newcomers)
     ids, n = kept.customer_id.to_numpy(), len(kept)
     y = rng.integers(0, 2, n).astype(float)
@@ -258,3 +266,22 @@ def test_a_run_that_ranks_near_chance_is_weak():
     found, _ = weaknesses([clv])
     assert [f.split(" (")[0] for f in found] == ["the CLV is no better than the past spend rate over 1 cut date(s)",
                                                  "the CLV ranks near chance"]
+
+
+def test_a_training_sample_keeps_each_stage_in_proportion_and_is_the_same_every_time():
+    """Above ``trained`` customers, the classifiers learn from about that many, each lifecycle stage in proportion to
+    its size (a rare stage too: 1 % of the shop is 1 % of the sample, to a customer), the same customers whatever the
+    order of the rows, independent of the judged sample; everyone on a smaller shop."""
+    rng = np.random.default_rng(7)
+    stages = rng.choice(["awareness", "conversion", "retention", "advocacy"], 60_000, p=[0.5, 0.3, 0.19, 0.01])
+    table = pd.DataFrame({"customer_id": np.arange(60_000) * 7 + 3, "stage": stages})
+    assert len(_kept(table, Sample(trained=60_000))) == 60_000
+    kept = _kept(table, Sample(trained=6_000))
+    assert abs(len(kept) - 6_000) <= 4  # one customer per stage at most, from rounding each stage's share
+    expected = table.stage.value_counts() / 10
+    assert (kept.stage.value_counts().reindex(expected.index) - expected).abs().max() <= 1
+    assert set(_kept(table.sample(frac=1, random_state=2), Sample(trained=6_000)).customer_id) == set(
+        kept.customer_id)
+    judged = set(_kept(table, Sample(judged=0.1)).customer_id)
+    overlap = len(judged & set(kept.customer_id)) / len(kept)
+    assert abs(overlap - 0.1) < 4 * np.sqrt(0.1 * 0.9 / len(kept))  # drawn independently of the judged sample

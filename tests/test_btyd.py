@@ -222,3 +222,39 @@ def test_unique_rows_are_exact_even_when_hashes_collide(collide, monkeypatch):
     expected = np.unique(np.column_stack(columns), axis=0, return_counts=True)
     np.testing.assert_array_equal(np.column_stack(levels), expected[0])  # distinct and sorted
     np.testing.assert_array_equal(counts, expected[1])
+
+
+def test_fits_on_the_buyers_aggregated_in_duckdb_equal_fits_on_every_customer(cdnow_master):
+    """Training fits on distinct rows with their counts, aggregated in DuckDB (``models.rows.buyer_rows``): every
+    purchase model, Gamma-Gamma and their parameters' covariances equal the fits on one row per customer; the
+    weights count customers (a row of weight 3 is three customers)."""
+    from models.purchase_models import PURCHASE_MODELS
+    from models.rows import buyer_rows
+
+    data = load(transactions=cdnow_master)
+    features = FeatureBuilder().fit_transform(data, cdnow.OBSERVATION_END.date())
+    rows = buyer_rows(features)
+    buyers = features.filter("orders > 0").df()
+    f, r, t, m = (buyers[c].to_numpy() for c in ("frequency", "recency", "T", "monetary_value"))
+    grouped = rows.purchases
+    assert rows.customers == len(buyers) == grouped["count"].sum() and len(grouped) < len(buyers) / 2
+    for name, model in PURCHASE_MODELS.items():
+        each = model().fit(f, r, t)
+        aggregated = model().fit(grouped.frequency, grouped.recency, grouped["T"], weights=grouped["count"])
+        for parameter, value in each.params_.items():
+            assert aggregated.params_[parameter] == pytest.approx(value, rel=1e-9), (name, parameter)
+        assert aggregated.customers_ == each.customers_ and aggregated.log_likelihood_ == pytest.approx(
+            each.log_likelihood_, rel=1e-12)
+        np.testing.assert_allclose(
+            aggregated.log_parameter_covariance(grouped.frequency, grouped.recency, grouped["T"], grouped["count"]),
+            each.log_parameter_covariance(f, r, t), rtol=1e-6)
+    spend = SpendModel().fit(f, m)
+    pairs = rows.spend
+    aggregated = SpendModel().fit(pairs.frequency, pairs.monetary_value, weights=pairs["count"])
+    assert aggregated.params_ == pytest.approx(spend.params_, rel=1e-9)
+    np.testing.assert_allclose(aggregated.log_parameter_covariance(pairs.frequency, pairs.monetary_value,
+                                                                   pairs["count"]),
+                               spend.log_parameter_covariance(f, m), rtol=1e-6)
+    tripled = BGNBD().fit([0, 1, 2, 5] * 5, [0, 30, 60, 200] * 5, [300, 300, 400, 400] * 5)
+    weighted = BGNBD().fit([0, 1, 2, 5], [0, 30, 60, 200], [300, 300, 400, 400], weights=[5, 5, 5, 5])
+    assert weighted.params_ == pytest.approx(tripled.params_, rel=1e-9) and weighted.customers_ == 20

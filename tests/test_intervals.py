@@ -199,8 +199,26 @@ def test_the_base_forecast_covers_the_simulated_totals_at_its_level():
         buyers = table[table.orders > 0]
         purchases = PURCHASE_MODELS["bgnbd"]().fit(buyers.frequency, buyers.recency, buyers["T"])
         spend = SpendModel().fit(buyers.frequency, buyers.monetary_value)
-        total = forecast(purchases, spend, Horizons(), table).iloc[0]
+        total = forecast(purchases, spend, Horizons(), builder.fit_transform(data, cut)).iloc[0]
         assert total.value == "all buyers" and total.customers == len(buyers)
         hits.append([total[f"{name}_low"] <= real[name] <= total[f"{name}_high"] for name in ("purchases", "spend")])
     share = np.mean(hits, axis=0)
     assert share.min() >= 0.7 and share.max() <= 0.93, share
+
+
+def test_the_forecast_read_in_chunks_is_the_forecast_read_whole():
+    """The base's buyers are read a chunk at a time (bounded memory on any base): chunks of 777 buyers give the
+    forecast of one read to 1e-9, each grouping's customers add up to the buyers, and the groups come in order."""
+    sim = simulate(SimulationParams(customers=4000, seed=5, events=False, prospect_share=0.2))
+    data = load(transactions=sim.transactions)
+    features = FeatureBuilder().fit_transform(data, data.date_range()[1].date())
+    buyers = features.filter("orders > 0").df()
+    purchases = PURCHASE_MODELS["mbgnbd"]().fit(buyers.frequency, buyers.recency, buyers["T"])
+    spend = SpendModel().fit(buyers.frequency, buyers.monetary_value)
+    whole = forecast(purchases, spend, Horizons(), features, chunk=10**9)
+    chunked = forecast(purchases, spend, Horizons(), features, chunk=777)
+    assert chunked[["group", "value", "customers"]].equals(whole[["group", "value", "customers"]])
+    np.testing.assert_allclose(chunked.drop(columns=["group", "value"]), whole.drop(columns=["group", "value"]),
+                               rtol=1e-9)
+    assert whole.group.tolist() == sorted(whole.group) and whole.value[0] == "all buyers"
+    assert (whole.groupby("group").customers.sum() == len(buyers)).all()

@@ -159,7 +159,7 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     from models.lifecycle import Horizons
     from models.purchase_models import PURCHASE_MODELS
     from training.decisions import choose_purchase_model
-    from training.tables import holdout_table
+    from training.tables import holdout
     from training.windows import cut_windows
 
     sim = simulate(SimulationParams(customers=10_000, seed=seed, process=process, events=False, prospect_share=0))
@@ -167,7 +167,7 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     first, last = data.date_range()
     wins = cut_windows(data, first.date(), last.date(), Horizons())
     assert len(wins) == 3
-    holdouts = [holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
+    holdouts = [holdout(data, FeatureBuilder(), w, Horizons()) for w in wins]
     _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
     assert chosen == serves, compared
     end = FeatureBuilder().fit_transform(data, (sim.end - DAY).date()).df()

@@ -82,14 +82,14 @@ def test_tied_purchase_models_are_settled_by_the_documented_preference():
     """On a small Pareto/NBD shop the holdouts cannot tell the models apart beyond noise: the first of PREFERENCE
     among those tied with the best serves, never BG/NBD."""
     from training.decisions import PREFERENCE, choose_purchase_model
-    from training.tables import holdout_table
+    from training.tables import holdout
     from training.windows import cut_windows
 
     sim = simulate(SimulationParams(customers=1500, seed=3, process="pareto_nbd", events=False, prospect_share=0))
     data = load(transactions=sim.transactions)
     first, last = data.date_range()
     wins = cut_windows(data, first.date(), last.date(), Horizons())
-    holdouts = [holdout_table(data, FeatureBuilder().fit(data, w.t0), w, Horizons()) for w in wins]
+    holdouts = [holdout(data, FeatureBuilder(), w, Horizons()) for w in wins]
     _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
     assert compared.tied.sum() >= 2, compared  # a tie to settle
     assert chosen == next(name for name in PREFERENCE if compared.tied[name]) != "bgnbd"

@@ -11,11 +11,11 @@ each decision settles by its own documented rule (docs/models.md). A decision ma
 ``margin``: a candidate is then better only if it is better by more than the margin beyond noise (the
 difference less ``Z`` standard errors still above it), so a gain too small to matter is a tie too.
 
-A cut date is judged on about ``MOST_JUDGED`` customers at most (``judged_sample``: all of them on smaller shops,
-else a sample drawn by a hash of the id at one share per run, the same customers in every table and at every cut
-date). Judging costs about as much per customer as fitting, and past a few hundred thousand customers the metrics'
-noise is far below any difference that matters; the differences' noise below is that of the sample, so no decision
-is surer than its customers allow.
+A cut date is judged on about ``MOST_JUDGED`` customers at most (``judged_share``; ``training.tables.Sample``: all of
+them on smaller shops, else a sample drawn in DuckDB by a hash of the id at one share per run, the same customers in
+every table and at every cut date). Judging costs about as much per customer as fitting, and past a few hundred
+thousand customers the metrics' noise is far below any difference that matters; the differences' noise below is that
+of the sample, so no decision is surer than its customers allow.
 
 On large shops the replicates are drawn on a seeded sample of ``MOST_CUSTOMERS`` customer ids and their
 spread scaled by sqrt(sample / all) (the metrics here are smooth means, whose noise falls with the
@@ -189,19 +189,8 @@ def judged_share(customers: int, most: int = MOST_JUDGED) -> float:
     return min(1.0, most / max(customers, 1))
 
 
-def judged_sample(table: pd.DataFrame, share: float) -> pd.DataFrame:
-    """The rows of a per-customer table (with ``customer_id``) that a cut date is judged on: every row at ``share`` 1,
-    else those whose id's hash falls below ``share`` (``judged_share``). With one share per run, the same customers
-    in every table, at every cut date and in the gate's comparison; a run on grown data (a smaller share) judges a
-    subset of them and of the newcomers."""
-    if share >= 1:
-        return table
-    keep = _uniform(pd.util.hash_array(table["customer_id"].to_numpy()), _JUDGED) < share
-    return table[keep].reset_index(drop=True)
-
-
-# Salts of the hash draws: the replicates' sample is drawn inside the judged sample, independently of it.
-_REPLICATED, _JUDGED = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03)
+# Salt of the hash draw of the replicates' sample (drawn inside the judged sample, independently of it).
+_REPLICATED = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _uniform(hashes: np.ndarray, salt: np.uint64) -> np.ndarray:

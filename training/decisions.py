@@ -11,10 +11,11 @@ from features.errors import LifecycleError
 from models.btyd import PurchaseModel
 from models.lifecycle import Horizons
 from models.purchase_models import PURCHASE_MODELS
-from training.backtest import Bootstrap, Z, brier, decile_mape, gini, judged_sample, mean, roc_auc
+from training.backtest import Bootstrap, Z, brier, decile_mape, gini, mean, roc_auc
 from training.choices import AUTO, CLV_SOURCES, MAPE_SLACK
 from training.fitter import Fitter
 from training.judging import Evaluation, purchase_scores
+from training.tables import Holdout
 from training.windows import Windows
 
 # A served churn probability or CLV that ranks below these (pooled over the cut dates) learned next to nothing
@@ -32,10 +33,11 @@ LL_MARGIN = 1e-4
 GINI_MARGIN = 0.01
 
 
-def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], horizons: Horizons, forced: str = AUTO,
-                          fitter: Fitter | None = None, bootstrap: Bootstrap | None = None, share: float = 1.0
+def choose_purchase_model(holdouts: list[Holdout], wins: list[Windows], horizons: Horizons, forced: str = AUTO,
+                          fitter: Fitter | None = None, bootstrap: Bootstrap | None = None
                           ) -> tuple[list[dict[str, PurchaseModel]], pd.DataFrame, str]:
-    """Fit every purchase model on each cut date's calibration window and judge it on that cut's holdout.
+    """Fit every purchase model on each cut date's calibration window (every buyer) and judge it on that cut's
+    holdout (the buyers of its table: the run's judged sample, ``training.tables.holdout``).
 
     Returns the fitted candidates per cut date, their metrics (one row per model: means over the cut
     dates, and the difference of holdout log-likelihood from the best with its noise, ``tied`` when
@@ -43,8 +45,7 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     ``PREFERENCE`` among the best and those tied with it, BG/NBD aside. The holdout log-likelihood is the mean per
     customer of log P(holdout purchases and their days | calibration history): a proper score of
     everything a purchase model predicts (how many purchases, when, and who is gone), with which the
-    generating process wins on large enough data; it is computed on the ``share`` of the customers a run judges
-    (``training.backtest.judged_share``). A candidate that cannot be fitted at some cut date,
+    generating process wins on large enough data. A candidate that cannot be fitted at some cut date,
     even penalized, is left out, with its reason. The choice and its evidence are in ``.attrs["why"]``.
     """
     fitter, bootstrap = fitter or Fitter(), bootstrap or Bootstrap()
@@ -52,14 +53,15 @@ def choose_purchase_model(holdouts: list[pd.DataFrame], wins: list[Windows], hor
     scores: dict[str, list[dict[str, float]]] = {}
     lls: dict[str, list[np.ndarray]] = {}
     failures = {}
-    scored = [judged_sample(h, share) for h in holdouts]
+    scored = [h.table for h in holdouts]
     for name, model in PURCHASE_MODELS.items():
         if forced not in (AUTO, name):
             continue
         try:
             for k, (holdout, win) in enumerate(zip(holdouts, wins, strict=True)):
-                columns = [holdout[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T")]
-                fitted[k][name] = fitter.fit(model, *columns, what=f"calibration to {win.btyd_calibration_end}")
+                rows = holdout.rows.purchases
+                fitted[k][name] = fitter.fit(model, rows["frequency"], rows["recency"], rows["T"],
+                                             weights=rows["count"], what=f"calibration to {win.btyd_calibration_end}")
         except LifecycleError as exc:
             failures[name] = str(exc)
             for candidates in fitted:

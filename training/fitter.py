@@ -8,12 +8,12 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from features.errors import LifecycleError
 from models.btyd import PurchaseModel
 from models.gamma_gamma import SpendModel
 from models.likelihood import FitFailed
+from models.rows import BuyerRows
 
 # Penalizers tried, in order, when a fit fails at the configured one (see ``Fitter``).
 RETRY_PENALIZERS = (0.001, 0.01, 0.1)
@@ -32,12 +32,12 @@ class Fitter:
     found: dict[str, list[str]] = field(default_factory=dict)  # note -> the fits it is about
     fitted: dict[str, tuple] = field(default_factory=dict)  # a fit's inputs -> (model, its notes)
 
-    def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, what: str = ""):
-        """``model_type(penalizer).fit(*columns)``, with the retries (Gamma-Gamma takes no penalizer: ``SpendModel``
-        is fitted once); ``what`` names the fit in the notes. A fit on inputs fitted before is not repeated (two of
-        the protocol's dates coincide where the history is short)."""
+    def fit(self, model_type: type[PurchaseModel] | type[SpendModel], *columns, weights=None, what: str = ""):
+        """``model_type(penalizer).fit(*columns, weights=weights)``, with the retries (Gamma-Gamma takes no
+        penalizer: ``SpendModel`` is fitted once); ``what`` names the fit in the notes. A fit on inputs fitted before
+        is not repeated (two of the protocol's dates coincide where the history is short)."""
         digest = hashlib.blake2b(model_type.__name__.encode())
-        for column in columns:
+        for column in (*columns, *([] if weights is None else [weights])):
             digest.update(np.ascontiguousarray(column, dtype=float).tobytes())
         key = digest.hexdigest()
         if (known := self.fitted.get(key)) is not None:
@@ -45,20 +45,20 @@ class Fitter:
         else:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                model, failures = self._fit(model_type, columns, what)
+                model, failures = self._fit(model_type, columns, weights, what)
             lines = [str(warning.message) for warning in caught] + failures
             self.fitted[key] = model, lines
         for line in lines:
             self.note(line, what)
         return model
 
-    def _fit(self, model_type, columns, what: str) -> tuple:
+    def _fit(self, model_type, columns, weights, what: str) -> tuple:
         failures = []
         penalized = issubclass(model_type, PurchaseModel)
         penalizers = (self.penalizer, *(p for p in RETRY_PENALIZERS if p > self.penalizer)) if penalized else (None,)
         for penalizer in penalizers:
             try:
-                model = (model_type(penalizer) if penalized else model_type()).fit(*columns)
+                model = (model_type(penalizer) if penalized else model_type()).fit(*columns, weights=weights)
             except FitFailed as exc:
                 failures.append(f"{exc} (penalizer {penalizer:g})" if penalized else str(exc))
                 continue
@@ -82,13 +82,14 @@ class Fitter:
         line = re.sub(r" \([-+.e\d]+\)", "", line)  # the values at the edge: one note per parameter
         self.found.setdefault(line, []).append(what)
 
-    def btyd(self, features: pd.DataFrame, model_type: type[PurchaseModel], what: str
-             ) -> tuple[PurchaseModel, SpendModel]:
-        """The purchase model and the spend model fitted on the buyers among ``features``."""
-        buyers = features[features["orders"] > 0]
-        purchases = self.fit(model_type, buyers["frequency"], buyers["recency"], buyers["T"], what=what)
+    def btyd(self, buyers: BuyerRows, model_type: type[PurchaseModel], what: str) -> tuple[PurchaseModel, SpendModel]:
+        """The purchase model and the spend model fitted on ``buyers``."""
+        rows = buyers.purchases
+        purchases = self.fit(model_type, rows["frequency"], rows["recency"], rows["T"], weights=rows["count"],
+                             what=what)
         return purchases, self.spend(buyers, what)
 
-    def spend(self, buyers: pd.DataFrame, what: str) -> SpendModel:
+    def spend(self, buyers: BuyerRows, what: str) -> SpendModel:
         """The spend model fitted on ``buyers``."""
-        return self.fit(SpendModel, buyers["frequency"], buyers["monetary_value"], what=what)
+        rows = buyers.spend
+        return self.fit(SpendModel, rows["frequency"], rows["monetary_value"], weights=rows["count"], what=what)

@@ -16,9 +16,9 @@ from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import MODEL_FORMAT, Horizons, btyd_columns, classifier_inputs
 from training import evaluate
-from training.backtest import judged_sample, judged_share
+from training.backtest import judged_share
 from training.choices import CLV_SOURCES
-from training.tables import LABELS, holdout_table, labelled, value_table
+from training.tables import LABELS, Sample, holdout_table, labelled, value_table
 from training.windows import Windows
 
 # The track record of what serves, per cut date: churn beside recency alone, the CLV beside the past spend rate, and
@@ -90,7 +90,7 @@ class Evaluation:
     CLV and the past spend rate predicted for it.
     ``purchase_models``: each candidate purchase model's holdout metrics (one row per model name).
     On shops of more than ``training.backtest.MOST_JUDGED`` customers, every table holds the run's judged sample of
-    them (``judged_sample``), not everyone.
+    them (``training.tables.Sample``), not everyone.
     """
 
     churn: pd.DataFrame
@@ -105,19 +105,21 @@ class Evaluation:
 
 def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons,
                   holdout_rows: pd.DataFrame | None = None, value_rows: pd.DataFrame | None = None) -> Evaluation:
-    """Score ``twin`` on the windows ``win`` beside the baselines; ``holdout_rows`` is the ``holdout_table`` of
-    the twin's builder, ``value_rows`` the ``value_table`` of its CLV builder, when the caller has them already.
+    """Score ``twin`` on the windows ``win`` beside the baselines, on the run's judged sample of the customers
+    (``training.backtest.judged_share``); ``holdout_rows`` is that sample's ``holdout_table`` of the twin's builder,
+    ``value_rows`` its ``value_table`` of the twin's CLV builder, when the caller has them already.
 
     The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twin's choices of source.
     """
+    sample = Sample(judged=judged_share(data.customers_count()))
     if holdout_rows is None:
-        holdout_rows = holdout_table(data, twin.builder, win, horizons)
+        holdout_rows = holdout_table(data, twin.builder, win, horizons, sample)
     if value_rows is None:
-        value_rows = value_table(data, twin.clv_builder, win.clv_judged, win.clv_label_days, fit=False)
-    share = judged_share(data.customers_count())
-    holdout = _btyd_holdout(judged_sample(holdout_rows, share), twin, win, horizons)
-    value = _judged_value(judged_sample(value_rows, share), twin, win.clv_label_days, horizons)
-    test = judged_sample(labelled(data, twin.builder, win.t1, horizons), share)
+        value_rows = value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged),
+                                 win.clv_judged, win.clv_label_days, sample)
+    holdout = _btyd_holdout(holdout_rows, twin, win, horizons)
+    value = _judged_value(value_rows, twin, win.clv_label_days, horizons)
+    test = labelled(data, twin.builder, twin.builder.transform(data, win.t1), win.t1, horizons, sample)
     btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
     inputs = pd.DataFrame(classifier_inputs(test.drop(columns=LABELS), btyd))
     churn = pd.DataFrame({

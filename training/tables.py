@@ -1,61 +1,175 @@
 """The tables a run fits and is judged on: features at a date joined with what customers did after it.
 
-DuckDB returns rows in no fixed order; every table is in customer order, so that the seeded splits, and so every
-run, are reproducible.
+No whole-base table is read into memory: the BTYD fits take every buyer as distinct rows with their counts,
+aggregated in DuckDB (``models.rows.buyer_rows``); the classifiers and the learned CLV learn from a sample of at most
+a set number of customers, stratified by lifecycle stage (``Sample.trained``); each cut date is judged on a sample by
+hash of the id (``Sample.judged``). On shops smaller than both, every customer is in every table. The temporary
+DuckDB tables the feature builds leave behind are dropped phase by phase (``scratch``).
+
+DuckDB returns rows in no fixed order; every table is in customer order and every aggregate sorted, so that the
+seeded splits, and so every run, are reproducible.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date
 
 import duckdb
 import pandas as pd
 
 from features.build import FeatureBuilder
+from features.files import sql_literal
 from features.sources import Dataset
 from models.lifecycle import Horizons
+from models.rows import BuyerRows, buyer_rows
 from training.windows import Windows
 
 # Label columns joined to the features (orders renamed: the features have their own).
 LABELS = ["purchases", "orders_in_window", "spend", "churned", "reached_next_stage"]
+_HASHES = 2.0**64  # DuckDB's hash is a UBIGINT
 
 
-def labelled(data: Dataset, builder: FeatureBuilder, as_of: date, horizons: Horizons, fit: bool = False):
-    """Features at ``as_of`` joined with their labels over the churn horizon, in customer order.
-
-    DuckDB returns rows in no fixed order; sorting makes the seeded splits, and so every run,
-    reproducible.
-    """
-    features = (builder.fit_transform(data, as_of) if fit else builder.transform(data, as_of)).df()
-    labels = builder.labels(data, as_of, horizons.churn_days).df().rename(columns={"orders": "orders_in_window"})
-    table = features.merge(labels[["customer_id", *LABELS]], on="customer_id", validate="one_to_one")
-    return table.sort_values("customer_id", ignore_index=True)
+def _draw(salt: int) -> str:
+    """A uniform 64-bit draw per customer id, the same in every query, independent for each ``salt``: the id's hash
+    salted and hashed again (``hash(customer_id, salt)`` would not do: DuckDB combines the two hashes linearly, and
+    two salts' draws correlate at 0.88)."""
+    return f"hash(xor(hash(customer_id), {salt}::UBIGINT))"
 
 
-def value_table(data: Dataset, builder: FeatureBuilder, as_of: date, days: int, fit: bool = True) -> pd.DataFrame:
-    """Buyers at ``as_of`` (``builder`` fitted there unless not ``fit``): their features and ``spend`` over the
-    next ``days`` days, in customer order."""
-    features = (builder.fit_transform(data, as_of) if fit else builder.transform(data, as_of)).df()
-    table = _with_window(features[features["orders"] > 0], builder.window(data, as_of, days), ["spend"])
-    return table.sort_values("customer_id", ignore_index=True)
+# The draws of the judged and the trained samples, independent of each other.
+_JUDGED, _TRAINED = _draw(0x9E3779B97F4A7C15), _draw(0xD1B54A32D192ED03)
+_names = itertools.count()  # of the temporary tables holding a sample
 
 
-def _with_window(table: pd.DataFrame, window: duckdb.DuckDBPyRelation, columns: list[str]) -> pd.DataFrame:
-    """``table`` (one row per customer) with ``columns`` of a ``FeatureBuilder.window``, 0 where a customer did not
-    order in it."""
-    done = window.df()[["customer_id", *columns]]
-    return table.merge(done, on="customer_id", how="left", validate="one_to_one").fillna(dict.fromkeys(columns, 0))
+@dataclass(frozen=True)
+class Sample:
+    """The customers a table holds: those whose id's hash falls below ``judged`` (a share: the same customers in
+    every table, at every cut date and in the gate; 1.0 is everyone; ``training.backtest.judged_share``), or at
+    most ``trained`` customers (None: everyone) drawn by hash within each lifecycle stage in proportion to its size."""
+
+    judged: float = 1.0
+    trained: int | None = None
+
+    def condition(self, con: duckdb.DuckDBPyConnection, rows: str) -> str:
+        """A SQL condition on the rows of the query ``rows`` (with ``customer_id``, and ``stage`` for a trained
+        sample) that keeps this sample's."""
+        if self.trained is not None:
+            return _stratified(con, rows, self.trained)
+        if self.judged >= 1:
+            return "true"
+        return f"{_JUDGED} < {self.judged * _HASHES!r}"
 
 
-def holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons) -> pd.DataFrame:
-    """Buyers at the BTYD calibration end: their BTYD summary, what they did over the holdout (purchases,
-    spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
+EVERYONE = Sample()
+
+
+def _stratified(con: duckdb.DuckDBPyConnection, rows: str, most: int) -> str:
+    """The condition keeping about ``most`` of the customers of the query ``rows``: in each stage the share
+    ``most / customers`` with the lowest hashes (everyone when there are no more than ``most``)."""
+    counted = con.execute(f"SELECT stage, count(*) FROM ({rows}) GROUP BY stage").fetchall()
+    customers = sum(count for _, count in counted)
+    if customers <= most:
+        return "true"
+    edges = con.execute(f"SELECT stage, quantile_disc({_TRAINED}, {most / customers!r}) FROM ({rows}) "
+                        "GROUP BY stage").fetchall()
+    cases = " ".join(f"WHEN stage = {sql_literal(stage)} THEN {edge}" for stage, edge in edges if stage is not None)
+    return f"{_TRAINED} <= CASE {cases} ELSE 0 END"
+
+
+@contextmanager
+def scratch(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Drop, on leaving, the temporary tables made inside (feature builds keep their per-customer aggregates in
+    one per date): a phase's tables in DuckDB live no longer than the phase."""
+    before = set(_temporary_tables(con))
+    try:
+        yield
+    finally:
+        for table in set(_temporary_tables(con)) - before:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def _temporary_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [name for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()]
+
+
+def _sampled(data: Dataset, features: duckdb.DuckDBPyRelation, sample: Sample) -> str:
+    """A temporary table of ``sample``'s rows of ``features``; its name."""
+    rows, name = features.sql_query(), f"sample_{next(_names)}"
+    data.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM ({rows}) WHERE {sample.condition(data.con, rows)}")
+    return name
+
+
+def _with_window(data: Dataset, table: str, window: duckdb.DuckDBPyRelation, columns: list[str]) -> pd.DataFrame:
+    """The rows of ``table`` (one per customer) with ``columns`` of a ``FeatureBuilder.window``, 0 where a customer
+    did not order in it."""
+    done = ", ".join(f"coalesce(w.{column}, 0) AS {column}" for column in columns)
+    return data.con.sql(f"SELECT t.*, {done} FROM {table} AS t LEFT JOIN ({window.sql_query()}) AS w "
+                        "USING (customer_id)").df()
+
+
+def sampled(data: Dataset, features: duckdb.DuckDBPyRelation, sample: Sample) -> pd.DataFrame:
+    """``sample``'s rows of ``features``, in customer order."""
+    table = _sampled(data, features, sample)
+    chosen = data.con.sql(f"SELECT * FROM {table}").df()
+    data.con.execute(f"DROP TABLE {table}")
+    return chosen.sort_values("customer_id", ignore_index=True)
+
+
+def labelled(data: Dataset, builder: FeatureBuilder, features: duckdb.DuckDBPyRelation, as_of: date,
+             horizons: Horizons, sample: Sample = EVERYONE) -> pd.DataFrame:
+    """``sample``'s customers of ``features`` (``builder``'s at ``as_of``) with their labels over the churn horizon,
+    in customer order."""
+    table = _sampled(data, features, sample)
+    labels = builder.labels(data, as_of, horizons.churn_days, population=table)
+    chosen = data.con.sql(f"SELECT * FROM {table}").df()
+    done = labels.df().rename(columns={"orders": "orders_in_window"})[["customer_id", *LABELS]]
+    data.con.execute(f"DROP TABLE {table}")
+    return chosen.merge(done, on="customer_id", validate="one_to_one").sort_values("customer_id", ignore_index=True)
+
+
+def value_table(data: Dataset, builder: FeatureBuilder, features: duckdb.DuckDBPyRelation, as_of: date, days: int,
+                sample: Sample = EVERYONE) -> pd.DataFrame:
+    """``sample``'s buyers of ``features`` (``builder``'s at ``as_of``): their features and ``spend`` over the next
+    ``days`` days, in customer order."""
+    table = _sampled(data, features.filter("orders > 0"), sample)
+    chosen = _with_window(data, table, builder.window(data, as_of, days), ["spend"])
+    data.con.execute(f"DROP TABLE {table}")
+    return chosen.sort_values("customer_id", ignore_index=True)
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """A cut date's BTYD calibration and holdout: every buyer at the calibration end as ``BuyerRows`` (what the
+    holdout models are fitted on), and the judged ones' table (``holdout_table``)."""
+
+    rows: BuyerRows
+    table: pd.DataFrame
+
+
+def holdout(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons, sample: Sample = EVERYONE
+            ) -> Holdout:
+    """The ``Holdout`` of the cut date ``win``, its table holding ``sample``'s buyers."""
+    rows = buyer_rows(builder.summary(data, win.btyd_calibration_end), "true")
+    return Holdout(rows, holdout_table(data, builder, win, horizons, sample))
+
+
+def holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons,
+                  sample: Sample = EVERYONE) -> pd.DataFrame:
+    """``sample``'s buyers at the BTYD calibration end (a judged sample): their BTYD summary, what they did over the
+    holdout (purchases, spend; ``churned``: no purchase in its first churn horizon) and their summary at the end
     (``frequency_end``, ``recency_end``, ``T_end``), in customer order."""
     cut = win.btyd_calibration_end
-    table = _with_window(builder.summary(data, cut).df(), builder.window(data, cut, win.btyd_holdout_days),
-                         ["purchases", "spend"])
-    churn = builder.window(data, cut, horizons.churn_days).df()
-    table["churned"] = ~table["customer_id"].isin(churn["customer_id"])
-    end = builder.summary(data, win.end).df()[["customer_id", "frequency", "recency", "T"]]
-    table = table.merge(end, on="customer_id", suffixes=("", "_end"), validate="one_to_one")
-    return table.sort_values("customer_id", ignore_index=True)
+    table = _sampled(data, builder.summary(data, cut), sample)
+    churn = builder.window(data, cut, horizons.churn_days).sql_query()
+    end = builder.summary(data, win.end).sql_query()
+    done = _with_window(data, f"""(
+        SELECT t.*, c.customer_id IS NULL AS churned, e.frequency AS frequency_end, e.recency AS recency_end,
+            e.T AS T_end
+        FROM {table} AS t LEFT JOIN ({churn}) AS c USING (customer_id) JOIN ({end}) AS e USING (customer_id))""",
+                        builder.window(data, cut, win.btyd_holdout_days), ["purchases", "spend"])
+    data.con.execute(f"DROP TABLE {table}")
+    return done.sort_values("customer_id", ignore_index=True)

@@ -48,8 +48,9 @@ from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from models.purchase_models import PURCHASE_MODELS
+from models.rows import buyer_rows
 from training.backtest import Bootstrap, judged_share
-from training.choices import AUTO, CUTS, MAPE_SLACK
+from training.choices import AUTO, CUTS, MAPE_SLACK, SAMPLE_CUSTOMERS
 from training.decisions import better_churn_source, better_clv_source, choose_purchase_model, weaknesses
 from training.fitter import Fitter
 from training.judging import (
@@ -62,7 +63,7 @@ from training.judging import (
     track_record_rows,
     value_inputs,
 )
-from training.tables import LABELS, holdout_table, labelled, value_table
+from training.tables import LABELS, Holdout, Sample, holdout, labelled, sampled, scratch, value_table
 from training.windows import Windows, cut_windows
 
 
@@ -74,7 +75,8 @@ class TrainingConfig:
     (models.trees.DEFAULT_PARAMS); ``purchase_model`` is a name of ``PURCHASE_MODELS`` or ``"auto"`` (chosen on the
     holdouts: ``choose_purchase_model``); ``penalizer`` is the BTYD fits' first penalizer (``Fitter``); ``clv_model``
     and ``mape_slack`` choose the CLV served (``better_clv_source``); ``cuts`` is the most cut dates the run is judged
-    on (``cut_windows``).
+    on (``cut_windows``); ``sample_customers`` the most customers the classifiers and the learned CLV learn from
+    (``training.tables.Sample``).
     """
 
     new_builder: Callable[[], FeatureBuilder] = FeatureBuilder
@@ -86,12 +88,14 @@ class TrainingConfig:
     clv_model: str = AUTO
     mape_slack: float = MAPE_SLACK
     cuts: int = CUTS
+    sample_customers: int = SAMPLE_CUSTOMERS
 
 
 @dataclass
 class TrainingResult:
-    """The fitted model, the features it was fitted on (every customer at the end of the data), and the backtest:
-    per cut date, newest first, the protocol's windows, the evaluation twin and how it did out of time."""
+    """The fitted model, the features at the end of the data of the customers it learned from (everyone, or the
+    training sample on larger shops: ``TrainingConfig.sample_customers``), and the backtest: per cut date, newest
+    first, the protocol's windows, the evaluation twin and how it did out of time."""
 
     model: LifecycleModel
     features: pd.DataFrame
@@ -101,6 +105,7 @@ class TrainingResult:
     notes: list[str] = field(default_factory=list)  # what the fits needed or found (see ``Fitter``)
     forecast: pd.DataFrame = field(default_factory=pd.DataFrame)  # the base's totals (``models.forecast``)
     judged_share: float = 1.0  # of the customers, that each cut date is judged on (``training.backtest.judged_share``)
+    customers: int = 0  # known at the end of the data: ``features`` holds them all, or the training sample of them
 
     @property
     def windows(self) -> Windows:
@@ -144,23 +149,22 @@ class Protocol:
     def run(self) -> TrainingResult:
         """Judge at every cut date, decide on the backtest, then fit what serves at the end."""
         cuts = self.cut_dates()
-        builders = [self.config.new_builder() for _ in cuts]
-        at_t0 = [labelled(self.data, b, w.t0, self.horizons, fit=True) for b, w in zip(builders, cuts, strict=True)]
-        holdouts = [holdout_table(self.data, b, w, self.horizons) for b, w in zip(builders, cuts, strict=True)]
         share = judged_share(self.data.customers_count())
+        self.judged, self.trained = Sample(judged=share), Sample(trained=self.config.sample_customers)
+        builders = [self.config.new_builder() for _ in cuts]
+        holdouts = [holdout(self.data, b, w, self.horizons, self.judged) for b, w in zip(builders, cuts, strict=True)]
         fitted, compared, chosen = choose_purchase_model(holdouts, cuts, self.horizons, self.config.purchase_model,
-                                                         self.fitter, self.bootstrap, share)
+                                                         self.fitter, self.bootstrap)
         model_type = PURCHASE_MODELS[chosen]
-        judged = [self.judge(*cut, model_type) for cut in zip(cuts, builders, at_t0, holdouts,
-                                                              [f[chosen] for f in fitted], strict=True)]
-        twins, evaluations, values = (list(column) for column in zip(*judged, strict=True))
+        judged = [self.judge(*cut, model_type) for cut in zip(cuts, builders, holdouts, [f[chosen] for f in fitted],
+                                                              strict=True)]
+        twins, evaluations = (list(column) for column in zip(*judged, strict=True))
         twins, why = self.decide(twins, evaluations)
         evaluations[0].purchase_models = compared
-        model, scoring = self.fit_served(cuts[0], twins[0], values[0], model_type)
-        totals = forecast(model.purchases, model.spend, self.horizons, scoring)
+        model, scoring, totals, customers = self.fit_served(cuts[0], twins[0], model_type)
         model.weaknesses, quality = weaknesses(evaluations, self.bootstrap)
         model.decisions = {"purchase_model": compared.attrs["why"], **why, "quality": quality}
-        result = TrainingResult(model, scoring, cuts, twins, evaluations, self.fitter.notes, totals, share)
+        result = TrainingResult(model, scoring, cuts, twins, evaluations, self.fitter.notes, totals, share, customers)
         model.track_record = track_record_rows(result.track_record)
         return result
 
@@ -173,38 +177,46 @@ class Protocol:
             raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
         return cut_windows(self.data, first.date(), self.data.as_of or last.date(), self.horizons, self.config.cuts)
 
-    def judge(self, win: Windows, builder: FeatureBuilder, at_t0: pd.DataFrame, holdout: pd.DataFrame,
-              holdout_purchases: PurchaseModel, model_type: type[PurchaseModel]
-              ) -> tuple[EvaluationTwin, Evaluation, pd.DataFrame]:
-        """The evaluation twin of one cut date (``builder`` fitted at t0, ``at_t0`` its labelled table, ``holdout``
-        its holdout table), how it did out of time, and the value table the CLVs were judged on."""
-        holdout_spend = self.fitter.spend(holdout, "holdout")
-        purchases, spend = self.fitter.btyd(at_t0, model_type, "at t0")
-        churn, next_stage = self.classifiers(at_t0, purchases, spend)
+    def judge(self, win: Windows, builder: FeatureBuilder, calibration: Holdout, holdout_purchases: PurchaseModel,
+              model_type: type[PurchaseModel]) -> tuple[EvaluationTwin, Evaluation]:
+        """The evaluation twin of one cut date (``builder`` to be fitted at t0, ``calibration`` its BTYD
+        calibration and holdout) and how it did out of time."""
+        holdout_spend = self.fitter.spend(calibration.rows, "holdout")
+        with scratch(self.data.con):
+            features = builder.fit_transform(self.data, win.t0)
+            purchases, spend = self.fitter.btyd(buyer_rows(features), model_type, "at t0")
+            churn, next_stage = self.classifiers(
+                labelled(self.data, builder, features, win.t0, self.horizons, self.trained), purchases, spend)
         clv, at_judged = self.clv_twin(win, model_type)
         twin = EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend, **clv)
-        return twin, evaluate_twin(self.data, twin, win, self.horizons, holdout, at_judged), at_judged
+        return twin, evaluate_twin(self.data, twin, win, self.horizons, calibration.table, at_judged)
 
     def clv_twin(self, win: Windows, model_type: type[PurchaseModel]) -> tuple[dict, pd.DataFrame]:
         """What judges the CLVs at ``win`` (the twin's ``clv_*`` and ``learned_clv`` fields): the BTYD models and
         feature builder fitted at end - L, and the learned CLV fitted at end - 2L when the label window L is at least
-        the churn horizon (else a note: it would learn from too little); and the judged value table at end - L."""
+        the churn horizon (else a note: it would learn from too little); and the judged sample's value table at
+        end - L."""
         new_builder, fitter, L = self.config.new_builder, self.fitter, win.clv_label_days
         learned = None
         if self.horizons.churn_days <= L:
-            at_fitted = value_table(self.data, new_builder(), win.clv_fitted, L)
-            try:  # end - 2L is earlier than the days check_sufficient vouches for: a young shop may have too few buyers
-                btyd = fitter.btyd(at_fitted, model_type, f"at {win.clv_fitted}")
-            except LifecycleError as exc:
-                fitter.note(f"{exc}; the learned CLV is not fitted", f"cut date {win.end}")
-            else:
-                learned = self.learned_clv(at_fitted, *btyd, L, f"learned CLV at {win.clv_fitted}")
+            with scratch(self.data.con):
+                fitted_builder = new_builder()
+                features = fitted_builder.fit_transform(self.data, win.clv_fitted)
+                try:  # end - 2L is earlier than check_sufficient vouches for: a young shop may have too few buyers
+                    btyd = fitter.btyd(buyer_rows(features), model_type, f"at {win.clv_fitted}")
+                except LifecycleError as exc:
+                    fitter.note(f"{exc}; the learned CLV is not fitted", f"cut date {win.end}")
+                else:
+                    at_fitted = value_table(self.data, fitted_builder, features, win.clv_fitted, L, self.trained)
+                    learned = self.learned_clv(at_fitted, *btyd, L, f"learned CLV at {win.clv_fitted}")
         else:
             fitter.note(f"the learned CLV needs labels over at least the churn horizon ({self.horizons.churn_days} "
                         f"days); the history leaves {L}: not fitted", f"cut date {win.end}")
         builder = new_builder()
-        at_judged = value_table(self.data, builder, win.clv_judged, L)
-        purchases, spend = fitter.btyd(at_judged, model_type, f"at {win.clv_judged}")
+        with scratch(self.data.con):
+            features = builder.fit_transform(self.data, win.clv_judged)
+            purchases, spend = fitter.btyd(buyer_rows(features), model_type, f"at {win.clv_judged}")
+            at_judged = value_table(self.data, builder, features, win.clv_judged, L, self.judged)
         return {"learned_clv": learned, "clv_builder": builder, "clv_purchases": purchases,
                 "clv_spend": spend}, at_judged
 
@@ -225,24 +237,35 @@ class Protocol:
                              "CLV is served", "CLV")
         return twins, {"churn_source": churn_why, "clv_source": clv_why}
 
-    def fit_served(self, win: Windows, twin: EvaluationTwin, judged_value: pd.DataFrame,
-                   model_type: type[PurchaseModel]) -> tuple[LifecycleModel, pd.DataFrame]:
-        """The model that scores at the end, with the newest ``twin``'s choices, and the features it scores there:
-        classifiers with labels over (t1, end], the learned CLV on ``judged_value`` (end - L, end], the purchase
-        model, Gamma-Gamma and the population-relative state (RFM edges) on all the data up to the end."""
-        new_builder, horizons = self.config.new_builder, self.horizons
-        final = labelled(self.data, new_builder(), win.t1, horizons, fit=True)
-        churn, next_stage = self.classifiers(final, *self.fitter.btyd(final, model_type, f"at {win.t1}"))
-        scoring_builder = new_builder()
-        scoring = scoring_builder.fit_transform(self.data, win.end).df()
-        profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
+    def fit_served(self, win: Windows, twin: EvaluationTwin, model_type: type[PurchaseModel]
+                   ) -> tuple[LifecycleModel, pd.DataFrame, pd.DataFrame, int]:
+        """The model that scores at the end, with the newest ``twin``'s choices, the training sample's features there,
+        the base's forecast and how many customers the data knows there: classifiers with labels over (t1, end], the
+        learned CLV with labels over (end - L, end], the purchase model, Gamma-Gamma and the population-relative state
+        (RFM edges) on all the data up to the end."""
+        data, new_builder, horizons, L = self.data, self.config.new_builder, self.horizons, win.clv_label_days
+        with scratch(data.con):
+            builder = new_builder()
+            features = builder.fit_transform(data, win.t1)
+            btyd = self.fitter.btyd(buyer_rows(features), model_type, f"at {win.t1}")
+            churn, next_stage = self.classifiers(labelled(data, builder, features, win.t1, horizons, self.trained),
+                                                 *btyd)
         learned = None if twin.learned_clv is None else self.learned_clv(
-            judged_value, twin.clv_purchases, twin.clv_spend, win.clv_label_days, f"learned CLV at {win.clv_judged}")
-        model = LifecycleModel(scoring_builder, *self.fitter.btyd(scoring, model_type, f"at {win.end}"), churn,
-                               next_stage, horizons, profile, churn_source=twin.churn_source, learned_clv=learned,
-                               clv_source=twin.clv_source if learned else "btyd", currency=self.data.currency)
+            value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged), win.clv_judged, L,
+                        self.trained),
+            twin.clv_purchases, twin.clv_spend, L, f"learned CLV at {win.clv_judged}")
+        with scratch(data.con):
+            scoring_builder = new_builder()
+            features = scoring_builder.fit_transform(data, win.end)
+            purchases, spend = self.fitter.btyd(buyer_rows(features), model_type, f"at {win.end}")
+            totals = forecast(purchases, spend, horizons, features)
+            scoring, customers = sampled(data, features, self.trained), len(features)
+        profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
+        model = LifecycleModel(scoring_builder, purchases, spend, churn, next_stage, horizons, profile,
+                               churn_source=twin.churn_source, learned_clv=learned,
+                               clv_source=twin.clv_source if learned else "btyd", currency=data.currency)
         model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
-        return model, scoring
+        return model, scoring, totals, customers
 
     def classifiers(self, table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel
                     ) -> tuple[Classifier, Classifier]:

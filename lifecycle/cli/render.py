@@ -205,7 +205,11 @@ def training_run(run, clv_model: str) -> None:
                   f"{', '.join(str(c.end) for c in result.cuts)}")
     if result.judged_share < 1:
         console.print(f"each judged on about {MOST_JUDGED:,} customers ({result.judged_share:.0%}, a sample by "
-                      "customer id); every model is fitted on all of them")
+                      "customer id); the purchase models and Gamma-Gamma are fitted on every buyer")
+    if len(result.features) < result.customers:
+        console.print(f"the classifiers and the learned CLV learn from {len(result.features):,} of the "
+                      f"{result.customers:,} customers ({len(result.features) / result.customers:.0%}, a sample "
+                      "stratified by lifecycle stage: sample_customers)")
     console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _purchase_models(evaluation.purchase_models, result.model.purchases.name)
