@@ -20,7 +20,7 @@ import duckdb
 from features.errors import LifecycleError
 from features.exports import filter_sql, rolled_up, sum_of, terms
 from features.files import columns_of, ident, malformed_lines, raw_relation, sql_literal, write_relation
-from features.tables import SCHEMAS, RowFilter, TableSource
+from features.tables import SCHEMAS, TIME_COLUMNS, RowFilter, TableSource
 
 if TYPE_CHECKING:  # pandas loads only where a frame is given (the CLI starts without it)
     import pandas as pd
@@ -89,7 +89,7 @@ class Dataset:
         self.materialize()
         self.as_of = day
         bound = f"TIMESTAMP '{day + timedelta(days=1)}'"
-        for table, column in (("transactions", "timestamp"), ("events", "timestamp"), ("customers", "signup_date")):
+        for table, column in TIME_COLUMNS.items():
             if table in self.report:
                 self.con.execute(f"CREATE OR REPLACE TEMP VIEW {table} AS SELECT * FROM {table}_valid "
                                  f"WHERE {column} IS NULL OR {column} < {bound}")
@@ -136,11 +136,14 @@ def load(
     future_tolerance_days: int = 1,
     emails: bool = False,
     currency: str | None = None,
+    until: date | None = None,
 ) -> Dataset:
     """Register, map and validate the input tables; ``transactions`` is required.
 
     Timestamps later than ``now + future_tolerance_days`` are rejected as far-future; rows after
-    an as-of date are *not* rejected here (the feature build just does not read them). ``emails``: customer ids
+    an as-of date are *not* rejected (the feature build just does not read them), and with ``until`` (the day a
+    command works as of) the rows after it are not read at all where the files tell (``files.until_condition``:
+    day partitions, Parquet timestamps), nor validated or counted. ``emails``: customer ids
     are emails, compared trimmed and in any case. ``currency``: the one currency orders must be in, where they
     name theirs (``columns.currency``); without it, they must all name the same one.
     """
@@ -149,7 +152,7 @@ def load(
         source = sources.get(table)
         if isinstance(source, TableSource):
             if source.path is not None:
-                given[table] = (rolled_up(con, table, raw_relation(con, table, source), source), source)
+                given[table] = (rolled_up(con, table, raw_relation(con, table, source, until), source), source)
         elif source is not None:  # a data frame
             given[table] = (raw_relation(con, table, source), TableSource())
     if "transactions" not in given:
@@ -163,8 +166,11 @@ def load(
             _empty_view(con, table, schema, rules.id_type)
             continue
         raw, source = given[table]
-        _checked_view(con, table, schema, raw, source, rules)
-        report[table] = _count(con, table, raw, source.line_items is not None)
+        try:  # the first full read of the files: where a dataset's unreadable file shows
+            _checked_view(con, table, schema, raw, source, rules)
+            report[table] = _count(con, table, raw, source.line_items is not None)
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            raise LifecycleError(f"{table}: cannot read {source.path!r}: {str(exc).splitlines()[0]}") from None
         if table == "transactions" and not report[table].rows and isinstance(sources[table], TableSource):
             raise LifecycleError("transactions: no rows (the file has a header and nothing else)")
         if report[table].rows and not report[table].valid:  # a wrong format or column map, most likely

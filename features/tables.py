@@ -38,6 +38,9 @@ SCHEMAS: dict[str, dict[str, tuple[bool, str]]] = {
     },
 }
 
+# Each table's column that says when a row happened: rows after an as-of day are not read, or are hidden.
+TIME_COLUMNS = {"transactions": "timestamp", "events": "timestamp", "customers": "signup_date"}
+
 CSV_SUFFIXES = (".csv", ".txt", ".tsv")
 COMPRESSIONS = (".gz", ".zst")  # what DuckDB's CSV reader decompresses by itself
 
@@ -78,7 +81,8 @@ def row_filter(text: str) -> RowFilter:
 class TableSource(BaseModel):
     """Where one input table lives, how its columns map onto ours, and which of its rows are the table's."""
 
-    path: str | None = Field(None, description="CSV or Parquet file, or a glob of them")
+    path: str | None = Field(None, description="CSV or Parquet file, a glob of them, or a folder of Parquet files "
+                             "(a dataset, hive-partitioned or not)")
     columns: dict[str, str] = Field(default_factory=dict, description="our column name -> your column name (for "
                                     "amount also columns joined by ' + ' and ' - ': 'Total - Refunded Amount')")
     timestamp_format: str | None = Field(None, description="strptime format when timestamps are not ISO 8601")

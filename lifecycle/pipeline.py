@@ -37,7 +37,8 @@ class FeatureRun:
 
 
 def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
-    """Load and validate the configured input tables into a fresh DuckDB connection."""
+    """Load and validate the configured input tables into a fresh DuckDB connection (with ``as_of`` set, what the
+    files tell is later is not read: ``features.sources.load``'s ``until``)."""
     con = connect(settings.duckdb.memory_limit, settings.state_dir / "duckdb_tmp", settings.duckdb.threads)
     inputs = settings.inputs
     return load(
@@ -47,6 +48,7 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
         future_tolerance_days=settings.future_tolerance_days,
         emails=inputs.customer_ids == "email",
         currency=settings.currency,
+        until=settings.as_of,
     )
 
 

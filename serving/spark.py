@@ -26,8 +26,9 @@ import mlflow
 import pandas as pd
 
 from features.errors import LifecycleError
+from features.files import until_condition
 from features.sources import connect, load
-from features.tables import SCHEMAS, TableSource
+from features.tables import SCHEMAS, TIME_COLUMNS, TableSource
 from models.pyfunc import load as load_model
 from serving.batch import LIST_TABLE
 
@@ -86,7 +87,7 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
         if source is None or source.path is None:
             continue
         check_supported(name, source, currency)
-        frame = _read(spark, name, source)
+        frame = _read(spark, name, source, as_of)
         if emails:  # before the hash that puts a customer's rows in one partition
             frame = frame.withColumn("customer_id", F.lower(F.trim(F.col("customer_id"))))
         rows[name] = frame.count()
@@ -176,14 +177,27 @@ def check_supported(name: str, source: TableSource, currency: str | None) -> Non
                              "the local engine, or write the orders as they should be read")
 
 
-def _read(spark, name: str, source: TableSource):
-    """The table at ``source.path`` (CSV as text, or Parquet) with our column names."""
+def _read(spark, name: str, source: TableSource, until: date | None = None):
+    """The table at ``source.path`` (CSV as text, or Parquet: a file, a glob or a dataset folder, hive-partitioned
+    or not) with our column names; with ``until``, only its rows on or before that day, filtered where Spark reads
+    them (``features.files.until_condition``: partitions pruned, Parquet timestamps pushed down)."""
+    from pyspark.sql import functions as F
+
     path = source.path
-    reader = spark.read.parquet if _is_parquet(path) else spark.read.option("header", True).csv
+    dataset = _is_parquet(path) or Path(path).is_dir() or path.endswith("/")  # a folder: a Parquet dataset
+    reader = spark.read.parquet if dataset else spark.read.option("header", True).csv
     try:
         frame = reader(path)
     except Exception as exc:  # Spark's AnalysisException for a missing path, and its kin
         raise LifecycleError(f"{name}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
+    if until is not None and name in TIME_COLUMNS:
+        kinds = dict(frame.dtypes)
+        keys = set.intersection(*({part.split("=", 1)[0] for part in file.split("/") if "=" in part}
+                                  for file in frame.inputFiles()))
+        time_column = source.columns.get(TIME_COLUMNS[name], TIME_COLUMNS[name])
+        frame = frame.where(F.expr(until_condition(until, time_column, kinds.get(time_column),
+                                                   {key: kinds[key] for key in keys if key in kinds},
+                                                   quote=lambda column: f"`{column.replace('`', '``')}`")))
     for ours, theirs in source.columns.items():
         if theirs in frame.columns:
             frame = frame.withColumnRenamed(theirs, ours)

@@ -11,7 +11,7 @@ import pytest
 
 from features.errors import LifecycleError
 from features.tables import TableSource
-from tests.helpers import load
+from tests.helpers import NOW, load
 
 CASES = [  # (customer, timestamp, amount, order id) -> expected reason or None
     ("a", "2020-01-01 10:00:00", "1.50", "o1", None),
@@ -238,3 +238,56 @@ def test_valid_rows_are_exactly_the_unrejected_ones_in_parallel_scans(fmt, tmp_p
     valid = data.con.execute(
         "SELECT count(*), count(*) FILTER (WHERE amount < 0), sum(CAST(order_id AS BIGINT)) FROM transactions")
     assert valid.fetchall()[0] == (n - bad.sum(), 0, int(np.arange(n)[~bad].sum()))
+
+
+def _partitioned(tmp_path: Path, orders: pd.DataFrame, by: str) -> Path:
+    """``orders`` written as a hive-style Parquet dataset: one folder per day (``dt=2024-01-31``) or per year and
+    month (``year=2024/month=1``), by DuckDB's partitioned writer."""
+    import duckdb
+
+    folder = tmp_path / by
+    keys = ("CAST(ts AS DATE) AS dt", "dt") if by == "day" else ("year(ts) AS year, month(ts) AS month", "year, month")
+    con = duckdb.connect()
+    con.register("orders", orders)
+    con.execute(f"COPY (SELECT *, {keys[0]} FROM orders) TO '{folder}' (FORMAT parquet, PARTITION_BY ({keys[1]}))")
+    return folder
+
+
+@pytest.mark.parametrize("by", ["day", "month"])
+def test_a_dataset_partitioned_by_date_is_read_only_up_to_the_as_of_day(tmp_path, by):
+    """A folder of Parquet files partitioned by day or by year and month is one table; as of a day, the later
+    partitions' files are not opened at all (one that is not Parquet does not stop the run, and stops it without the
+    day) and Parquet timestamps are filtered in the scan; the rows read are exactly the file's up to that day,
+    rows without a timestamp still rejected."""
+    from datetime import date
+
+    from features.sources import connect
+    from features.sources import load as load_sources
+
+    rng = np.random.default_rng(2)
+    ts = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 120 * 24, 3000), unit="h")
+    orders = pd.DataFrame({"cust": rng.integers(0, 300, 3000).astype(str), "ts": ts,
+                           "amount": rng.gamma(2, 20, 3000).round(2)})
+    orders.loc[:4, "ts"] = pd.NaT
+    folder = _partitioned(tmp_path, orders, by)
+    late = sorted(f for f in folder.rglob("*.parquet") if "HIVE_DEFAULT" not in str(f))[-1]  # (no timestamp: NULL)
+    late.write_bytes(b"not parquet")  # in the last partition, after the as-of day
+    day = date(2024, 2, 20)
+    source = TableSource(path=str(folder), columns={"customer_id": "cust", "timestamp": "ts"})
+    data = load_sources(connect(), {"transactions": source}, now=NOW, until=day)
+    kept = orders[orders.ts.isna() | (orders.ts < pd.Timestamp(day) + pd.Timedelta(days=1))]
+    assert data.report["transactions"].rows == len(kept)
+    assert data.report["transactions"].rejected == {"missing timestamp": 5}
+    read = data.con.sql("SELECT customer_id, timestamp, amount FROM transactions ORDER BY ALL").df()
+    expected = kept.dropna().rename(columns={"cust": "customer_id", "ts": "timestamp"}).sort_values(
+        ["customer_id", "timestamp", "amount"], ignore_index=True)
+    pd.testing.assert_frame_equal(read, expected, check_dtype=False)
+    plan = " ".join(data.con.sql("EXPLAIN SELECT * FROM transactions_raw").fetchall()[0][1].split())
+    scan = plan[plan.index("READ_PARQUET"):]  # the filters are the scan's: files skipped, row groups tested
+    assert "(ts IS NULL) OR (ts < '2024-02-21 00:00:00'::TIMESTAMP)" in scan
+    files = sorted(folder.rglob("*.parquet"))
+    opened = [f for f in files if "HIVE_DEFAULT" in str(f) or (
+        f.parent.name <= f"dt={day}" if by == "day" else int(f.parent.name.removeprefix("month=")) <= day.month)]
+    assert f"Scanning Files: {len(opened)}/{len(files)}" in scan and len(opened) < len(files) / 2 + 3
+    with pytest.raises(LifecycleError, match=f"transactions: cannot read '{folder}'.*{late.name}"):
+        load_sources(connect(), {"transactions": source}, now=NOW)

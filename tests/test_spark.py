@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import duckdb
 import pandas as pd
 import pytest
 
@@ -13,7 +14,8 @@ SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A small simulated shop (orders, events, customer table) with a champion trained on it, two bad orders and a
-    customer list naming all but three of the customers with orders, and one nobody has seen."""
+    customer list naming all but three of the customers with orders, and one nobody has seen. It is scored with its
+    events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is not Parquet."""
     folder = tmp_path_factory.mktemp("spark")
     assert run("data", "simulate", "--customers", "1000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
     orders = pd.read_parquet(folder / "sim/transactions.parquet")
@@ -25,6 +27,11 @@ def shop(tmp_path_factory):
     trained = run("train", *tables, cwd=folder, env={**ONE_CUT, "LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
+    duckdb.sql(f"COPY (SELECT *, CAST(timestamp AS DATE) AS day FROM '{folder}/sim/events.parquet') TO "
+               f"'{folder}/events' (FORMAT parquet, PARTITION_BY (day))")
+    (folder / "events/day=2026-03-01").mkdir()
+    (folder / "events/day=2026-03-01/data_0.parquet").write_bytes(b"not parquet")  # after every as-of day
+    tables[3] = "events"
     known = orders.customer_id.drop_duplicates().astype(str).iloc[3:].tolist()
     pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
     return folder, tables, len(known)
@@ -38,7 +45,8 @@ def scores(path) -> pd.DataFrame:
 
 
 def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
-    """One Spark run (a JVM and its Python workers each time): the listed customers, nearly all, at a day."""
+    """One Spark run (a JVM and its Python workers each time): the listed customers, nearly all, at a day; neither
+    engine opens the events' later partitions."""
     folder, tables, known = shop
     extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
     local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
