@@ -50,9 +50,9 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
     rows = buyer_rows(features)
     purchase_covariance = purchases.log_parameter_covariance(*_columns(rows.purchases))
     spend_covariance = spend.log_parameter_covariance(*_columns(rows.spend))
-    by_purchases = {name: sums[[f"{name}_by_{p}" for p in purchases.params_]].to_numpy().T
+    by_purchases = {name: sums[[f"{name}_by_purchases_{p}" for p in purchases.params_]].to_numpy().T
                     for name in ("purchases", "spend")}
-    by_spend = sums[[f"spend_by_{p}" for p in spend.params_]].to_numpy().T
+    by_spend = sums[[f"spend_by_spend_{p}" for p in spend.params_]].to_numpy().T
     parameter_variance = {
         "purchases": _through(by_purchases["purchases"], purchase_covariance),
         "spend": _through(by_purchases["spend"], purchase_covariance) + _through(by_spend, spend_covariance)}
@@ -68,7 +68,8 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
 
 def _sums(purchases: PurchaseModel, spend: SpendModel, days: int, buyers: pd.DataFrame) -> pd.DataFrame:
     """Per group of ``buyers``: customers, expected purchases and spend, their variances, and the expected totals'
-    derivatives in each log-parameter (``{purchases,spend}_by_{parameter}``); indexed by (group, value)."""
+    derivatives in each log-parameter of either model (``{total}_by_{model}_{parameter}``); indexed by (group,
+    value)."""
     f, r, t, m = (buyers[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
     counts = purchases.future_purchases(days, f, r, t)
     money = spend.future_spend(counts, f, m)
@@ -77,13 +78,13 @@ def _sums(purchases: PurchaseModel, spend: SpendModel, days: int, buyers: pd.Dat
               "purchases_variance": counts.variance(), "spend_variance": money.variance()}
     for name, (up, down) in _shifted(purchases):  # purchases, and spend at today's order values
         change = (up.expected_purchases(days, f, r, t) - down.expected_purchases(days, f, r, t)) / (2 * STEP)
-        values[f"purchases_by_{name}"], values[f"spend_by_{name}"] = change, change * order_value
+        values[f"purchases_by_purchases_{name}"], values[f"spend_by_purchases_{name}"] = change, change * order_value
     for name, (up, down) in _shifted(spend):
-        values[f"spend_by_{name}"] = expected * (up.expected_order_value(f, m) - down.expected_order_value(f, m)) / (
-            2 * STEP)
+        change = (up.expected_order_value(f, m) - down.expected_order_value(f, m)) / (2 * STEP)
+        values[f"spend_by_spend_{name}"] = expected * change
     table = pd.DataFrame(values)
-    groups = [table.groupby(np.zeros(len(table), dtype=int)).sum().set_axis(pd.MultiIndex.from_tuples(
-        [("all", "all buyers")], names=["group", "value"]))]
+    groups = [table.sum().to_frame().T.set_axis(pd.MultiIndex.from_tuples([("all", "all buyers")],
+                                                                          names=["group", "value"]))]
     for column in GROUPINGS:
         summed = table.groupby(buyers[column].astype(str).to_numpy()).sum()
         groups.append(summed.set_axis(pd.MultiIndex.from_product([[column], summed.index], names=["group", "value"])))

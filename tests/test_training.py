@@ -187,6 +187,29 @@ def test_simulated_shop_with_engagement():
     assert scores.churn_risk[scores.evidence != "none"].notna().all()
 
 
+def test_a_shop_larger_than_the_sample_fits_the_btyd_models_on_everyone_and_the_classifiers_on_the_sample():
+    """Above ``sample_customers``, the classifiers and the learned CLV learn from a sample with each lifecycle stage
+    in proportion, while the purchase model and Gamma-Gamma that serve are the fits on every buyer at the end."""
+    from models.purchase_models import PURCHASE_MODELS
+
+    sim = simulate(SimulationParams(customers=5000, seed=12, events=False))
+    data = load(transactions=sim.transactions)
+    run = train(data, TrainingConfig(sample_customers=2000))
+    everyone = run.model.builder.transform(data, run.windows.end).df()
+    assert run.customers == len(everyone) and abs(len(run.features) - 2000) <= everyone.stage.nunique()
+    share = everyone.stage.value_counts() * len(run.features) / len(everyone)
+    assert (run.features.stage.value_counts().reindex(share.index) - share).abs().max() <= 1
+    assert run.features.customer_id.is_unique and run.features.customer_id.isin(everyone.customer_id).all()
+    buyers = everyone[everyone.orders > 0]
+    served = PURCHASE_MODELS[run.model.purchases.name]().fit(buyers.frequency, buyers.recency, buyers["T"])
+    assert run.model.purchases.params_ == pytest.approx(served.params_, rel=1e-9)
+    assert run.model.spend.params_ == pytest.approx(SpendModel().fit(buyers.frequency, buyers.monetary_value).params_,
+                                                    rel=1e-9)
+    # while every customer is judged (the shop is below the judged sample's size)
+    assert len(run.evaluation.churn) == len(run.twin.builder.transform(data, run.windows.t1))
+    assert all(np.isfinite(run.evaluation.metrics[m]) for m in ("churn_roc_auc", "next_stage_roc_auc", "clv_gini"))
+
+
 def test_too_little_data_is_refused_in_one_line():
     """Counted on the first day a model is fitted: buyers and repeat buyers, against pandas."""
     days = pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(0, 360, 2), unit="D")
