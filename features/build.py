@@ -8,6 +8,8 @@ docs/features.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Self
 
@@ -51,7 +53,7 @@ class FeatureBuilder:
 
     def fit(self, data: Dataset, as_of: date) -> Self:
         """Learn the RFM quintile edges and the typical gap from the buyers at ``as_of``, and the feature schema."""
-        self._learn_schema(data)
+        self.learn_schema(data.report)
         aggregates = ", ".join(f"{sql} AS {name}" for name, sql in _RFM_AGGREGATES.items())
         table = f"buyers_{as_of:%Y%m%d}"
         data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT {aggregates}, min(day) AS first_day, "
@@ -75,38 +77,52 @@ class FeatureBuilder:
         The per-customer order aggregates are kept in a temporary DuckDB table (which spills to
         disk under the memory limit); the edges are learned from it and the features built on it.
         """
-        self._learn_schema(data)
+        self.learn_schema(data.report)
         table = f"per_customer_{as_of:%Y%m%d}"
         data.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {self._per_customer_sql(as_of)}")
         self._learn_edges(data.con, as_of, table)
         return data.con.sql(self._scored_sql(f"({self._base_sql(as_of, per_customer=table)})"))
 
-    def _learn_schema(self, data: Dataset) -> None:
-        self.has_events_ = "events" in data.report
-        self.has_customers_ = "customers" in data.report
-
     def _learn_edges(self, con: duckdb.DuckDBPyConnection, as_of: date, table: str) -> None:
-        """Quintile edges of the RFM measures and the typical gap over the buyers in ``table`` (a row each, with
-        ``_RFM_AGGREGATES``, ``first_day`` and ``purchase_days``).
+        """Learn from the buyers in ``table`` (a row each, with ``_RFM_AGGREGATES``, ``first_day`` and
+        ``purchase_days``).
 
         Measures in ``rfm.COUNTED`` take their quantiles from the number of buyers with each value.
         """
-        buyers, gap = con.execute(
-            "SELECT count(*), median((last_day - first_day) / (purchase_days - 1)) FILTER (WHERE purchase_days > 1) "
-            f"FROM {table}").fetchall()[0]
-        if buyers < 5:
-            raise LifecycleError(f"only {buyers} customers bought by the as-of date; need at least 5 to fit")
-        self.typical_gap_days_ = None if gap is None else float(gap)  # None: no repeat buyer, no rhythm to learn
-        measures = f"(SELECT DATE '{as_of}' - last_day AS recency_days, orders, total_spend FROM {table})"
-        self.rfm_edges_ = {}
+        measures = f"(SELECT {_fit_measures(as_of)} FROM {table})"
+        buyers, gap = con.execute(f"SELECT count(*), median(gap_days) FROM {measures}").fetchall()[0]
+        edges = {}
         for score, column in rfm.MEASURES.items():
             if score in rfm.COUNTED:
                 counts = con.execute(f"SELECT {column}, count(*) FROM {measures} GROUP BY ALL ORDER BY ALL")
-                edges = rfm.quantiles_of_counts(counts.fetchall())
+                edges[score] = rfm.quantiles_of_counts(counts.fetchall())
             else:
                 quantiles = con.execute(f"SELECT quantile_cont({column}, {list(rfm.QUANTILES)}) FROM {measures}")
-                edges = quantiles.fetchall()[0][0]
-            self.rfm_edges_[score] = [float(edge) for edge in edges]
+                edges[score] = quantiles.fetchall()[0][0]
+        self.learn(Learned(buyers, gap, edges))
+
+    def learn(self, learned: Learned) -> Self:
+        """Take what a fit learns from the buyers at a date (``fit`` computes it; ``training.spark`` merges it from
+        partitions of customers); refuses fewer than 5 buyers."""
+        if learned.buyers < 5:
+            raise LifecycleError(f"only {learned.buyers} customers bought by the as-of date; need at least 5 to fit")
+        gap = learned.typical_gap_days
+        self.typical_gap_days_ = None if gap is None else float(gap)  # None: no repeat buyer, no rhythm to learn
+        self.rfm_edges_ = {score: [float(edge) for edge in edges] for score, edges in learned.rfm_edges.items()}
+        return self
+
+    def learn_schema(self, tables: Iterable[str]) -> Self:
+        """Take which optional input tables the training data has (``events``, ``customers``): it fixes the schema."""
+        self.has_events_, self.has_customers_ = "events" in tables, "customers" in tables
+        return self
+
+    def buyer_measures(self, data: Dataset, as_of: date) -> duckdb.DuckDBPyRelation:
+        """Each buyer at ``as_of``: the BTYD summary (``frequency``, ``recency``, ``T``, ``monetary_value``) and what a
+        fit learns from (``recency_days``, ``orders``, ``total_spend``; ``gap_days``, the mean days between purchase
+        days, NULL for one purchase day): a fit's input, to be merged across partitions of customers."""
+        orders = self._per_customer_sql(as_of)
+        return data.con.sql(f"SELECT customer_id, {_summary_columns(as_of)}, {_fit_measures(as_of)} "
+                            f"FROM ({orders}) AS d")
 
     def sql(self, as_of: date, population: str | None = None) -> str:
         """The full feature query at ``as_of`` (for everyone known, or for ``population``)."""
@@ -348,6 +364,21 @@ class FeatureBuilder:
             coalesce(en.n_return, 0) / nullif(d.orders, 0) AS return_rate,
             coalesce(en.n_review, 0) AS reviews, coalesce(en.n_referral, 0) AS referrals,
             en.latest_nps"""
+
+
+@dataclass(frozen=True)
+class Learned:
+    """What ``FeatureBuilder.fit`` learns from the buyers at a date."""
+
+    buyers: int
+    typical_gap_days: float | None  # the median of the repeat buyers' mean days between purchase days
+    rfm_edges: dict[str, list[float]]  # the RFM measures' quintile edges, by score (``rfm.MEASURES``)
+
+
+def _fit_measures(as_of: date) -> str:
+    """What a fit learns from, over a ``_per_customer_sql`` row (of a buyer)."""
+    return (f"DATE '{as_of}' - last_day AS recency_days, orders, total_spend, "
+            "CASE WHEN purchase_days > 1 THEN (last_day - first_day) / (purchase_days - 1) END AS gap_days")
 
 
 def _summary_columns(as_of: date) -> str:

@@ -45,6 +45,10 @@ class Inputs(BaseModel):
     customer_ids: Literal["exact", "email"] = Field(
         "exact", description="email: ids are emails, trimmed and compared in any case (as shop platforms do)")
 
+    def tables(self) -> dict[str, TableSource]:
+        """Each input table's source, by the table's name."""
+        return {"transactions": self.transactions, "events": self.events, "customers": self.customers}
+
 
 class DuckDBSettings(BaseModel):
     """Resources for the embedded DuckDB engine (None: DuckDB's defaults)."""

@@ -11,6 +11,7 @@ from features.build import FeatureBuilder
 from features.cycle import purchase_cycle
 from features.files import sql_literal, write_relation
 from features.sources import Dataset, connect, load
+from features.spark import Reading
 from features.tables import output_format
 from lifecycle.config import Settings
 from training.choices import AUTO
@@ -40,16 +41,16 @@ def open_dataset(settings: Settings, now: datetime | None = None) -> Dataset:
     """Load and validate the configured input tables into a fresh DuckDB connection (with ``as_of`` set, what the
     files tell is later is not read: ``features.sources.load``'s ``until``)."""
     con = connect(settings.duckdb.memory_limit, settings.state_dir / "duckdb_tmp", settings.duckdb.threads)
-    inputs = settings.inputs
-    return load(
-        con,
-        {"transactions": inputs.transactions, "events": inputs.events, "customers": inputs.customers},
-        now=now or datetime.now(UTC).replace(tzinfo=None),
-        future_tolerance_days=settings.future_tolerance_days,
-        emails=inputs.customer_ids == "email",
-        currency=settings.currency,
-        until=settings.as_of,
-    )
+    options = reading(settings, now)  # the same options, whichever engine reads
+    return load(con, settings.inputs.tables(), now=options.now, future_tolerance_days=options.future_tolerance_days,
+                emails=options.emails, currency=options.currency, until=settings.as_of)
+
+
+def reading(settings: Settings, now: datetime | None = None) -> Reading:
+    """How the input tables are read (``features.spark.Reading``), as ``open_dataset`` reads them."""
+    return Reading(now=now or datetime.now(UTC).replace(tzinfo=None),
+                   future_tolerance_days=settings.future_tolerance_days, emails=settings.inputs.customer_ids == "email",
+                   currency=settings.currency)
 
 
 @dataclass(frozen=True)

@@ -1,40 +1,30 @@
 """Batch scoring on Spark, for shops whose logs outgrow one machine (``lifecycle score --engine spark``).
 
-The input tables are read by Spark, their columns renamed to ours by the configured column map,
-and every row is sent, as text, to a partition chosen by a hash of its customer id: all of a
-customer's orders, events and customer row meet in one partition. There, the very code of the
-local engine runs on them: ``features.sources.load`` validates (rejected rows come back with their
-reasons) and the model's own fitted ``FeatureBuilder`` computes the features in DuckDB, so every
-feature still has one implementation, and anything relative to the population (RFM edges) comes
-from training, never from the partition. The features are then scored by
-``mlflow.pyfunc.spark_udf`` on the registered model. Output and rejects are Spark folders of part
-files (Parquet or CSV by the output's extension).
-
-Checks that compare rows of different customers cannot run inside a partition: an order id used by
-two customers is not rejected here (the local engine rejects the second).
+Every customer's rows meet in one partition (``features.spark.partitioned``), where the very code of the local
+engine runs on them: ``features.sources.load`` validates (rejected rows come back with their reasons) and the model's
+own fitted ``FeatureBuilder`` computes the features in DuckDB, so every feature still has one implementation, and
+anything relative to the population (RFM edges) comes from training, never from the partition. The features are then
+scored by ``mlflow.pyfunc.spark_udf`` on the registered model. Output and rejects are Spark folders of part files
+(Parquet or CSV by the output's extension).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
 from features.errors import LifecycleError
-from features.files import until_condition
-from features.sources import connect, load
-from features.tables import SCHEMAS, TIME_COLUMNS, TableSource
+from features.spark import BUCKET, TABLE, Reading, is_parquet, partition_dataset, partitioned, read
+from features.tables import TableSource
 from models.pyfunc import load as load_model
 from serving.batch import LIST_TABLE
 
 REJECT_COLUMNS = ("input_table", "reason", "record")
 LIST = "_list"  # the customer list's rows travel with the tables, tagged so
-TEXT_COLUMNS = list(dict.fromkeys(column for schema in SCHEMAS.values() for column in schema))
 
 
 @dataclass
@@ -50,26 +40,14 @@ class SparkRun:
     rejected: dict[str, int]  # rejected rows per table
 
 
-def session(master: str):
-    """A SparkSession on ``master`` in UTC; local executors run this very Python (and its packages)."""
-    from pyspark.sql import SparkSession
-
-    if master.startswith("local"):
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (SparkSession.builder.master(master).appName("lifecycle score")
-            .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
-            .getOrCreate())
-
-
 def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
-                now: datetime, customer_list: str | Path | None = None, partitions: int | None = None,
-                future_tolerance_days: int = 1, emails: bool = False, currency: str | None = None) -> SparkRun:
+                reading: Reading, customer_list: str | Path | None = None, partitions: int | None = None) -> SparkRun:
     """Score every customer in ``sources`` (or those in ``customer_list``) at ``as_of`` into ``out``, with
     the model at ``model_uri``; as ``serving.batch.score_batch`` does on one machine.
 
-    ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is
-    how many groups of customers the features are built in. ``emails`` and ``currency`` are
-    ``features.sources.load``'s (a currency column needs ``currency``: a partition cannot see the others').
+    ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is how many groups
+    of customers the features are built in; ``reading`` how their rows are read (a currency column needs the
+    currency setting: a partition cannot see the others').
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import StringType, StructField, StructType, TimestampType
@@ -80,48 +58,21 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     inputs = _spark_schema(registered.metadata.get_input_schema())
     features_schema = StructType([StructField(f.name, f.dataType, True) for f in inputs.fields]
                                  + [StructField(c, StringType(), True) for c in REJECT_COLUMNS])
-    partitions = partitions or 2 * spark.sparkContext.defaultParallelism
-
-    tables, rows = [], {}
-    for name, source in sources.items():
-        if source is None or source.path is None:
-            continue
-        check_supported(name, source, currency)
-        frame = _read(spark, name, source, as_of)
-        if emails:  # before the hash that puts a customer's rows in one partition
-            frame = frame.withColumn("customer_id", F.lower(F.trim(F.col("customer_id"))))
-        rows[name] = frame.count()
-        tables.append(frame.select(F.lit(name).alias("_table"), *(
-            (F.col(c).cast("string") if c in frame.columns else F.lit(None).cast("string")).alias(c)
-            for c in TEXT_COLUMNS)))
-    if "transactions" not in rows:
-        raise LifecycleError("no transactions given: pass --transactions or set inputs.transactions.path")
-    if customer_list is not None:
-        tables.append(_listed(spark, customer_list).select(F.lit(LIST).alias("_table"), *(
-            (F.col(c) if c == "customer_id" else F.lit(None).cast("string")).alias(c) for c in TEXT_COLUMNS)))
-    union = tables[0]
-    for table in tables[1:]:
-        union = union.unionByName(table)
-    bucket = F.pmod(F.xxhash64("customer_id"), F.lit(partitions))
-    union = union.withColumn("_bucket", bucket).repartition(partitions, "_bucket")  # one shuffle, one group each
+    listed = {LIST: _listed(spark, customer_list)} if customer_list is not None else None
+    shop = partitioned(spark, sources, as_of, reading, partitions, listed)
+    rows = shop.counts
 
     def features_of(group: pd.DataFrame) -> pd.DataFrame:
-        frames = {name: group.loc[group["_table"] == name, list(SCHEMAS[name])].reset_index(drop=True)
-                  for name in SCHEMAS if (group["_table"] == name).any()}
-        if "transactions" not in frames:  # customers here have events or are listed, but no orders
-            frames["transactions"] = pd.DataFrame({c: pd.Series(dtype=object) for c in SCHEMAS["transactions"]})
-        data = load(connect(threads=1), frames, now=now, future_tolerance_days=future_tolerance_days,
-                    emails=emails, currency=currency)
+        data = partition_dataset(group, reading)
         if customer_list is not None:
-            listed = group.loc[group["_table"] == LIST, ["customer_id"]]
-            data.con.register("listed", listed)
+            data.con.register("listed", group.loc[group[TABLE] == LIST, ["customer_id"]])
             data.con.execute(f"CREATE TEMP TABLE {LIST_TABLE} AS SELECT DISTINCT customer_id FROM listed")
         features = builder.transform(data, as_of, LIST_TABLE if customer_list is not None else None).df()
         rejects = data.con.sql("SELECT input_table, reason, CAST(record AS VARCHAR) AS record FROM rejects").df()
         both = pd.concat([_plain(features, inputs), _plain(rejects)], ignore_index=True)
         return both[features_schema.fieldNames()]
 
-    built = union.groupBy("_bucket").applyInPandas(features_of, features_schema).persist()
+    built = shop.rows.groupBy(BUCKET).applyInPandas(features_of, features_schema).persist()
     try:
         rejects = built.where(F.col("reason").isNotNull()).select(*REJECT_COLUMNS)
         rejected = {row["input_table"]: row["count"] for row in rejects.groupBy("input_table").count().collect()}
@@ -154,54 +105,12 @@ def _listed(spark, path: str | Path):
     """The ids of a customer list (CSV or Parquet: its ``customer_id`` column, or its only column), as text."""
     from pyspark.sql import functions as F
 
-    frame = _read(spark, "customer list", TableSource(path=str(path)))
+    frame = read(spark, "customer list", TableSource(path=str(path)))
     column = "customer_id" if "customer_id" in frame.columns else frame.columns[0] if len(frame.columns) == 1 else None
     if column is None:
         raise LifecycleError(f"customer list {str(path)!r} needs a customer_id column; it has {frame.columns}")
     ids = F.trim(F.col(column).cast("string"))
     return frame.select(ids.alias("customer_id")).where(ids.isNotNull() & (ids != "")).distinct()
-
-
-def check_supported(name: str, source: TableSource, currency: str | None) -> None:
-    """Refuse what the Spark engine does not do yet: each would need the user's own columns in the partitions."""
-    unsupported = [what for what, used in (
-        ("timestamp_format (give ISO 8601 timestamps)", source.timestamp_format),
-        ("row filters (exclude, include)", source.exclude or source.include),
-        ("line_items", source.line_items),
-        ("an amount from several columns", " + " in source.columns.get("amount", "")
-         or " - " in source.columns.get("amount", "")),
-        ("a currency column without the currency setting", "currency" in source.columns and not currency),
-    ) if used]
-    if unsupported:
-        raise LifecycleError(f"{name}: {', '.join(unsupported)} not supported with the Spark engine yet; score with "
-                             "the local engine, or write the orders as they should be read")
-
-
-def _read(spark, name: str, source: TableSource, until: date | None = None):
-    """The table at ``source.path`` (CSV as text, or Parquet: a file, a glob or a dataset folder, hive-partitioned
-    or not) with our column names; with ``until``, only its rows on or before that day, filtered where Spark reads
-    them (``features.files.until_condition``: partitions pruned, Parquet timestamps pushed down)."""
-    from pyspark.sql import functions as F
-
-    path = source.path
-    dataset = _is_parquet(path) or Path(path).is_dir() or path.endswith("/")  # a folder: a Parquet dataset
-    reader = spark.read.parquet if dataset else spark.read.option("header", True).csv
-    try:
-        frame = reader(path)
-    except Exception as exc:  # Spark's AnalysisException for a missing path, and its kin
-        raise LifecycleError(f"{name}: cannot read {path!r}: {str(exc).splitlines()[0]}") from None
-    if until is not None and name in TIME_COLUMNS:
-        kinds = dict(frame.dtypes)
-        keys = set.intersection(*({part.split("=", 1)[0] for part in file.split("/") if "=" in part}
-                                  for file in frame.inputFiles()))
-        time_column = source.columns.get(TIME_COLUMNS[name], TIME_COLUMNS[name])
-        frame = frame.where(F.expr(until_condition(until, time_column, kinds.get(time_column),
-                                                   {key: kinds[key] for key in keys if key in kinds},
-                                                   quote=lambda column: f"`{column.replace('`', '``')}`")))
-    for ours, theirs in source.columns.items():
-        if theirs in frame.columns:
-            frame = frame.withColumnRenamed(theirs, ours)
-    return frame
 
 
 def _plain(frame: pd.DataFrame, schema=None) -> pd.DataFrame:
@@ -242,11 +151,7 @@ def _spark_schema(schema):
 
 def _write(frame, path: str) -> None:
     writer = frame.write.mode("overwrite")
-    if _is_parquet(path):
+    if is_parquet(path):
         writer.parquet(str(path))
     else:
         writer.option("header", True).csv(str(path))
-
-
-def _is_parquet(path: str) -> bool:
-    return path.lower().endswith((".parquet", ".pq"))

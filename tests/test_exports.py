@@ -420,7 +420,7 @@ def test_flags_and_the_environment_replace_the_configured_filters(tmp_path, monk
 def test_the_spark_engine_refuses_what_it_does_not_do_yet():
     """Filters, line items and amounts from several columns need the user's own columns in Spark's partitions:
     refused in one line before Spark starts; refunds, emails and a configured currency go through."""
-    from serving.spark import check_supported
+    from features.spark import check_supported
 
     with pytest.raises(LifecycleError, match=r"transactions: row filters \(exclude, include\), line_items, an amount "
                                              "from several columns not supported with the Spark engine yet"):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import date, datetime
+
 import duckdb
 import pandas as pd
 import pytest
@@ -71,3 +75,50 @@ def test_spark_needs_the_scoring_day(shop):
     folder, tables, _ = shop
     result = run("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert result.returncode != 0 and "pass --as-of" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from features.spark import session
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    live = session("local[2]", "lifecycle tests")
+    yield live
+    live.stop()
+
+
+def test_the_buyers_merged_on_spark_are_the_local_engines_on_cdnow(spark, tmp_path):
+    """At each date, what a feature builder's fit learns (RFM edges, typical gap) and the BTYD fits' distinct rows
+    with their counts, merged on Spark from 3 partitions of customers, equal the local engine's on the whole of
+    CDNOW; so do the purchase model and Gamma-Gamma fitted on them."""
+    from features import cdnow
+    from features.build import FeatureBuilder
+    from features.sources import connect, load
+    from features.spark import Reading, partitioned
+    from features.tables import TableSource
+    from models.bgnbd import BGNBD
+    from models.rows import buyer_rows
+    from training.fitter import Fitter
+    from training.spark import buyers
+
+    path = cdnow.write_master(tmp_path)
+    reading = Reading(now=datetime(2026, 1, 1))
+    shop = partitioned(spark, {"transactions": TableSource(path=str(path))}, date(1998, 6, 30), reading, partitions=3)
+    dates = [date(1997, 1, 31), date(1997, 9, 30), date(1998, 6, 30)]
+    merged = buyers(shop, reading, FeatureBuilder(), dates)
+    data = load(connect(), {"transactions": TableSource(path=str(path))}, now=reading.now)
+    assert sorted(merged) == dates and shop.counts == {"transactions": 69_659}
+    for day in dates:
+        local = FeatureBuilder().fit(data, day)
+        on_spark = FeatureBuilder().learn(merged[day].learned)
+        assert on_spark.typical_gap_days_ == pytest.approx(local.typical_gap_days_, rel=1e-12)
+        for score, edges in local.rfm_edges_.items():
+            assert on_spark.rfm_edges_[score] == pytest.approx(edges, rel=1e-12), score
+        rows = buyer_rows(local.summary(data, day), "true")
+        assert merged[day].learned.buyers == rows.customers
+        pd.testing.assert_frame_equal(merged[day].rows.purchases, rows.purchases, check_dtype=False)
+        pd.testing.assert_frame_equal(merged[day].rows.spend, rows.spend, check_dtype=False, rtol=1e-12)
+        fitted, expected = (Fitter().btyd(r, BGNBD, "test") for r in (merged[day].rows, rows))
+        for got, want in zip(fitted, expected, strict=True):
+            assert got.params_ == pytest.approx(want.params_, rel=1e-9)
+    assert merged[date(1997, 1, 31)].learned.buyers < merged[date(1998, 6, 30)].learned.buyers == 23_570

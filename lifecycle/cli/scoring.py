@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -186,22 +185,21 @@ def report(
 
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
     try:
-        from serving.spark import score_spark, session
+        from features.spark import session
+        from serving.spark import score_spark
     except ImportError:
         raise LifecycleError("the Spark engine needs pyspark: pip install 'customer-lifecycle[spark]'") from None
     if settings.as_of is None:
         raise LifecycleError("the Spark engine needs the scoring day: pass --as-of (or set as_of)")
+    from lifecycle.pipeline import reading
     from lifecycle.training import open_registry
 
     open_registry(settings)
     inputs = settings.inputs
     with console.status(f"scoring on Spark ({settings.spark.master})..."):
-        run = score_spark(session(settings.spark.master), model_uri or settings.serving.model_uri,
-                          {"transactions": inputs.transactions, "events": inputs.events,
-                           "customers": inputs.customers}, settings.as_of, out,
-                          now=datetime.now(UTC).replace(tzinfo=None), customer_list=customer_list,
-                          partitions=settings.spark.partitions, future_tolerance_days=settings.future_tolerance_days,
-                          emails=inputs.customer_ids == "email", currency=settings.currency)
+        run = score_spark(session(settings.spark.master, "lifecycle score"), model_uri or settings.serving.model_uri,
+                          inputs.tables(), settings.as_of, out, reading(settings), customer_list=customer_list,
+                          partitions=settings.spark.partitions)
     render.row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
