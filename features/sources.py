@@ -68,6 +68,7 @@ class Dataset:
     materialized: bool = False
     as_of: date | None = None  # the day ``until`` cut the data to (None: it runs to its last order)
     currency: str | None = None  # of every amount: configured, or the one the orders name
+    span: tuple[datetime, datetime] | None = None  # the whole shop's first and last order, where this holds a sample
 
     def materialize(self) -> Self:
         """Keep the valid rows of every given table in DuckDB for jobs that read them many times.
@@ -96,7 +97,10 @@ class Dataset:
         return self
 
     def date_range(self) -> tuple[datetime | None, datetime | None]:
-        """First and last valid transaction timestamp."""
+        """First and last valid transaction timestamp (of the whole shop, where this holds a sample of its customers:
+        ``span``)."""
+        if self.span is not None:
+            return self.span
         return self.con.execute("SELECT min(timestamp), max(timestamp) FROM transactions").fetchall()[0]
 
     def customers_count(self) -> int:

@@ -60,11 +60,11 @@ class Partitioned:
     partitions: int
 
 
-def partitioned(spark, sources: dict[str, TableSource | None], as_of: date, reading: Reading,
+def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | None, reading: Reading,
                 partitions: int | None = None, tagged: dict[str, object] | None = None) -> Partitioned:
-    """The tables of ``sources`` up to ``as_of`` (later rows are not read) in ``partitions`` groups of customers
-    (default: twice Spark's default parallelism), with ``tagged``'s frames of customer ids (a customer list) among
-    them under their own tag."""
+    """The tables of ``sources`` up to ``as_of`` (later rows are not read; None: all) in ``partitions`` groups of
+    customers (default: twice Spark's default parallelism), with ``tagged``'s frames of customer ids (a customer list)
+    among them under their own tag."""
     from pyspark.sql import functions as F
 
     tables, counts = [], {}

@@ -136,9 +136,9 @@ class Settings(BaseSettings):
     seed: int = Field(0, description="seed of every random step of training")
     backtest_cuts: int = Field(CUTS, ge=1, description="cut dates, one churn horizon apart, that training judges every "
                                "choice on (as many as the history allows, down to 1)")
-    sample_customers: int = Field(SAMPLE_CUSTOMERS, ge=1000, description="most customers the classifiers and the "
-                                  "learned CLV learn from: on larger shops a sample, stratified by lifecycle stage "
-                                  "(the BTYD models are fitted on every buyer)")
+    sample_customers: int = Field(SAMPLE_CUSTOMERS, ge=1000, description="about the most customers the classifiers "
+                                  "and the learned CLV learn from: on larger shops a sample by customer id, each "
+                                  "lifecycle stage in proportion (the BTYD models are fitted on every buyer)")
 
     toml_file: ClassVar[Path | None] = None  # set by load_settings before construction
 

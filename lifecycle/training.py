@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,11 +16,12 @@ from mlflow.exceptions import MlflowException
 from features.errors import LifecycleError
 from features.sources import Dataset
 from lifecycle.config import Settings
-from lifecycle.pipeline import open_dataset, with_churn_horizon
+from lifecycle.pipeline import open_dataset, reading, with_churn_horizon
 from models import pyfunc
 from models.lifecycle import Horizons, LifecycleModel
 from models.risk import RiskBands
 from training import registry
+from training.base import Base
 from training.train import TrainingConfig, TrainingResult, train
 
 GATE_ATTEMPTS = 3  # gates against a champion that moved meanwhile (remote stores) before giving up
@@ -121,40 +124,64 @@ def writing(settings: Settings, client, on_wait: Callable[[str], None] = _to_std
         yield registry.clean_interrupted(client, exclusive)
 
 
-def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = _to_stderr
-                 ) -> TrainRun:
+def run_training(settings: Settings, data: Dataset | None = None, on_wait: Callable[[str], None] = _to_stderr,
+                 spark=None) -> TrainRun:
     """Validate, train out of time, then under the registry lock: log and register, gate, move the aliases.
 
     Training itself runs outside the lock, so two runs overlap there and are gated one after the
     other. The champion is read again just before the aliases move; if it moved (another host, on
-    a remote store), the gate is run again against the new one.
+    a remote store), the gate is run again against the new one. With ``spark`` (a SparkSession), what the protocol
+    asks of the whole base is computed on Spark (``training.spark``).
     """
     lock_path(settings)  # a read-only state folder stops the run now, not after the training
-    data = data or open_dataset(settings)
-    client, uri = open_registry(settings, on_wait)
-    horizon = with_churn_horizon(settings, data)
-    settings = horizon.settings
-    result = train(data.until(settings.as_of) if settings.as_of else data, training_config(settings))
-    result.model.decisions = {"churn_horizon": horizon.why, **result.model.decisions}
-    if horizon.warning:
-        result.notes.insert(0, horizon.warning)
-    first, last = data.date_range()
-    report = data.report["transactions"]
-    summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": data.customers_count(),
-               "first_order": str(first), "last_order": str(last)}
-    params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
-    with writing(settings, client, on_wait) as cleaned:
-        drift = registry.drift_from_champion(client, result.features)
-        run_id, version = registry.record(result, params, summary, drift)
-        for _ in range(GATE_ATTEMPTS):
-            decision = registry.gate(client, data, result, settings.mlflow.gate_tolerance)
-            if registry.alias_version(client, "champion") == decision.champion_version:
-                break
-        else:
-            raise LifecycleError(f"the champion kept moving while version {version} was gated: it is registered "
-                                 "without a gate decision; train again when the other writers are done")
-        registry.conclude(client, version, decision)
+    with _whole_base(settings, data, spark) as base:
+        client, uri = open_registry(settings, on_wait)
+        horizon = with_churn_horizon(settings, base.data)
+        settings = horizon.settings
+        if spark is not None:
+            base.measure(horizons(settings), settings.backtest_cuts)
+        result = train(base, training_config(settings))
+        result.model.decisions = {"churn_horizon": horizon.why, **result.model.decisions}
+        if horizon.warning:
+            result.notes.insert(0, horizon.warning)
+        first, last = base.date_range()
+        report = base.data.report["transactions"]
+        summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": base.customers(),
+                   "first_order": str(first), "last_order": str(last)}
+        params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
+        with writing(settings, client, on_wait) as cleaned:
+            drift = registry.drift_from_champion(client, result.features)
+            run_id, version = registry.record(result, params, summary, drift)
+            for _ in range(GATE_ATTEMPTS):
+                decision = registry.gate(client, base.data, result, settings.mlflow.gate_tolerance)
+                if registry.alias_version(client, "champion") == decision.champion_version:
+                    break
+            else:
+                raise LifecycleError(f"the champion kept moving while version {version} was gated: it is registered "
+                                     "without a gate decision; train again when the other writers are done")
+            registry.conclude(client, version, decision)
     return TrainRun(result, run_id, version, decision, uri, drift, cleaned)
+
+
+@contextmanager
+def _whole_base(settings: Settings, data: Dataset | None, spark) -> Iterator[Base]:
+    """The shop's whole base as of the configured day: the data on this machine, or on Spark with its samples in a
+    folder of the state folder, removed afterwards."""
+    if spark is None:
+        data = data or open_dataset(settings)
+        yield Base(data.until(settings.as_of) if settings.as_of else data)
+        return
+    from features.spark import partitioned
+    from training.spark import spark_base
+
+    folder = Path(tempfile.mkdtemp(prefix="spark-sample-", dir=settings.state_dir))
+    try:
+        options = reading(settings)
+        shop = partitioned(spark, settings.inputs.tables(), settings.as_of, options, settings.spark.partitions)
+        yield spark_base(shop, options, settings.sample_customers, folder, settings.as_of,
+                         settings.duckdb.memory_limit, settings.duckdb.threads)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:

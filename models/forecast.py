@@ -23,7 +23,7 @@ from features.errors import LifecycleError
 from models.btyd import PurchaseModel, holding
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
-from models.rows import buyer_rows
+from models.rows import BuyerRows, buyer_rows
 
 GROUPINGS = ("rfm_segment", "stage")
 COLUMNS = "customer_id, orders, frequency, recency, T, monetary_value, rfm_segment, stage"  # that ``forecast`` reads
@@ -42,12 +42,18 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
     """
     sums = None
     for part in _chunks(features.filter("orders > 0").select(COLUMNS).order("customer_id"), chunk):
-        found = _sums(purchases, spend, horizons.clv_days, part)
+        found = sums_of(purchases, spend, horizons.clv_days, part)
         sums = found if sums is None else sums.add(found, fill_value=0)
-    if sums is None:
+    return totals(purchases, spend, horizons, sums, buyer_rows(features))
+
+
+def totals(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, sums: pd.DataFrame | None,
+           rows: BuyerRows) -> pd.DataFrame:
+    """``forecast``'s table from the sums of ``sums_of`` over every buyer (None: there was none) and the buyers'
+    distinct rows, which give the parameters' covariances."""
+    if sums is None or sums.empty:
         raise LifecycleError("no buyers to forecast")
     sums = sums.sort_index()  # all, rfm_segment, stage; their values in order
-    rows = buyer_rows(features)
     purchase_covariance = purchases.log_parameter_covariance(*_columns(rows.purchases))
     spend_covariance = spend.log_parameter_covariance(*_columns(rows.spend))
     by_purchases = {name: sums[[f"{name}_by_purchases_{p}" for p in purchases.params_]].to_numpy().T
@@ -66,10 +72,10 @@ def forecast(purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fe
     return out
 
 
-def _sums(purchases: PurchaseModel, spend: SpendModel, days: int, buyers: pd.DataFrame) -> pd.DataFrame:
-    """Per group of ``buyers``: customers, expected purchases and spend, their variances, and the expected totals'
-    derivatives in each log-parameter of either model (``{total}_by_{model}_{parameter}``); indexed by (group,
-    value)."""
+def sums_of(purchases: PurchaseModel, spend: SpendModel, days: int, buyers: pd.DataFrame) -> pd.DataFrame:
+    """Per group of ``buyers`` (``COLUMNS`` of a feature table's buyers): customers, expected purchases and spend over
+    ``days``, their variances, and the expected totals' derivatives in each log-parameter of either model
+    (``{total}_by_{model}_{parameter}``); indexed by (group, value). Sums: those of any split of the buyers add up."""
     f, r, t, m = (buyers[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
     counts = purchases.future_purchases(days, f, r, t)
     money = spend.future_spend(counts, f, m)

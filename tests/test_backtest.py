@@ -130,7 +130,7 @@ def _kept(table: pd.DataFrame, sample: Sample) -> pd.DataFrame:
     """``sample``'s rows of ``table``, drawn in DuckDB as training draws them."""
     con = duckdb.connect()
     con.register("shop", table)
-    return con.sql(f"SELECT * FROM shop WHERE {sample.condition(con, 'SELECT * FROM shop')}").df()
+    return con.sql(f"SELECT * FROM shop WHERE {sample.condition()}").df()
 
 
 def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
@@ -142,18 +142,18 @@ def test_a_large_shop_is_judged_on_the_same_sample_of_customers_every_time():
     its noise by sqrt(1/4))."""
     rng = np.random.default_rng(4)
     table = pd.DataFrame({"customer_id": [f"c{k}" for k in range(80_000)], "value": rng.random(80_000)})
-    assert judged_share(80_000, most=100_000) == 1.0 and len(_kept(table, Sample(judged=1.0))) == len(table)
+    assert judged_share(80_000, most=100_000) == 1.0 and len(_kept(table, Sample(1.0))) == len(table)
     share = judged_share(80_000, most=20_000)
     assert share == 0.25
-    kept = _kept(table, Sample(judged=share))
+    kept = _kept(table, Sample(share))
     assert abs(len(kept) - 20_000) < 4 * np.sqrt(80_000 * 0.25 * 0.75)
-    shuffled = _kept(table.sample(frac=1, random_state=1), Sample(judged=share))
+    shuffled = _kept(table.sample(frac=1, random_state=1), Sample(share))
     assert set(shuffled.customer_id) == set(kept.customer_id)
     some = table.iloc[::3]
-    assert set(_kept(some, Sample(judged=share)).customer_id) == set(kept.customer_id) & set(some.customer_id)
+    assert set(_kept(some, Sample(share)).customer_id) == set(kept.customer_id) & set(some.customer_id)
     newcomers = {f"n{k}" for k in range(20_000)}
     later = pd.concat([table, pd.DataFrame({"customer_id": sorted(newcomers), "value": 0.0})])
-    assert set(_kept(later, Sample(judged=judged_share(len(later), most=20_000))).customer_id) <= (
+    assert set(_kept(later, Sample(judged_share(len(later), most=20_000))).customer_id) <= (
         set(kept.customer_id) | newcomers)
     ids, n = kept.customer_id.to_numpy(), len(kept)
     y = rng.integers(0, 2, n).astype(float)
@@ -269,19 +269,23 @@ def test_a_run_that_ranks_near_chance_is_weak():
 
 
 def test_a_training_sample_keeps_each_stage_in_proportion_and_is_the_same_every_time():
-    """Above ``trained`` customers, the classifiers learn from about that many, each lifecycle stage in proportion to
-    its size (a rare stage too: 1 % of the shop is 1 % of the sample, to a customer), the same customers whatever the
-    order of the rows, independent of the judged sample; everyone on a smaller shop."""
+    """Above ``most`` customers, the classifiers learn from about that many (within 4 binomial SDs), each lifecycle
+    stage in proportion to its size (a rare stage too), the same customers whatever the order of the rows and whoever
+    else is in the table (so the same at every date), independent of the judged sample; everyone on a smaller shop."""
     rng = np.random.default_rng(7)
     stages = rng.choice(["awareness", "conversion", "retention", "advocacy"], 60_000, p=[0.5, 0.3, 0.19, 0.01])
     table = pd.DataFrame({"customer_id": np.arange(60_000) * 7 + 3, "stage": stages})
-    assert len(_kept(table, Sample(trained=60_000))) == 60_000
-    kept = _kept(table, Sample(trained=6_000))
-    assert abs(len(kept) - 6_000) <= 4  # one customer per stage at most, from rounding each stage's share
+    assert len(_kept(table, Sample.trained(60_000, 60_000))) == 60_000
+    sample = Sample.trained(6_000, 60_000)
+    kept = _kept(table, sample)
+    assert sample.share == 0.1 and abs(len(kept) - 6_000) < 4 * np.sqrt(60_000 * 0.1 * 0.9)
     expected = table.stage.value_counts() / 10
-    assert (kept.stage.value_counts().reindex(expected.index) - expected).abs().max() <= 1
-    assert set(_kept(table.sample(frac=1, random_state=2), Sample(trained=6_000)).customer_id) == set(
-        kept.customer_id)
-    judged = set(_kept(table, Sample(judged=0.1)).customer_id)
+    assert ((kept.stage.value_counts().reindex(expected.index) - expected).abs() < 4 * np.sqrt(expected * 0.9)).all()
+    assert set(_kept(table.sample(frac=1, random_state=2), sample).customer_id) == set(kept.customer_id)
+    some = table.iloc[::3]
+    assert set(_kept(some, sample).customer_id) == set(kept.customer_id) & set(some.customer_id)
+    as_text = _kept(table.astype({"customer_id": str}), sample)  # an engine that reads the ids as text
+    assert set(as_text.customer_id) == set(kept.customer_id.astype(str))
+    judged = set(_kept(table, Sample(0.1)).customer_id)
     overlap = len(judged & set(kept.customer_id)) / len(kept)
     assert abs(overlap - 0.1) < 4 * np.sqrt(0.1 * 0.9 / len(kept))  # drawn independently of the judged sample

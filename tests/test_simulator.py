@@ -158,6 +158,7 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     serving BG/NBD's P(alive) = 1 for them unasked."""
     from models.lifecycle import Horizons
     from models.purchase_models import PURCHASE_MODELS
+    from training.base import Base
     from training.decisions import choose_purchase_model
     from training.tables import holdout
     from training.windows import cut_windows
@@ -165,9 +166,9 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     sim = simulate(SimulationParams(customers=10_000, seed=seed, process=process, events=False, prospect_share=0))
     data = load(transactions=sim.transactions)
     first, last = data.date_range()
-    wins = cut_windows(data, first.date(), last.date(), Horizons())
+    wins = cut_windows(Base(data), first.date(), last.date(), Horizons())
     assert len(wins) == 3
-    holdouts = [holdout(data, FeatureBuilder(), w, Horizons()) for w in wins]
+    holdouts = [holdout(Base(data), FeatureBuilder(), w, Horizons()) for w in wins]
     _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
     assert chosen == serves, compared
     end = FeatureBuilder().fit_transform(data, (sim.end - DAY).date()).df()

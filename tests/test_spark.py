@@ -122,3 +122,33 @@ def test_the_buyers_merged_on_spark_are_the_local_engines_on_cdnow(spark, tmp_pa
         for got, want in zip(fitted, expected, strict=True):
             assert got.params_ == pytest.approx(want.params_, rel=1e-9)
     assert merged[date(1997, 1, 31)].learned.buyers < merged[date(1998, 6, 30)].learned.buyers == 23_570
+
+
+def test_spark_training_gives_the_local_model_on_cdnow(spark, tmp_path):
+    """``lifecycle train`` on Spark (3 partitions of customers) trains the model of the local engine on CDNOW, which is
+    smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM edges, metrics of every cut date,
+    decisions and forecast; and it is logged, registered and gated like a local run."""
+    from features import cdnow
+    from lifecycle.config import Settings
+    from lifecycle.training import run_training
+
+    path = cdnow.write_master(tmp_path)
+    settings = Settings(inputs={"transactions": {"path": str(path)}}, state_dir=tmp_path / "state",
+                        spark={"partitions": 3})
+    local = run_training(settings)
+    on_spark = run_training(settings, spark=spark)
+    ours, theirs = local.result, on_spark.result
+    assert theirs.model.purchases.name == ours.model.purchases.name
+    assert theirs.model.purchases.params_ == pytest.approx(ours.model.purchases.params_, rel=1e-6)
+    assert theirs.model.spend.params_ == pytest.approx(ours.model.spend.params_, rel=1e-6)
+    assert theirs.model.builder.rfm_edges_ == ours.model.builder.rfm_edges_
+    assert theirs.model.decisions == ours.model.decisions and theirs.notes == ours.notes
+    assert [c.end for c in theirs.cuts] == [c.end for c in ours.cuts] and len(ours.cuts) == 3
+    for mine, yours in zip(theirs.backtest, ours.backtest, strict=True):
+        assert mine.metrics == pytest.approx(yours.metrics, rel=1e-6, nan_ok=True)
+        assert mine.baselines == pytest.approx(yours.baselines, rel=1e-6, nan_ok=True)
+    pd.testing.assert_frame_equal(theirs.forecast, ours.forecast, rtol=1e-6)
+    assert (theirs.customers, len(theirs.features), theirs.judged_share) == (23_570, 23_570, 1.0)
+    pd.testing.assert_frame_equal(theirs.features, ours.features)
+    assert on_spark.version == "2" and on_spark.decision.champion_version == local.version
+    assert not any((tmp_path / "state").glob("spark-sample-*"))  # the samples' folder is removed

@@ -7,6 +7,6 @@ CLV_SOURCES = ("btyd", "learned")  # what can serve ``clv`` (``clv.model``)
 # How much worse (absolute) the learned CLV's decile MAPE may be than the BTYD CLV's when it ranks better.
 MAPE_SLACK = 0.25
 CUTS = 3  # cut dates a run is judged on, when the history allows (``backtest_cuts``)
-# Most customers the classifiers and the learned CLV learn from: a sample stratified by lifecycle stage on larger shops
-# (``sample_customers``; training.tables.Sample).
+# About the most customers the classifiers and the learned CLV learn from: on larger shops a sample by customer id, each
+# lifecycle stage in proportion (``sample_customers``; training.tables.Sample.trained).
 SAMPLE_CUSTOMERS = 500_000

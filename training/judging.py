@@ -16,7 +16,6 @@ from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import MODEL_FORMAT, Horizons, btyd_columns, classifier_inputs
 from training import evaluate
-from training.backtest import judged_share
 from training.choices import CLV_SOURCES
 from training.tables import LABELS, Sample, holdout_table, labelled, value_table
 from training.windows import Windows
@@ -103,15 +102,14 @@ class Evaluation:
     purchase_models: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons,
+def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons, sample: Sample,
                   holdout_rows: pd.DataFrame | None = None, value_rows: pd.DataFrame | None = None) -> Evaluation:
-    """Score ``twin`` on the windows ``win`` beside the baselines, on the run's judged sample of the customers
-    (``training.backtest.judged_share``); ``holdout_rows`` is that sample's ``holdout_table`` of the twin's builder,
+    """Score ``twin`` on the windows ``win`` beside the baselines, on the run's judged ``sample`` of the customers
+    (``Sample.judged``); ``holdout_rows`` is that sample's ``holdout_table`` of the twin's builder,
     ``value_rows`` its ``value_table`` of the twin's CLV builder, when the caller has them already.
 
     The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twin's choices of source.
     """
-    sample = Sample(judged=judged_share(data.customers_count()))
     if holdout_rows is None:
         holdout_rows = holdout_table(data, twin.builder, win, horizons, sample)
     if value_rows is None:

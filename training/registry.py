@@ -39,6 +39,7 @@ from models.lifecycle import MODEL_FORMAT, model_format
 from training.backtest import Bootstrap, absolute_error, gini, roc_auc
 from training.judging import EvaluationTwin, evaluate_twin, track_record_rows
 from training.plots import figures
+from training.tables import Sample
 from training.train import TrainingResult
 
 MODEL_NAME = "customer-lifecycle"
@@ -176,7 +177,8 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
                         reasons=[f"the champion (version {champion}) was saved by an older, incompatible release"])
     ranks = range(min(len(twins), len(challenger.backtest)))
     horizons = challenger.model.horizons
-    theirs_by_cut = [evaluate_twin(data, twins[k], challenger.cuts[k], horizons) for k in ranks]
+    judged = Sample(challenger.judged_share)  # the challenger's judged customers
+    theirs_by_cut = [evaluate_twin(data, twins[k], challenger.cuts[k], horizons, judged) for k in ranks]
     ours_by_cut = [challenger.backtest[k] for k in ranks]
     ours, theirs = _pooled_gated(ours_by_cut), _pooled_gated(theirs_by_cut)
     bootstrap, reasons = Bootstrap(), []

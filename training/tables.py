@@ -1,10 +1,11 @@
 """The tables a run fits and is judged on: features at a date joined with what customers did after it.
 
-No whole-base table is read into memory: the BTYD fits take every buyer as distinct rows with their counts,
-aggregated in DuckDB (``models.rows.buyer_rows``); the classifiers and the learned CLV learn from a sample of at most
-a set number of customers, stratified by lifecycle stage (``Sample.trained``); each cut date is judged on a sample by
-hash of the id (``Sample.judged``). On shops smaller than both, every customer is in every table. The temporary
-DuckDB tables the feature builds leave behind are dropped phase by phase (``scratch``).
+No whole-base table is read into memory: the BTYD fits take every buyer as distinct rows with their counts
+(``training.base``); the classifiers and the learned CLV learn from a sample of at most a set number of customers
+(``Sample.trained``), and each cut date is judged on another (``Sample.judged``): each a share of the customers drawn
+by a salted hash of the id, so the same customers in every table of a run, whichever engine computes it. On shops
+smaller than both, every customer is in every table. The temporary DuckDB tables the feature builds leave behind are
+dropped phase by phase (``scratch``).
 
 DuckDB returns rows in no fixed order; every table is in customer order and every aggregate sorted, so that the
 seeded splits, and so every run, are reproducible.
@@ -22,10 +23,11 @@ import duckdb
 import pandas as pd
 
 from features.build import FeatureBuilder
-from features.files import sql_literal
 from features.sources import Dataset
 from models.lifecycle import Horizons
-from models.rows import BuyerRows, buyer_rows
+from models.rows import BuyerRows
+from training.backtest import judged_share
+from training.base import Base
 from training.windows import Windows
 
 # Label columns joined to the features (orders renamed: the features have their own).
@@ -34,50 +36,43 @@ _HASHES = 2.0**64  # DuckDB's hash is a UBIGINT
 
 
 def _draw(salt: int) -> str:
-    """A uniform 64-bit draw per customer id, the same in every query, independent for each ``salt``: the id's hash
-    salted and hashed again (``hash(customer_id, salt)`` would not do: DuckDB combines the two hashes linearly, and
-    two salts' draws correlate at 0.88)."""
-    return f"hash(xor(hash(customer_id), {salt}::UBIGINT))"
+    """A uniform 64-bit draw per customer id, the same in every query, independent for each ``salt``: the hash of the
+    id's text (the same whether an engine reads ids as numbers or as text), salted and hashed again
+    (``hash(customer_id, salt)`` would not do: DuckDB combines the two hashes linearly, and two salts' draws correlate
+    at 0.88)."""
+    return f"hash(xor(hash(CAST(customer_id AS VARCHAR)), {salt}::UBIGINT))"
 
 
-# The draws of the judged and the trained samples, independent of each other.
-_JUDGED, _TRAINED = _draw(0x9E3779B97F4A7C15), _draw(0xD1B54A32D192ED03)
 _names = itertools.count()  # of the temporary tables holding a sample
 
 
 @dataclass(frozen=True)
 class Sample:
-    """The customers a table holds: those whose id's hash falls below ``judged`` (a share: the same customers in
-    every table, at every cut date and in the gate; 1.0 is everyone; ``training.backtest.judged_share``), or at
-    most ``trained`` customers (None: everyone) drawn by hash within each lifecycle stage in proportion to its size."""
+    """The customers whose draw (``draw``: SQL over ``customer_id``) falls below ``share`` of its range; 1.0 is
+    everyone. Built by ``judged`` or ``trained``."""
 
-    judged: float = 1.0
-    trained: int | None = None
+    share: float = 1.0
+    draw: str = _draw(0x9E3779B97F4A7C15)
 
-    def condition(self, con: duckdb.DuckDBPyConnection, rows: str) -> str:
-        """A SQL condition on the rows of the query ``rows`` (with ``customer_id``, and ``stage`` for a trained
-        sample) that keeps this sample's."""
-        if self.trained is not None:
-            return _stratified(con, rows, self.trained)
-        if self.judged >= 1:
-            return "true"
-        return f"{_JUDGED} < {self.judged * _HASHES!r}"
+    @classmethod
+    def judged(cls, customers: int) -> Sample:
+        """The customers each cut date is judged on, of a shop of ``customers`` with an order (about
+        ``training.backtest.MOST_JUDGED``; the same in every table, at every cut date and in the gate)."""
+        return cls(judged_share(customers))
+
+    @classmethod
+    def trained(cls, most: int, customers: int) -> Sample:
+        """About ``most`` of a shop's ``customers`` (known from any table), drawn independently of the judged sample:
+        the customers the classifiers and the learned CLV learn from, the same at every date, every lifecycle stage
+        in proportion to its size up to the draw's noise."""
+        return cls(min(1.0, most / max(customers, 1)), _draw(0xD1B54A32D192ED03))
+
+    def condition(self) -> str:
+        """A SQL condition on rows with a ``customer_id`` that keeps this sample's."""
+        return "true" if self.share >= 1 else f"{self.draw} < {self.share * _HASHES!r}"
 
 
 EVERYONE = Sample()
-
-
-def _stratified(con: duckdb.DuckDBPyConnection, rows: str, most: int) -> str:
-    """The condition keeping about ``most`` of the customers of the query ``rows``: in each stage the share
-    ``most / customers`` with the lowest hashes (everyone when there are no more than ``most``)."""
-    counted = con.execute(f"SELECT stage, count(*) FROM ({rows}) GROUP BY stage").fetchall()
-    customers = sum(count for _, count in counted)
-    if customers <= most:
-        return "true"
-    edges = con.execute(f"SELECT stage, quantile_disc({_TRAINED}, {most / customers!r}) FROM ({rows}) "
-                        "GROUP BY stage").fetchall()
-    cases = " ".join(f"WHEN stage = {sql_literal(stage)} THEN {edge}" for stage, edge in edges if stage is not None)
-    return f"{_TRAINED} <= CASE {cases} ELSE 0 END"
 
 
 @contextmanager
@@ -98,8 +93,8 @@ def _temporary_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
 
 def _sampled(data: Dataset, features: duckdb.DuckDBPyRelation, sample: Sample) -> str:
     """A temporary table of ``sample``'s rows of ``features``; its name."""
-    rows, name = features.sql_query(), f"sample_{next(_names)}"
-    data.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM ({rows}) WHERE {sample.condition(data.con, rows)}")
+    name = f"sample_{next(_names)}"
+    data.con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM ({features.sql_query()}) WHERE {sample.condition()}")
     return name
 
 
@@ -150,11 +145,10 @@ class Holdout:
     table: pd.DataFrame
 
 
-def holdout(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons, sample: Sample = EVERYONE
+def holdout(base: Base, builder: FeatureBuilder, win: Windows, horizons: Horizons, sample: Sample = EVERYONE
             ) -> Holdout:
     """The ``Holdout`` of the cut date ``win``, its table holding ``sample``'s buyers."""
-    rows = buyer_rows(builder.summary(data, win.btyd_calibration_end), "true")
-    return Holdout(rows, holdout_table(data, builder, win, horizons, sample))
+    return Holdout(base.rows(win.btyd_calibration_end), holdout_table(base.data, builder, win, horizons, sample))
 
 
 def holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons,

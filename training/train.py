@@ -43,13 +43,12 @@ from models.actions import ValueTiers
 from models.btyd import PurchaseModel
 from models.classifier import Classifier
 from models.drift import FeatureProfile
-from models.forecast import forecast
 from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import NOT_FEATURES, Horizons, LifecycleModel, btyd_columns, classifier_inputs
 from models.purchase_models import PURCHASE_MODELS
-from models.rows import buyer_rows
-from training.backtest import Bootstrap, judged_share
+from training.backtest import Bootstrap
+from training.base import Base
 from training.choices import AUTO, CUTS, MAPE_SLACK, SAMPLE_CUSTOMERS
 from training.decisions import better_churn_source, better_clv_source, choose_purchase_model, weaknesses
 from training.fitter import Fitter
@@ -134,25 +133,26 @@ class TrainingResult:
         return pd.DataFrame(rows)
 
 
-def train(data: Dataset, config: TrainingConfig | None = None) -> TrainingResult:
-    """Run the protocol on validated data as it stands: to its last order, or to the day ``Dataset.until`` cut it to."""
-    return Protocol(data, config or TrainingConfig()).run()
+def train(data: Dataset | Base, config: TrainingConfig | None = None) -> TrainingResult:
+    """Run the protocol on validated data as it stands (to its last order, or to the day ``Dataset.until`` cut it
+    to), or on a ``Base`` that answers for the whole of it (``training.spark``)."""
+    return Protocol(data if isinstance(data, Base) else Base(data), config or TrainingConfig()).run()
 
 
 class Protocol:
-    """One run of the protocol on validated data: its phases, in the order ``run`` calls them."""
+    """One run of the protocol on a shop's whole base: its phases, in the order ``Protocol.run`` calls them."""
 
-    def __init__(self, data: Dataset, config: TrainingConfig):
-        self.data, self.config, self.horizons = data, config, config.horizons
+    def __init__(self, base: Base, config: TrainingConfig):
+        self.base, self.data, self.config, self.horizons = base, base.data, config, config.horizons
         self.fitter, self.bootstrap = Fitter(config.penalizer), Bootstrap(seed=config.seed)
 
     def run(self) -> TrainingResult:
         """Judge at every cut date, decide on the backtest, then fit what serves at the end."""
         cuts = self.cut_dates()
-        share = judged_share(self.data.customers_count())
-        self.judged, self.trained = Sample(judged=share), Sample(trained=self.config.sample_customers)
+        self.judged = Sample.judged(self.base.customers())
+        self.trained = Sample.trained(self.config.sample_customers, self.base.known())
         builders = [self.config.new_builder() for _ in cuts]
-        holdouts = [holdout(self.data, b, w, self.horizons, self.judged) for b, w in zip(builders, cuts, strict=True)]
+        holdouts = [holdout(self.base, b, w, self.horizons, self.judged) for b, w in zip(builders, cuts, strict=True)]
         fitted, compared, chosen = choose_purchase_model(holdouts, cuts, self.horizons, self.config.purchase_model,
                                                          self.fitter, self.bootstrap)
         model_type = PURCHASE_MODELS[chosen]
@@ -164,18 +164,19 @@ class Protocol:
         model, scoring, totals, customers = self.fit_served(cuts[0], twins[0], model_type)
         model.weaknesses, quality = weaknesses(evaluations, self.bootstrap)
         model.decisions = {"purchase_model": compared.attrs["why"], **why, "quality": quality}
-        result = TrainingResult(model, scoring, cuts, twins, evaluations, self.fitter.notes, totals, share, customers)
+        result = TrainingResult(model, scoring, cuts, twins, evaluations, self.fitter.notes, totals, self.judged.share,
+                                customers)
         model.track_record = track_record_rows(result.track_record)
         return result
 
     def cut_dates(self) -> list[Windows]:
         """The windows of every cut date the data allows, newest first."""
         self.data.materialize()  # the protocol reads every table about ten times per cut date
-        first, last = self.data.date_range()
+        first, last = self.base.date_range()
         if first is None:
             as_of = self.data.as_of
             raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
-        return cut_windows(self.data, first.date(), self.data.as_of or last.date(), self.horizons, self.config.cuts)
+        return cut_windows(self.base, first.date(), self.data.as_of or last.date(), self.horizons, self.config.cuts)
 
     def judge(self, win: Windows, builder: FeatureBuilder, calibration: Holdout, holdout_purchases: PurchaseModel,
               model_type: type[PurchaseModel]) -> tuple[EvaluationTwin, Evaluation]:
@@ -183,13 +184,13 @@ class Protocol:
         calibration and holdout) and how it did out of time."""
         holdout_spend = self.fitter.spend(calibration.rows, "holdout")
         with scratch(self.data.con):
-            features = builder.fit_transform(self.data, win.t0)
-            purchases, spend = self.fitter.btyd(buyer_rows(features), model_type, "at t0")
+            fitted = self.base.fit(builder, win.t0)
+            purchases, spend = self.fitter.btyd(fitted.rows, model_type, "at t0")
             churn, next_stage = self.classifiers(
-                labelled(self.data, builder, features, win.t0, self.horizons, self.trained), purchases, spend)
+                labelled(self.data, builder, fitted.features, win.t0, self.horizons, self.trained), purchases, spend)
         clv, at_judged = self.clv_twin(win, model_type)
         twin = EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend, **clv)
-        return twin, evaluate_twin(self.data, twin, win, self.horizons, calibration.table, at_judged)
+        return twin, evaluate_twin(self.data, twin, win, self.horizons, self.judged, calibration.table, at_judged)
 
     def clv_twin(self, win: Windows, model_type: type[PurchaseModel]) -> tuple[dict, pd.DataFrame]:
         """What judges the CLVs at ``win`` (the twin's ``clv_*`` and ``learned_clv`` fields): the BTYD models and
@@ -201,22 +202,23 @@ class Protocol:
         if self.horizons.churn_days <= L:
             with scratch(self.data.con):
                 fitted_builder = new_builder()
-                features = fitted_builder.fit_transform(self.data, win.clv_fitted)
+                fitted = self.base.fit(fitted_builder, win.clv_fitted)
                 try:  # end - 2L is earlier than check_sufficient vouches for: a young shop may have too few buyers
-                    btyd = fitter.btyd(buyer_rows(features), model_type, f"at {win.clv_fitted}")
+                    btyd = fitter.btyd(fitted.rows, model_type, f"at {win.clv_fitted}")
                 except LifecycleError as exc:
                     fitter.note(f"{exc}; the learned CLV is not fitted", f"cut date {win.end}")
                 else:
-                    at_fitted = value_table(self.data, fitted_builder, features, win.clv_fitted, L, self.trained)
+                    at_fitted = value_table(self.data, fitted_builder, fitted.features, win.clv_fitted, L,
+                                            self.trained)
                     learned = self.learned_clv(at_fitted, *btyd, L, f"learned CLV at {win.clv_fitted}")
         else:
             fitter.note(f"the learned CLV needs labels over at least the churn horizon ({self.horizons.churn_days} "
                         f"days); the history leaves {L}: not fitted", f"cut date {win.end}")
         builder = new_builder()
         with scratch(self.data.con):
-            features = builder.fit_transform(self.data, win.clv_judged)
-            purchases, spend = fitter.btyd(buyer_rows(features), model_type, f"at {win.clv_judged}")
-            at_judged = value_table(self.data, builder, features, win.clv_judged, L, self.judged)
+            fitted = self.base.fit(builder, win.clv_judged)
+            purchases, spend = fitter.btyd(fitted.rows, model_type, f"at {win.clv_judged}")
+            at_judged = value_table(self.data, builder, fitted.features, win.clv_judged, L, self.judged)
         return {"learned_clv": learned, "clv_builder": builder, "clv_purchases": purchases,
                 "clv_spend": spend}, at_judged
 
@@ -246,20 +248,20 @@ class Protocol:
         data, new_builder, horizons, L = self.data, self.config.new_builder, self.horizons, win.clv_label_days
         with scratch(data.con):
             builder = new_builder()
-            features = builder.fit_transform(data, win.t1)
-            btyd = self.fitter.btyd(buyer_rows(features), model_type, f"at {win.t1}")
-            churn, next_stage = self.classifiers(labelled(data, builder, features, win.t1, horizons, self.trained),
-                                                 *btyd)
+            fitted = self.base.fit(builder, win.t1)
+            btyd = self.fitter.btyd(fitted.rows, model_type, f"at {win.t1}")
+            churn, next_stage = self.classifiers(
+                labelled(data, builder, fitted.features, win.t1, horizons, self.trained), *btyd)
         learned = None if twin.learned_clv is None else self.learned_clv(
             value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged), win.clv_judged, L,
                         self.trained),
             twin.clv_purchases, twin.clv_spend, L, f"learned CLV at {win.clv_judged}")
         with scratch(data.con):
             scoring_builder = new_builder()
-            features = scoring_builder.fit_transform(data, win.end)
-            purchases, spend = self.fitter.btyd(buyer_rows(features), model_type, f"at {win.end}")
-            totals = forecast(purchases, spend, horizons, features)
-            scoring, customers = sampled(data, features, self.trained), len(features)
+            fitted = self.base.fit(scoring_builder, win.end)
+            purchases, spend = self.fitter.btyd(fitted.rows, model_type, f"at {win.end}")
+            totals = self.base.forecast(purchases, spend, horizons, fitted)
+            scoring, customers = sampled(data, fitted.features, self.trained), self.base.known()
         profile = FeatureProfile.fit(scoring.drop(columns=list(NOT_FEATURES)))
         model = LifecycleModel(scoring_builder, purchases, spend, churn, next_stage, horizons, profile,
                                churn_source=twin.churn_source, learned_clv=learned,

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-from features.build import orders_sql
 from features.errors import LifecycleError
-from features.sources import Dataset
 from models.lifecycle import Horizons
 from training.choices import CUTS
+
+if TYPE_CHECKING:
+    from training.base import Base
 
 # The least data training accepts, counted on the first day a model is fitted (the earlier of the purchase
 # models' calibration end and t0); the history must also span more than two churn horizons (``windows``).
@@ -58,14 +60,14 @@ def windows(first: date, end: date, horizons: Horizons) -> Windows:
     return Windows(first, end, t0, t1, end - timedelta(days=holdout), label)
 
 
-def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts: int = CUTS) -> list[Windows]:
+def cut_windows(base: Base, first: date, end: date, horizons: Horizons, cuts: int = CUTS) -> list[Windows]:
     """The protocol's windows at up to ``cuts`` cut dates one churn horizon apart, newest (``end``) first: as many
     as the history allows (each cut must pass ``windows`` and ``check_sufficient``); at least the newest."""
     found = []
     for k in range(cuts):
         try:
             win = windows(first, end - timedelta(days=k * horizons.churn_days), horizons)
-            check_sufficient(data, win, horizons)
+            check_sufficient(base, win, horizons)
         except LifecycleError:
             if not found:
                 raise
@@ -74,13 +76,11 @@ def cut_windows(data: Dataset, first: date, end: date, horizons: Horizons, cuts:
     return found
 
 
-def check_sufficient(data: Dataset, win: Windows, horizons: Horizons) -> None:
+def check_sufficient(base: Base, win: Windows, horizons: Horizons) -> None:
     """Refuse, in one line, data too thin to learn from: fewer than ``MIN_BUYERS`` buyers or ``MIN_REPEAT_BUYERS``
     repeat buyers by the first day a model is fitted, naming the setting that would fit it later (if one would)."""
     day = min(win.btyd_calibration_end, win.t0)
-    buyers, repeat = data.con.execute(
-        "SELECT count(*), count(*) FILTER (WHERE days > 1) FROM "
-        f"(SELECT count(DISTINCT day) AS days FROM ({orders_sql(day)}) GROUP BY customer_id)").fetchall()[0]
+    buyers, repeat = base.buyers(day)
     short = [f"{n:,} customers had ordered{on} (need at least {least})"
              for n, least, on in ((buyers, MIN_BUYERS, ""), (repeat, MIN_REPEAT_BUYERS, " on two or more days"))
              if n < least]

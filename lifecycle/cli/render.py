@@ -209,7 +209,7 @@ def training_run(run, clv_model: str) -> None:
     if len(result.features) < result.customers:
         console.print(f"the classifiers and the learned CLV learn from {len(result.features):,} of the "
                       f"{result.customers:,} customers ({len(result.features) / result.customers:.0%}, a sample "
-                      "stratified by lifecycle stage: sample_customers)")
+                      "by customer id: sample_customers)")
     console.print(f"newest windows: classifiers trained at {w.t0}, judged on {w.t1}..{w.end}; purchase models and "
                   f"Gamma-Gamma fitted to {w.btyd_calibration_end}, judged on the next {w.btyd_holdout_days} days")
     _purchase_models(evaluation.purchase_models, result.model.purchases.name)
