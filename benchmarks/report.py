@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+from typing import NamedTuple
 
 from rich.console import Console
 from rich.table import Table
@@ -37,9 +38,19 @@ def peak_memory_gb() -> float:
     return kilobytes / 1024**2
 
 
-def run_measured(command: list[str], env: dict | None = None, interval: float = 0.02) -> tuple[float, float, str]:
-    """Run ``command``; its wall seconds, peak resident memory in GB (the process and its children,
-    sampled every ``interval`` s) and stdout. Raises SystemExit with its stderr if it fails.
+class Measured(NamedTuple):
+    """What ``run_measured`` saw: wall seconds, peak resident GB of the process and its children together and of the
+    process alone (on Spark's local master: the driver, without the JVM and its Python workers), and its stdout."""
+
+    seconds: float
+    peak: float
+    own_peak: float
+    stdout: str
+
+
+def run_measured(command: list[str], env: dict | None = None, interval: float = 0.02) -> Measured:
+    """Run ``command`` and measure it (``Measured``; memory sampled every ``interval`` s). Raises SystemExit with its
+    stderr if it fails.
 
     Sampled from outside because a child's own ``ru_maxrss`` also counts the parent's memory that
     it inherited before ``exec``.
@@ -53,11 +64,12 @@ def run_measured(command: list[str], env: dict | None = None, interval: float = 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
-        watched, peak = psutil.Process(process.pid), 0
+        watched, peak, own = psutil.Process(process.pid), 0, 0
         while process.poll() is None:
             try:
                 tree = [watched, *watched.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree))
+                sizes = [p.memory_info().rss for p in tree]
+                peak, own = max(peak, sum(sizes)), max(own, sizes[0])
             except psutil.Error:  # a child ended between listing and reading it
                 pass
             time.sleep(interval)
@@ -66,4 +78,4 @@ def run_measured(command: list[str], env: dict | None = None, interval: float = 
         err.seek(0)
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command[:4])} failed:\n{err.read().decode()}")
-        return seconds, peak / 1024**3, out.read().decode()
+        return Measured(seconds, peak / 1024**3, own / 1024**3, out.read().decode())

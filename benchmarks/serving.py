@@ -151,13 +151,13 @@ def main() -> None:
                 lifecycle("data", "simulate", "--customers", str(customers), "--no-events", "--out",
                           f"sim{customers}", cwd=folder)
             with console.status(f"lifecycle score on {customers:,} customers..."):
-                seconds, peak, _ = run_measured(
+                seconds, peak, *_ = run_measured(
                     [sys.executable, "-m", "lifecycle", "score", "--transactions",
                      str(folder / f"sim{customers}" / "transactions.parquet"), "--out", str(folder / "scores.parquet")],
                     env={**os.environ, "LIFECYCLE_STATE_DIR": str(folder / ".lifecycle")})
             scored = pd.read_parquet(folder / "scores.parquet", columns=["customer_id"]).shape[0]
             with console.status(f"lifecycle report on {scored:,} records..."):
-                report_seconds, report_peak, _ = run_measured(
+                report_seconds, report_peak, *_ = run_measured(
                     [sys.executable, "-m", "lifecycle", "report", "--transactions",
                      str(folder / f"sim{customers}" / "transactions.parquet"), "--scores",
                      str(folder / "scores.parquet"), "--out", str(folder / "report")],

@@ -10,13 +10,17 @@
   plots, MLflow logging and registry, gate) on CDNOW, on simulated shops of each of ``--sizes`` customers (orders
   only) and on one of ``--events-customers`` with engagement events; wall time and peak memory (the process and its
   children, DuckDB included).
+- ``--only spark``: `lifecycle train --engine spark` on Spark's local master (``--spark-master``) on simulated shops
+  of each of ``--spark-sizes`` customers (orders only, a Parquet dataset of parts of at most 5M customers); wall
+  time, the driver's peak memory (the Python process that runs the protocol) and that of all processes (with the
+  JVM that holds the local executors and their Python workers).
 - ``--only sampling``: the accuracy cost of learning the classifiers and the learned CLV from a sample
   (``sample_customers``): training in process on CDNOW and on a simulated shop of ``--customers``, once on everyone
   and once on a sample, each metric of the newest cut date and pooled over the cut dates side by side (both judged
   on the same customers).
 
 Usage: python -m benchmarks.training [--customers 1000000] [--sizes 1000000 5000000 10000000]
-                                     [--only fits|train|sampling]
+                                     [--spark-sizes 5000000 10000000 20000000] [--only fits|train|sampling|spark]
 """
 from __future__ import annotations
 
@@ -108,8 +112,37 @@ def train_run(transactions: Path, events: Path | None, state: Path) -> list[str]
     command = [sys.executable, "-m", "lifecycle", "train", "--transactions", str(transactions)]
     if events is not None:
         command += ["--events", str(events)]
-    seconds, peak, _ = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)})
+    seconds, peak, *_ = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state)})
     return [f"{seconds:.1f}", f"{peak:.2f}"]
+
+
+PART = 5_000_000  # customers simulated at a time
+
+
+def simulated_orders(customers: int, folder: Path) -> tuple[Path, int]:
+    """A simulated shop of ``customers`` (orders only) as a Parquet dataset under ``folder``, simulated ``PART``
+    customers at a time (independent draws of the same shop, ids made distinct); the folder and its orders."""
+    from features.simulator import SimulationParams, simulate
+
+    folder.mkdir(parents=True, exist_ok=True)
+    orders = 0
+    for part, first in enumerate(range(0, customers, PART)):
+        sim = simulate(SimulationParams(customers=min(PART, customers - first), seed=part, events=False))
+        table = sim.transactions.assign(customer_id=sim.transactions.customer_id + first,
+                                        order_id=sim.transactions.order_id + orders)
+        table.to_parquet(folder / f"part-{part}.parquet", index=False)
+        orders += len(table)
+        del sim, table
+    return folder, orders
+
+
+def spark_run(transactions: Path, state: Path, master: str) -> list[str]:
+    """Seconds, the driver's peak and all processes' peak resident memory (GB) of `lifecycle train --engine spark`
+    with its defaults, in a fresh process."""
+    command = [sys.executable, "-m", "lifecycle", "train", "--transactions", str(transactions), "--engine", "spark"]
+    measured = run_measured(command, env={**os.environ, "LIFECYCLE_STATE_DIR": str(state),
+                                          "LIFECYCLE_SPARK__MASTER": master})
+    return [f"{measured.seconds:.1f}", f"{measured.own_peak:.2f}", f"{measured.peak:.2f}"]
 
 
 SAMPLING_METRICS = ("churn_roc_auc", "churn_buyers_classifier_roc_auc", "churn_brier", "next_stage_roc_auc",
@@ -152,7 +185,10 @@ def main() -> None:
                         help="simulated customers `lifecycle train` is timed on (orders only)")
     parser.add_argument("--events-customers", type=int, default=100_000,
                         help="simulated customers with engagement events `lifecycle train` is timed on")
-    parser.add_argument("--only", choices=["fits", "train", "sampling"], help="run only one part")
+    parser.add_argument("--spark-sizes", type=int, nargs="+", default=[5_000_000, 10_000_000, 20_000_000],
+                        help="simulated customers `lifecycle train --engine spark` is timed on (orders only)")
+    parser.add_argument("--spark-master", default="local[*]", help="the Spark master of --only spark")
+    parser.add_argument("--only", choices=["fits", "train", "sampling", "spark"], help="run only one part")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -185,6 +221,18 @@ def main() -> None:
             print_table(f"What learning from a sample costs ({machine()})",
                         ["data", "sample", "metric", "everyone", "sample", "difference", "everyone, cut dates' mean",
                          "sample, cut dates' mean", "difference"], rows, console)
+        if args.only in (None, "spark"):
+            runs = []
+            for customers in args.spark_sizes:
+                with console.status(f"simulating {customers:,} customers..."):
+                    orders_path, orders = simulated_orders(customers, folder / f"spark-{customers}")
+                with console.status(f"lifecycle train --engine spark on {customers:,} simulated customers..."):
+                    measured = spark_run(orders_path, folder / f"state-spark-{customers}", args.spark_master)
+                runs.append([f"simulated {customers / 1e6:g}M", f"{orders:,}", f"{customers:,}", *measured])
+                print(" | ".join(runs[-1]), flush=True)  # a long run keeps what it measured
+            print_table(f"lifecycle train --engine spark, {args.spark_master} ({machine()})",
+                        ["data", "orders", "customers", "seconds", "driver peak GB", "all processes' peak GB"],
+                        runs, console)
         if args.only not in (None, "train"):
             return
         runs = []

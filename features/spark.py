@@ -30,15 +30,18 @@ TEXT_COLUMNS = list(dict.fromkeys(column for schema in SCHEMAS.values() for colu
 TABLE, BUCKET = "_table", "_bucket"  # the columns naming each row's table and its partition of customers
 
 
-def session(master: str, app: str = "lifecycle"):
-    """A SparkSession on ``master`` in UTC; local executors run this very Python (and its packages)."""
+def session(master: str, app: str = "lifecycle", conf: dict[str, str] | None = None):
+    """A SparkSession on ``master`` in UTC with the Spark properties ``conf``; local executors run this very Python
+    (and its packages)."""
     from pyspark.sql import SparkSession
 
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    return (SparkSession.builder.master(master).appName(app)
-            .config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
-            .getOrCreate())
+    builder = SparkSession.builder.master(master).appName(app)
+    for key, value in {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false",
+                       **(conf or {})}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
 
 
 @dataclass(frozen=True)

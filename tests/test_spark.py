@@ -17,9 +17,10 @@ SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A small simulated shop (orders, events, customer table) with a champion trained on it, two bad orders and a
-    customer list naming all but three of the customers with orders, and one nobody has seen. It is scored with its
-    events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is not Parquet."""
+    """A small simulated shop (orders, events, customer table) with a champion trained on it on Spark, two bad orders
+    and a customer list naming all but three of the customers with orders, and one nobody has seen. It is scored with
+    its events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is not
+    Parquet."""
     folder = tmp_path_factory.mktemp("spark")
     assert run("data", "simulate", "--customers", "1000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
     orders = pd.read_parquet(folder / "sim/transactions.parquet")
@@ -28,7 +29,8 @@ def shop(tmp_path_factory):
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
-    trained = run("train", *tables, cwd=folder, env={**ONE_CUT, "LIFECYCLE_CLV__MODEL": "btyd"})
+    trained = run("train", *tables, "--engine", "spark", cwd=folder,
+                  env={**ONE_CUT, **SPARK, "LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
     duckdb.sql(f"COPY (SELECT *, CAST(timestamp AS DATE) AS day FROM '{folder}/sim/events.parquet') TO "

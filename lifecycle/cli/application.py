@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -51,6 +52,31 @@ AsOfOption = Annotated[
     datetime | None, typer.Option(formats=["%Y-%m-%d"], help="As-of date (default: the last order day).")
 ]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
+
+
+class Engine(StrEnum):
+    """Where ``lifecycle train`` and ``lifecycle score`` run."""
+
+    local = "local"
+    spark = "spark"
+
+
+TrainingEngineOption = Annotated[Engine, typer.Option(
+    help="local: DuckDB on this machine. spark: what training needs of every customer (the fits' rows, the samples, "
+         "the forecast) computed in Spark partitions of customers, the rest on this machine (pip install "
+         "'customer-lifecycle\\[spark]'; master from spark.master).")]
+
+
+def spark_session(settings: Settings, name: str):
+    """A SparkSession on the configured master (``spark.master``), or a one-line error where pyspark is missing."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise LifecycleError("the Spark engine needs pyspark: pip install 'customer-lifecycle[spark]'") from None
+    from features.spark import session
+
+    return session(settings.spark.master, name, settings.spark.conf)
+
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 
 

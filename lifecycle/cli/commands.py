@@ -17,17 +17,20 @@ from lifecycle.cli import render
 from lifecycle.cli.application import (
     AsOfOption,
     CustomersOption,
+    Engine,
     EventsOption,
     ExcludeOption,
     HostOption,
     IncludeOption,
     PortOption,
+    TrainingEngineOption,
     TransactionsOption,
     app,
     command_settings,
     config_app,
     data_app,
     settings_with_inputs,
+    spark_session,
 )
 from lifecycle.cli.render import console, errors
 from lifecycle.config import DEFAULT_CONFIG
@@ -151,6 +154,7 @@ def train(
         formats=["%Y-%m-%d"], help="Train as of this day, on nothing later (backfills, reruns; default: the last "
                                    "order day). A model older than the champion's data is never promoted by the "
                                    "gate.")] = None,
+    engine: TrainingEngineOption = Engine.local,
 ) -> None:
     """Train out of time, log to MLflow, register a version and promote it if it passes the gate.
 
@@ -159,8 +163,10 @@ def train(
     from lifecycle.training import run_training
 
     settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
-    with console.status("training (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
-        run = run_training(settings, on_wait=lambda line: status.update(line))
+    spark = spark_session(settings, "lifecycle train") if engine is Engine.spark else None
+    where = f" on Spark ({settings.spark.master})" if spark else ""
+    with console.status(f"training{where} (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
+        run = run_training(settings, on_wait=lambda line: status.update(line), spark=spark)
     render.training_run(run, settings.clv.model)
 
 
@@ -261,6 +267,7 @@ def schedule(
     customers: CustomersOption = None,
     exclude: ExcludeOption = None,
     include: IncludeOption = None,
+    engine: TrainingEngineOption = Engine.local,
 ) -> None:
     """Run `lifecycle train` on a schedule, in the foreground; a run still going makes the next one skip.
 
@@ -270,12 +277,13 @@ def schedule(
 
     settings = settings_with_inputs(ctx, transactions, events, customers, exclude=exclude, include=include)
     trigger = CrontabTrigger(cron, timezone)
+    spark = spark_session(settings, "lifecycle schedule") if engine is Engine.spark else None
 
     def train_once() -> None:
         from lifecycle.training import run_training
 
         console.print(f"[bold]{datetime.now():%Y-%m-%d %H:%M:%S}[/bold] training...")
-        render.training_run(run_training(settings), settings.clv.model)
+        render.training_run(run_training(settings, spark=spark), settings.clv.model)
 
     jobs = scheduler(trigger, train_once, lambda line: console.print(line, highlight=False))
     first = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,7 @@ from lifecycle.cli import render
 from lifecycle.cli.application import (
     AsOfOption,
     CustomersOption,
+    Engine,
     EventsOption,
     ExcludeOption,
     HostOption,
@@ -28,16 +28,10 @@ from lifecycle.cli.application import (
     app,
     command_settings,
     settings_with_inputs,
+    spark_session,
 )
 from lifecycle.cli.render import console, errors
 from lifecycle.config import Settings
-
-
-class Engine(StrEnum):
-    """Where ``lifecycle score`` runs."""
-
-    local = "local"
-    spark = "spark"
 
 
 @app.command()
@@ -184,20 +178,17 @@ def report(
 
 
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
-    try:
-        from features.spark import session
-        from serving.spark import score_spark
-    except ImportError:
-        raise LifecycleError("the Spark engine needs pyspark: pip install 'customer-lifecycle[spark]'") from None
     if settings.as_of is None:
         raise LifecycleError("the Spark engine needs the scoring day: pass --as-of (or set as_of)")
     from lifecycle.pipeline import reading
     from lifecycle.training import open_registry
+    from serving.spark import score_spark
 
+    spark = spark_session(settings, "lifecycle score")
     open_registry(settings)
     inputs = settings.inputs
     with console.status(f"scoring on Spark ({settings.spark.master})..."):
-        run = score_spark(session(settings.spark.master, "lifecycle score"), model_uri or settings.serving.model_uri,
+        run = score_spark(spark, model_uri or settings.serving.model_uri,
                           inputs.tables(), settings.as_of, out, reading(settings), customer_list=customer_list,
                           partitions=settings.spark.partitions)
     render.row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
