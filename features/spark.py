@@ -38,8 +38,9 @@ def session(master: str, app: str = "lifecycle", conf: dict[str, str] | None = N
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(master).appName(app)
-    for key, value in {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false",
-                       **(conf or {})}.items():
+    defaults = {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false",
+                "spark.sql.execution.arrow.pyspark.enabled": "true"}  # results reach pandas as Arrow batches
+    for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 

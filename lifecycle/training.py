@@ -178,8 +178,11 @@ def _whole_base(settings: Settings, data: Dataset | None, spark) -> Iterator[Bas
     try:
         options = reading(settings)
         shop = partitioned(spark, settings.inputs.tables(), settings.as_of, options, settings.spark.partitions)
-        yield spark_base(shop, options, settings.sample_customers, folder, settings.as_of,
-                         settings.duckdb.memory_limit, settings.duckdb.threads)
+        try:
+            yield spark_base(shop, options, settings.sample_customers, folder, settings.as_of,
+                             settings.duckdb.memory_limit, settings.duckdb.threads)
+        finally:
+            shop.rows.unpersist()  # the session may train again (lifecycle schedule)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -7,6 +7,7 @@ import sys
 from datetime import date, datetime
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -154,3 +155,23 @@ def test_spark_training_gives_the_local_model_on_cdnow(spark, tmp_path):
     pd.testing.assert_frame_equal(theirs.features, ours.features)
     assert on_spark.version == "2" and on_spark.decision.champion_version == local.version
     assert not any((tmp_path / "state").glob("spark-sample-*"))  # the samples' folder is removed
+
+
+def test_spark_training_refuses_too_little_data_as_the_local_engine_does(spark, tmp_path):
+    """A shop too small to learn from gets the local engine's one-line refusal on Spark too (counted on the merged
+    buyers), and nothing is registered."""
+    from features.errors import LifecycleError
+    from lifecycle.config import Settings
+    from lifecycle.training import run_training
+
+    days = pd.Timestamp("2023-01-01") + pd.to_timedelta(np.arange(0, 720, 6), unit="D")
+    orders = pd.DataFrame({"customer_id": np.arange(len(days)) % 30, "timestamp": days.strftime("%Y-%m-%d"),
+                           "amount": 10.0})
+    orders.to_csv(tmp_path / "orders.csv", index=False)
+    settings = Settings(inputs={"transactions": {"path": str(tmp_path / "orders.csv")}},
+                        state_dir=tmp_path / "state", spark={"partitions": 2})
+    with pytest.raises(LifecycleError, match="too little data to train") as local:
+        run_training(settings)
+    with pytest.raises(LifecycleError, match="too little data to train") as on_spark:
+        run_training(settings, spark=spark)
+    assert str(on_spark.value) == str(local.value)

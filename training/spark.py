@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from features import rfm
 from features.build import FeatureBuilder, Learned
+from features.errors import LifecycleError
 from features.sources import Dataset, TableReport, connect, load
 from features.spark import BUCKET, TABLE, TEXT_COLUMNS, Partitioned, Reading, partition_dataset
 from features.tables import SCHEMAS, TableSource
@@ -93,14 +94,20 @@ class SparkBase(Base):
         return self.census.known
 
     def buyers(self, day: date) -> tuple[int, int]:
-        return self.merged[day].learned.buyers, self.merged[day].repeat
+        return self._at(day).learned.buyers, self._at(day).repeat
 
     def rows(self, day: date) -> BuyerRows:
-        return self.merged[day].rows
+        return self._at(day).rows
 
     def fit(self, builder: FeatureBuilder, day: date) -> Fitted:
-        builder.learn_schema(self.census.report).learn(self.merged[day].learned)
-        return Fitted(builder, day, builder.transform(self.data, day), self.merged[day].rows)
+        builder.learn_schema(self.census.report).learn(self._at(day).learned)  # refuses a day with too few buyers
+        return Fitted(builder, day, builder.transform(self.data, day), self._at(day).rows)
+
+    def _at(self, day: date) -> Buyers:
+        """The buyers at ``day`` (none where nobody had ordered by then)."""
+        return self.merged.get(day) or Buyers(Learned(0, None, {}), 0, BuyerRows(
+            pd.DataFrame(columns=["frequency", "recency", "T", "count"], dtype=float),
+            pd.DataFrame(columns=["frequency", "monetary_value", "count"], dtype=float)))
 
     def forecast(self, purchases: PurchaseModel, spend: SpendModel, horizons: Horizons, fitted: Fitted
                  ) -> pd.DataFrame:
@@ -125,10 +132,6 @@ def spark_base(shop: Partitioned, reading: Reading, sample_customers: int, folde
 
 def _fit_dates(first: date, end: date, horizons: Horizons, cuts: int) -> list[date]:
     """Every date the protocol may fit at or count buyers at, over up to ``cuts`` cut dates (``cut_windows``)."""
-    from datetime import timedelta
-
-    from features.errors import LifecycleError
-
     dates = set()
     for k in range(cuts):
         try:
