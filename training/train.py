@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -209,7 +210,7 @@ class Protocol:
                     fitter.note(f"{exc}; the learned CLV is not fitted", f"cut date {win.end}")
                 else:
                     at_fitted = value_table(self.data, fitted_builder, fitted.features, win.clv_fitted, L,
-                                            self.trained)
+                                            self.trained_buyers(win.clv_fitted))
                     learned = self.learned_clv(at_fitted, *btyd, L, f"learned CLV at {win.clv_fitted}")
         else:
             fitter.note(f"the learned CLV needs labels over at least the churn horizon ({self.horizons.churn_days} "
@@ -254,7 +255,7 @@ class Protocol:
                 labelled(data, builder, fitted.features, win.t1, horizons, self.trained), *btyd)
         learned = None if twin.learned_clv is None else self.learned_clv(
             value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged), win.clv_judged, L,
-                        self.trained),
+                        self.trained_buyers(win.clv_judged)),
             twin.clv_purchases, twin.clv_spend, L, f"learned CLV at {win.clv_judged}")
         with scratch(data.con):
             scoring_builder = new_builder()
@@ -268,6 +269,11 @@ class Protocol:
                                clv_source=twin.clv_source if learned else "btyd", currency=data.currency)
         model.value_tiers = ValueTiers.fit(model.served_clv(scoring)[0])
         return model, scoring, totals, customers
+
+    def trained_buyers(self, day: date) -> Sample:
+        """The training sample of the buyers at ``day`` (a value table's rows): about ``sample_customers`` of them, a
+        larger share than ``trained`` where there are fewer buyers than customers, and so holding its customers."""
+        return Sample.trained(self.config.sample_customers, self.base.buyers(day)[0])
 
     def classifiers(self, table: pd.DataFrame, purchases: PurchaseModel, spend: SpendModel
                     ) -> tuple[Classifier, Classifier]:
