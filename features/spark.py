@@ -13,6 +13,7 @@ two customers is not rejected here (the local engine rejects the second).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from features.tables import SCHEMAS, TIME_COLUMNS, TableSource
 
 TEXT_COLUMNS = list(dict.fromkeys(column for schema in SCHEMAS.values() for column in schema))
 TABLE, BUCKET = "_table", "_bucket"  # the columns naming each row's table and its partition of customers
+ROWS_PER_PARTITION = 1_000_000  # input rows a partition of customers holds at most by default (a few hundred MB)
 
 
 def session(master: str, app: str = "lifecycle", conf: dict[str, str] | None = None):
@@ -67,7 +69,8 @@ class Partitioned:
 def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | None, reading: Reading,
                 partitions: int | None = None, tagged: dict[str, object] | None = None) -> Partitioned:
     """The tables of ``sources`` up to ``as_of`` (later rows are not read; None: all) in ``partitions`` groups of
-    customers (default: twice Spark's default parallelism), with ``tagged``'s frames of customer ids (a customer list)
+    customers (default: twice Spark's default parallelism, or one per ``ROWS_PER_PARTITION`` rows where that is
+    more: a group is loaded whole into a Python worker), with ``tagged``'s frames of customer ids (a customer list)
     among them under their own tag."""
     from pyspark.sql import functions as F
 
@@ -87,7 +90,8 @@ def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | Non
     union = tables[0]
     for table in tables[1:]:
         union = union.unionByName(table)
-    partitions = partitions or 2 * spark.sparkContext.defaultParallelism
+    rows = sum(counts.values()) + sum(frame.count() for frame in (tagged or {}).values())
+    partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / ROWS_PER_PARTITION))
     bucket = F.pmod(F.xxhash64("customer_id"), F.lit(partitions))
     rows = union.withColumn(BUCKET, bucket).repartition(partitions, BUCKET)  # one shuffle, one group each
     return Partitioned(rows, counts, partitions)

@@ -103,7 +103,8 @@ class SparkSettings(BaseModel):
     """The Spark engine of ``lifecycle train --engine spark`` and ``lifecycle score --engine spark``."""
 
     master: str = Field("local[*]", description="Spark master URL, e.g. spark://host:7077, yarn, local[4]")
-    partitions: int | None = Field(None, ge=1, description="groups of customers (default: twice the cores)")
+    partitions: int | None = Field(None, ge=1, description="groups of customers (default: twice the cores, or one "
+                                   "per million input rows where that is more)")
     conf: dict[str, str] = Field(default_factory=dict, description="Spark properties for the session, e.g. "
                                  "{ \"spark.driver.memory\" = \"4g\" }")
 

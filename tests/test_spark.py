@@ -169,7 +169,7 @@ def test_spark_training_refuses_too_little_data_as_the_local_engine_does(spark, 
                            "amount": 10.0})
     orders.to_csv(tmp_path / "orders.csv", index=False)
     settings = Settings(inputs={"transactions": {"path": str(tmp_path / "orders.csv")}},
-                        state_dir=tmp_path / "state", spark={"partitions": 2})
+                        state_dir=tmp_path / "state")  # the default partitions: twice the 2 cores of local[2]
     with pytest.raises(LifecycleError, match="too little data to train") as local:
         run_training(settings)
     with pytest.raises(LifecycleError, match="too little data to train") as on_spark:
