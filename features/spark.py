@@ -32,19 +32,54 @@ TABLE, BUCKET = "_table", "_bucket"  # the columns naming each row's table and i
 ROWS_PER_PARTITION = 1_000_000  # input rows a partition of customers holds at most by default (a few hundred MB)
 
 
-def session(master: str, app: str = "lifecycle", conf: dict[str, str] | None = None):
-    """A SparkSession on ``master`` in UTC with the Spark properties ``conf``; local executors run this very Python
-    (and its packages)."""
+def session(master: str | None = None, app: str = "lifecycle", conf: dict[str, str] | None = None,
+            remote: str | None = None):
+    """A SparkSession in UTC with the Spark properties ``conf``.
+
+    With ``remote`` (or pyspark's ``SPARK_REMOTE`` environment variable), a Spark Connect session: ``sc://host:15002``,
+    or ``local[N]`` for a Connect server started here. Else a session on ``master``; None: Spark's own, that is
+    spark-submit's ``--master`` or else ``local[*]``. Local executors run this very Python (and its packages) unless
+    ``PYSPARK_PYTHON`` says otherwise."""
     from pyspark.sql import SparkSession
 
-    if master.startswith("local"):
+    remote = remote or os.environ.get("SPARK_REMOTE")
+    if not remote or remote.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = SparkSession.builder.master(master).appName(app)
-    defaults = {"spark.sql.session.timeZone": "UTC", "spark.ui.showConsoleProgress": "false",
+    builder = SparkSession.builder.appName(app)
+    if remote:
+        builder = builder.remote(remote)
+    elif master:
+        builder = builder.master(master)
+    defaults = {"spark.sql.session.timeZone": "UTC",
                 "spark.sql.execution.arrow.pyspark.enabled": "true"}  # results reach pandas as Arrow batches
+    if not remote:  # a Connect server's console is not ours, and its static properties are set where it starts
+        defaults["spark.ui.showConsoleProgress"] = "false"
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def where(spark) -> str:
+    """The session's master, and whether it is reached through Spark Connect."""
+    from pyspark.sql.utils import is_remote
+
+    master = spark.conf.get("spark.master", None) or "a Spark cluster"
+    return f"{master} through Spark Connect" if is_remote() else master
+
+
+def default_partitions(spark, rows: int) -> int:
+    """Groups of customers for ``rows`` input rows: twice Spark's default parallelism (the cores; on Spark Connect,
+    which does not tell it, twice ``spark.default.parallelism`` where set, else ``spark.sql.shuffle.partitions``), or
+    one per ``ROWS_PER_PARTITION`` rows where that is more: a group is loaded whole into a Python worker."""
+    from pyspark.sql.utils import is_remote
+
+    if not is_remote():
+        groups = 2 * spark.sparkContext.defaultParallelism
+    elif parallelism := spark.conf.get("spark.default.parallelism", None):
+        groups = 2 * int(parallelism)
+    else:
+        groups = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    return max(groups, math.ceil(rows / ROWS_PER_PARTITION))
 
 
 @dataclass(frozen=True)
@@ -69,8 +104,7 @@ class Partitioned:
 def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | None, reading: Reading,
                 partitions: int | None = None, tagged: dict[str, object] | None = None) -> Partitioned:
     """The tables of ``sources`` up to ``as_of`` (later rows are not read; None: all) in ``partitions`` groups of
-    customers (default: twice Spark's default parallelism, or one per ``ROWS_PER_PARTITION`` rows where that is
-    more: a group is loaded whole into a Python worker), with ``tagged``'s frames of customer ids (a customer list)
+    customers (default: ``default_partitions``), with ``tagged``'s frames of customer ids (a customer list)
     among them under their own tag."""
     from pyspark.sql import functions as F
 
@@ -91,7 +125,7 @@ def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | Non
     for table in tables[1:]:
         union = union.unionByName(table)
     rows = sum(counts.values()) + sum(frame.count() for frame in (tagged or {}).values())
-    partitions = partitions or max(2 * spark.sparkContext.defaultParallelism, math.ceil(rows / ROWS_PER_PARTITION))
+    partitions = partitions or default_partitions(spark, rows)
     bucket = F.pmod(F.xxhash64("customer_id"), F.lit(partitions))
     rows = union.withColumn(BUCKET, bucket).repartition(partitions, BUCKET)  # one shuffle, one group each
     return Partitioned(rows, counts, partitions)

@@ -102,7 +102,10 @@ class MlflowSettings(BaseModel):
 class SparkSettings(BaseModel):
     """The Spark engine of ``lifecycle train --engine spark`` and ``lifecycle score --engine spark``."""
 
-    master: str = Field("local[*]", description="Spark master URL, e.g. spark://host:7077, yarn, local[4]")
+    master: str | None = Field(None, description="Spark master URL, e.g. spark://host:7077, yarn, local[4] (default: "
+                               "spark-submit's --master, else local[*])")
+    remote: str | None = Field(None, description="Spark Connect server, e.g. sc://host:15002; replaces master "
+                               "(default: pyspark's SPARK_REMOTE environment variable)")
     partitions: int | None = Field(None, ge=1, description="groups of customers (default: twice the cores, or one "
                                    "per million input rows where that is more)")
     conf: dict[str, str] = Field(default_factory=dict, description="Spark properties for the session, e.g. "

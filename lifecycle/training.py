@@ -15,6 +15,8 @@ from mlflow.exceptions import MlflowException
 
 from features.errors import LifecycleError
 from features.sources import Dataset
+from features.spark import partitioned
+from features.spark import where as spark_where
 from lifecycle.config import Settings
 from lifecycle.pipeline import open_dataset, reading, with_churn_horizon
 from models import pyfunc
@@ -149,6 +151,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
         summary = {"orders": report.rows, "rejected": report.rejected_total, "customers": base.customers(),
                    "first_order": str(first), "last_order": str(last)}
         params = _flatten(settings.model_dump(mode="json", exclude={"inputs", "state_dir"}))
+        params["engine"] = spark_where(spark) if spark is not None else "local"
         with writing(settings, client, on_wait) as cleaned:
             drift = registry.drift_from_champion(client, result.features)
             run_id, version = registry.record(result, params, summary, drift)
@@ -171,7 +174,6 @@ def _whole_base(settings: Settings, data: Dataset | None, spark) -> Iterator[Bas
         data = data or open_dataset(settings)
         yield Base(data.until(settings.as_of) if settings.as_of else data)
         return
-    from features.spark import partitioned
     from training.spark import spark_base
 
     folder = Path(tempfile.mkdtemp(prefix="spark-sample-", dir=settings.state_dir))

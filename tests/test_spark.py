@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
 from datetime import date, datetime
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -14,11 +17,23 @@ import pytest
 from tests.helpers import ONE_CUT, run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
+CONNECT = {"SPARK_REMOTE": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}  # a Spark Connect server started here
+
+
+def submit(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """``lifecycle args`` as a spark-submit application on local[2] (docs/serving.md's recipe)."""
+    import lifecycle
+
+    command = [str(Path(sys.executable).with_name("spark-submit")), "--master", "local[2]",
+               str(Path(lifecycle.__file__).with_name("__main__.py")), *args]
+    environment = {**os.environ, "COLUMNS": "200", "PYSPARK_PYTHON": sys.executable, **env}
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A small simulated shop (orders, events, customer table) with a champion trained on it on Spark, two bad orders
+    """A small simulated shop (orders, events, customer table) with a champion trained on it through Spark Connect, two
+    bad orders
     and a customer list naming all but three of the customers with orders, and one nobody has seen. It is scored with
     its events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is not
     Parquet."""
@@ -31,9 +46,12 @@ def shop(tmp_path_factory):
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
     trained = run("train", *tables, "--engine", "spark", cwd=folder,
-                  env={**ONE_CUT, **SPARK, "LIFECYCLE_CLV__MODEL": "btyd"})
+                  env={**ONE_CUT, **CONNECT, "LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
+    with sqlite3.connect(folder / ".lifecycle/mlflow.db") as store:
+        assert store.execute("SELECT value FROM params WHERE key = 'engine'").fetchall() == [
+            ("local[2] through Spark Connect",)]
     duckdb.sql(f"COPY (SELECT *, CAST(timestamp AS DATE) AS day FROM '{folder}/sim/events.parquet') TO "
                f"'{folder}/events' (FORMAT parquet, PARTITION_BY (day))")
     (folder / "events/day=2026-03-01").mkdir()
@@ -52,13 +70,15 @@ def scores(path) -> pd.DataFrame:
 
 
 def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
-    """One Spark run (a JVM and its Python workers each time): the listed customers, nearly all, at a day; neither
-    engine opens the events' later partitions."""
+    """The listed customers, nearly all, at a day; neither engine opens the events' later partitions. Spark runs twice
+    (a JVM and its Python workers each time): submitted with spark-submit, whose master it keeps, and through Spark
+    Connect, where the executors load the registered model themselves (MLflow's Connect path)."""
     folder, tables, known = shop
     extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
     local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
-    spark = run("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
-    assert local.returncode == 0 and spark.returncode == 0, spark.stderr[-3000:]
+    spark = submit("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder,
+                   env={"LIFECYCLE_SPARK__PARTITIONS": "3"})
+    assert local.returncode == 0 and spark.returncode == 0, spark.stdout + spark.stderr[-3000:]
     expected, got = scores(folder / "local.parquet"), scores(folder / "spark.parquet")
     assert len(got) == len(expected) == known + 1
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-12)
@@ -72,6 +92,12 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
     assert sorted(rejects.reason) == sorted(pd.read_parquet(folder / "local.rejects.parquet").reason) == [
         "negative amount", "unparseable timestamp"]
     assert "2 rejected" in spark.stdout and "1 without history" in spark.stdout
+    assert "on Spark (local[2])" in spark.stdout
+    connect = run("score", *tables, *extra, "--engine", "spark", "--out", "connect.parquet", cwd=folder, env=CONNECT)
+    assert connect.returncode == 0, connect.stdout + connect.stderr[-3000:]
+    assert "on Spark (local[2] through Spark Connect)" in " ".join(connect.stdout.split())
+    pd.testing.assert_frame_equal(scores(folder / "connect.parquet"), got)
+    assert sorted(pd.read_parquet(folder / "connect.rejects.parquet").reason) == sorted(rejects.reason)
 
 
 def test_spark_needs_the_scoring_day(shop):

@@ -68,14 +68,20 @@ TrainingEngineOption = Annotated[Engine, typer.Option(
 
 
 def spark_session(settings: Settings, name: str):
-    """A SparkSession on the configured master (``spark.master``), or a one-line error where pyspark is missing."""
+    """A SparkSession on the configured master (``spark.master``) or Spark Connect server (``spark.remote``,
+    ``SPARK_REMOTE``), or a one-line error where pyspark (or, for Spark Connect, its gRPC client) is missing."""
     try:
         import pyspark  # noqa: F401
     except ImportError:
         raise LifecycleError("the Spark engine needs pyspark: pip install 'customer-lifecycle[spark]'") from None
     from features.spark import session
 
-    return session(settings.spark.master, name, settings.spark.conf)
+    try:
+        return session(settings.spark.master, name, settings.spark.conf, settings.spark.remote)
+    except ImportError as exc:  # Spark Connect's client (gRPC) missing
+        raise LifecycleError(f"the Spark engine misses a package: pip install 'customer-lifecycle[spark]' ({exc})"
+                             ) from None
+
 
 PortOption = Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")]
 

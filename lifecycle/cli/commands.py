@@ -164,7 +164,11 @@ def train(
 
     settings = settings_with_inputs(ctx, transactions, events, customers, as_of, exclude=exclude, include=include)
     spark = spark_session(settings, "lifecycle train") if engine is Engine.spark else None
-    where = f" on Spark ({settings.spark.master})" if spark else ""
+    where = ""
+    if spark:
+        from features.spark import where as spark_where
+
+        where = f" on Spark ({spark_where(spark)})"
     with console.status(f"training{where} (features, purchase models, Gamma-Gamma, LightGBM) and gating...") as status:
         run = run_training(settings, on_wait=lambda line: status.update(line), spark=spark)
     render.training_run(run, settings.clv.model)

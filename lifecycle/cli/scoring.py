@@ -180,6 +180,7 @@ def report(
 def _score_on_spark(settings: Settings, out: str, customer_list: str | None, model_uri: str | None) -> None:
     if settings.as_of is None:
         raise LifecycleError("the Spark engine needs the scoring day: pass --as-of (or set as_of)")
+    from features.spark import where
     from lifecycle.pipeline import reading
     from lifecycle.training import open_registry
     from serving.spark import score_spark
@@ -187,14 +188,15 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
     spark = spark_session(settings, "lifecycle score")
     open_registry(settings)
     inputs = settings.inputs
-    with console.status(f"scoring on Spark ({settings.spark.master})..."):
+    with console.status(f"scoring on Spark ({where(spark)})..."):
         run = score_spark(spark, model_uri or settings.serving.model_uri,
                           inputs.tables(), settings.as_of, out, reading(settings), customer_list=customer_list,
                           partitions=settings.spark.partitions)
     render.row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
-    console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark: [bold]{run.out}[/bold]")
+    console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark ({escape(where(spark))}): "
+                  f"[bold]{run.out}[/bold]")
 
 
 def _warn_about_list(data, listed: int, path: str) -> None:
