@@ -126,7 +126,7 @@ def partitioned(spark, sources: dict[str, TableSource | None], as_of: date | Non
         union = union.unionByName(table)
     rows = sum(counts.values()) + sum(frame.count() for frame in (tagged or {}).values())
     partitions = partitions or default_partitions(spark, rows)
-    bucket = F.pmod(F.xxhash64("customer_id"), F.lit(partitions))
+    bucket = F.pmod(F.xxhash64(F.trim("customer_id")), F.lit(partitions))  # ids are compared trimmed
     rows = union.withColumn(BUCKET, bucket).repartition(partitions, BUCKET)  # one shuffle, one group each
     return Partitioned(rows, counts, partitions)
 

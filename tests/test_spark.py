@@ -116,6 +116,21 @@ def spark():
     live.stop()
 
 
+def test_a_customers_rows_meet_in_one_partition_however_the_id_is_padded(spark, tmp_path):
+    """The local engine compares ids trimmed; the hash that sends a row to its partition of customers does too."""
+    from features.spark import BUCKET, Reading, partitioned
+    from features.tables import TableSource
+
+    ids = [f"{pad}{n}{end}" for n in range(100) for pad, end in (("", ""), (" ", ""), ("", "  "))]
+    pd.DataFrame({"customer_id": ids, "timestamp": "2025-01-01", "amount": 1.0}).to_csv(tmp_path / "o.csv", index=False)
+    shop = partitioned(spark, {"transactions": TableSource(path=str(tmp_path / "o.csv"))}, None,
+                       Reading(now=datetime(2026, 1, 1)), partitions=16)
+    rows = shop.rows.select("customer_id", BUCKET).toPandas()
+    assert len(rows) == 300 and (rows.customer_id != rows.customer_id.str.strip()).sum() == 200
+    assert rows.groupby(rows.customer_id.str.strip())[BUCKET].nunique().eq(1).all()
+    assert rows[BUCKET].nunique() > 8  # the customers are spread, not all in one partition
+
+
 def test_the_buyers_merged_on_spark_are_the_local_engines_on_cdnow(spark, tmp_path):
     """At each date, what a feature builder's fit learns (RFM edges, typical gap) and the BTYD fits' distinct rows
     with their counts, merged on Spark from 3 partitions of customers, equal the local engine's on the whole of
