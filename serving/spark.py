@@ -54,7 +54,10 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
 
     registered = load_model(model_uri)
     builder, version = registered.model.builder, registered.model.version
-    pinned = f"models:/{registered.version.name}/{version}" if registered.version else model_uri
+    # the version's own files, not models:/name/version: through Spark Connect the executors load the model themselves
+    # and would look that name up in their own registry (the server's MLFLOW_REGISTRY_URI), not in ours
+    pinned = (mlflow.MlflowClient().get_model_version_download_uri(registered.version.name, version)
+              if registered.version else model_uri)
     inputs = _spark_schema(registered.metadata.get_input_schema())
     features_schema = StructType([StructField(f.name, f.dataType, True) for f in inputs.fields]
                                  + [StructField(c, StringType(), True) for c in REJECT_COLUMNS])

@@ -43,6 +43,8 @@ def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.Completed
 
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("COLUMNS", "200")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow sets them: they must not outlive the test
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(sys, "argv", ["lifecycle", *args])
     monkeypatch.setitem(cli._state, "folder", cwd / ".lifecycle")
     with pytest.raises(SystemExit) as stop:

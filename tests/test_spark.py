@@ -93,7 +93,9 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
         "negative amount", "unparseable timestamp"]
     assert "2 rejected" in spark.stdout and "1 without history" in spark.stdout
     assert "on Spark (local[2])" in spark.stdout
-    connect = run("score", *tables, *extra, "--engine", "spark", "--out", "connect.parquet", cwd=folder, env=CONNECT)
+    elsewhere = f"sqlite:///{folder / 'elsewhere.db'}"  # a server whose environment names another registry
+    connect = run("score", *tables, *extra, "--engine", "spark", "--out", "connect.parquet", cwd=folder,
+                  env={**CONNECT, "MLFLOW_REGISTRY_URI": elsewhere, "MLFLOW_TRACKING_URI": elsewhere})
     assert connect.returncode == 0, connect.stdout + connect.stderr[-3000:]
     assert "on Spark (local[2] through Spark Connect)" in " ".join(connect.stdout.split())
     pd.testing.assert_frame_equal(scores(folder / "connect.parquet"), got)
