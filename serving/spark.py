@@ -4,8 +4,9 @@ Every customer's rows meet in one partition (``features.spark.partitioned``), wh
 engine runs on them: ``features.sources.load`` validates (rejected rows come back with their reasons) and the model's
 own fitted ``FeatureBuilder`` computes the features in DuckDB, so every feature still has one implementation, and
 anything relative to the population (RFM edges) comes from training, never from the partition. The features are then
-scored by ``mlflow.pyfunc.spark_udf`` on the registered model. Output and rejects are Spark folders of part files
-(Parquet or CSV by the output's extension).
+scored by ``mlflow.pyfunc.spark_udf`` on the registered model, and (scoring everyone) each feature's drift from the
+training population is measured as ``serving.batch`` measures it, its bins counted in Spark's batches and summed.
+Output, rejects and drift are Spark folders of part files (Parquet or CSV by the output's extension; drift: CSV).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 from features.errors import LifecycleError
 from features.spark import BUCKET, TABLE, Reading, is_parquet, partition_dataset, partitioned, read
 from features.tables import TableSource
+from models.drift import FeatureProfile
 from models.pyfunc import load as load_model
 from serving.batch import LIST_TABLE
 
@@ -32,12 +34,15 @@ class SparkRun:
     """What one Spark scoring run read and wrote."""
 
     as_of: date
+    version: str  # the model's registered version
     out: str  # Spark paths: local folders, or s3a://, hdfs://, ...
     rejects: str | None
     scored: int
     without_history: int  # listed customers without any order
     rows: dict[str, int]  # input rows per table
     rejected: dict[str, int]  # rejected rows per table
+    drift: dict[str, float]  # PSI of each feature against the training population; empty for a list
+    drift_path: str | None  # the same as CSV (feature, psi), beside the output
 
 
 def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], as_of: date, out: str | Path,
@@ -90,18 +95,48 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
         scored = features.select(score(F.struct(*inputs.fieldNames())).alias("scores")).select(
             "scores.*", F.lit(as_of).alias("as_of"), F.lit(version).alias("model_version"))
         scored = scored.select(*(_as_written(f, f.name in dates) for f in outputs.fields))
-        out, rejects_path = str(out), None  # text, not Path: Path would fold the // of s3a://bucket/...
+        out, rejects_path, drift_path = str(out), None, None  # text, not Path: Path would fold s3a://bucket/'s //
         _write(scored, out)
         if rejected:
-            stem, dot, suffix = out.rpartition(".")
-            rejects_path = f"{stem}.rejects.{suffix}" if dot and "/" not in suffix else f"{out}.rejects"
+            rejects_path = _beside(out, "rejects")
             _write(rejects, rejects_path)
         count = features.count()
         without_history = features.where(F.col("orders") == 0).count() if customer_list is not None else 0
+        profile = registered.model.profile
+        drift = _drift(features, profile) if customer_list is None and profile is not None else {}
+        if drift:
+            drift_path = _beside(out, "drift", "csv")
+            _write(spark.createDataFrame(pd.DataFrame({"feature": list(drift), "psi": list(drift.values())}))
+                   .coalesce(1), drift_path)
     finally:
         built.unpersist()
-    return SparkRun(as_of, out, rejects_path, count, without_history, rows,
-                    {name: rejected.get(name, 0) for name in rows})
+    return SparkRun(as_of, version, out, rejects_path, count, without_history, rows,
+                    {name: rejected.get(name, 0) for name in rows}, drift, drift_path)
+
+
+def _beside(out: str, kind: str, suffix: str | None = None) -> str:
+    """The path of what goes beside the output ``out``: its ``kind`` (rejects, drift) with ``out``'s extension, or
+    ``suffix``."""
+    stem, dot, extension = out.rpartition(".")
+    if not (dot and "/" not in extension):
+        stem, extension = out, ""
+    return f"{stem}.{kind}.{suffix or extension}".rstrip(".")
+
+
+def _drift(features, profile: FeatureProfile) -> dict[str, float]:
+    """Each feature's PSI against the population the model was fitted on: ``profile``'s bins counted in each of
+    Spark's batches of ``features`` and summed."""
+    def counted(batches):
+        for batch in batches:
+            yield pd.DataFrame([(name, k, int(n)) for name, bins in profile.counts(batch).items()
+                                for k, n in enumerate(bins)], columns=["feature", "bin", "rows"])
+
+    summed = features.mapInPandas(counted, "feature string, bin int, rows long").groupBy("feature", "bin").sum(
+        "rows").toPandas()
+    if summed.empty:
+        return {}
+    summed = summed.sort_values(["feature", "bin"])
+    return profile.psi({name: rows.iloc[:, -1].to_numpy() for name, rows in summed.groupby("feature")})
 
 
 def _listed(spark, path: str | Path):

@@ -72,7 +72,8 @@ def scores(path) -> pd.DataFrame:
 def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
     """The listed customers, nearly all, at a day; neither engine opens the events' later partitions. Spark runs twice
     (a JVM and its Python workers each time): submitted with spark-submit, whose master it keeps, and through Spark
-    Connect, where the executors load the registered model themselves (MLflow's Connect path)."""
+    Connect, where the executors load the registered model themselves (MLflow's Connect path), scoring everyone: the
+    same records again, and each feature's drift from the training population, as the local engine measures it."""
     folder, tables, known = shop
     extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
     local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
@@ -93,13 +94,21 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
         "negative amount", "unparseable timestamp"]
     assert "2 rejected" in spark.stdout and "1 without history" in spark.stdout
     assert "on Spark (local[2])" in spark.stdout
+    day = ["--as-of", "2025-08-31"]  # months before the training data ends: the features have drifted
+    everyone = run("score", *tables, *day, "--out", "everyone.parquet", cwd=folder)
     elsewhere = f"sqlite:///{folder / 'elsewhere.db'}"  # a server whose environment names another registry
-    connect = run("score", *tables, *extra, "--engine", "spark", "--out", "connect.parquet", cwd=folder,
+    connect = run("score", *tables, *day, "--engine", "spark", "--out", "connect.parquet", cwd=folder,
                   env={**CONNECT, "MLFLOW_REGISTRY_URI": elsewhere, "MLFLOW_TRACKING_URI": elsewhere})
-    assert connect.returncode == 0, connect.stdout + connect.stderr[-3000:]
-    assert "on Spark (local[2] through Spark Connect)" in " ".join(connect.stdout.split())
-    pd.testing.assert_frame_equal(scores(folder / "connect.parquet"), got)
+    assert everyone.returncode == 0 and connect.returncode == 0, connect.stdout + connect.stderr[-3000:]
+    said = " ".join(connect.stdout.split())
+    assert "on Spark (local[2] through Spark Connect)" in said and "drift from the training data of version 1" in said
+    pd.testing.assert_frame_equal(scores(folder / "connect.parquet"), scores(folder / "everyone.parquet"),
+                                  check_dtype=False, rtol=1e-12)
     assert sorted(pd.read_parquet(folder / "connect.rejects.parquet").reason) == sorted(rejects.reason)
+    drift = [pd.read_csv(path).sort_values("feature", ignore_index=True) for path in (
+        folder / "everyone.drift.csv", *(folder / "connect.drift.csv").glob("*.csv"))]
+    assert len(drift) == 2 and len(drift[0]) > 10 and drift[0].psi.gt(0).any()
+    pd.testing.assert_frame_equal(drift[1], drift[0], rtol=1e-9)
 
 
 def test_spark_needs_the_scoring_day(shop):

@@ -195,8 +195,11 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
     render.row_accounting({name: (rows, rows - run.rejected[name], run.rejected[name])
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
-    console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} on Spark ({escape(where(spark))}): "
-                  f"[bold]{run.out}[/bold]")
+    console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} with model version {run.version} on "
+                  f"Spark ({escape(where(spark))}): [bold]{run.out}[/bold]")
+    if run.drift:
+        render.drift(run.drift, f"the training data of version {run.version}")
+        console.print(f"every feature's drift: [bold]{run.drift_path}[/bold]")
 
 
 def _warn_about_list(data, listed: int, path: str) -> None:
