@@ -126,17 +126,18 @@ def _beside(out: str, kind: str, suffix: str | None = None) -> str:
 def _drift(features, profile: FeatureProfile) -> dict[str, float]:
     """Each feature's PSI against the population the model was fitted on: ``profile``'s bins counted in each of
     Spark's batches of ``features`` and summed."""
+    from pyspark.sql import functions as F
+
     def counted(batches):
         for batch in batches:
             yield pd.DataFrame([(name, k, int(n)) for name, bins in profile.counts(batch).items()
                                 for k, n in enumerate(bins)], columns=["feature", "bin", "rows"])
 
-    summed = features.mapInPandas(counted, "feature string, bin int, rows long").groupBy("feature", "bin").sum(
-        "rows").toPandas()
-    if summed.empty:
+    summed = features.mapInPandas(counted, "feature string, bin int, rows long").groupBy("feature", "bin").agg(
+        F.sum("rows").alias("rows")).toPandas().sort_values(["feature", "bin"])
+    if summed.empty:  # nobody scored
         return {}
-    summed = summed.sort_values(["feature", "bin"])
-    return profile.psi({name: rows.iloc[:, -1].to_numpy() for name, rows in summed.groupby("feature")})
+    return profile.psi({name: bins["rows"].to_numpy() for name, bins in summed.groupby("feature")})
 
 
 def _listed(spark, path: str | Path):
