@@ -50,7 +50,7 @@ def score_spark(spark, model_uri: str, sources: dict[str, TableSource | None], a
     """Score every customer in ``sources`` (or those in ``customer_list``) at ``as_of`` into ``out``, with
     the model at ``model_uri``; as ``serving.batch.score_batch`` does on one machine.
 
-    ``spark`` is a live SparkSession; ``partitions`` (default: twice Spark's default parallelism) is how many groups
+    ``spark`` is a live SparkSession; ``partitions`` (default: ``features.spark.default_partitions``) is how many groups
     of customers the features are built in; ``reading`` how their rows are read (a currency column needs the
     currency setting: a partition cannot see the others').
     """

@@ -33,10 +33,9 @@ def submit(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
     """A small simulated shop (orders, events, customer table) with a champion trained on it through Spark Connect, two
-    bad orders
-    and a customer list naming all but three of the customers with orders, and one nobody has seen. It is scored with
-    its events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is not
-    Parquet."""
+    bad orders and a customer list naming all but three of the customers with orders, and one nobody has seen. It is
+    scored with its events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is
+    not Parquet."""
     folder = tmp_path_factory.mktemp("spark")
     assert run("data", "simulate", "--customers", "1000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
     orders = pd.read_parquet(folder / "sim/transactions.parquet")

@@ -188,7 +188,8 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
     spark = spark_session(settings, "lifecycle score")
     open_registry(settings)
     inputs = settings.inputs
-    with console.status(f"scoring on Spark ({where(spark)})..."):
+    engine = where(spark)
+    with console.status(f"scoring on Spark ({engine})..."):
         run = score_spark(spark, model_uri or settings.serving.model_uri,
                           inputs.tables(), settings.as_of, out, reading(settings), customer_list=customer_list,
                           partitions=settings.spark.partitions)
@@ -196,7 +197,7 @@ def _score_on_spark(settings: Settings, out: str, customer_list: str | None, mod
                            for name, rows in run.rows.items()}, run.rejects)
     whom = f"listed customers, {run.without_history:,} without history" if customer_list else "every known customer"
     console.print(f"scored {run.scored:,} customers ({whom}) as of {run.as_of} with model version {run.version} on "
-                  f"Spark ({escape(where(spark))}): [bold]{run.out}[/bold]")
+                  f"Spark ({escape(engine)}): [bold]{run.out}[/bold]")
     if run.drift:
         render.drift(run.drift, f"the training data of version {run.version}")
         console.print(f"every feature's drift: [bold]{run.drift_path}[/bold]")
