@@ -4,6 +4,9 @@ Each table (transactions, events, customers) comes from a CSV or Parquet file or
 pandas DataFrame (the API path). Columns are mapped from the user's names to ours, values are
 parsed, and every row either becomes a valid row or a reject with exactly one reason. Nothing is
 dropped silently: ``rows in = valid + rejected`` per table, and ``Dataset.report`` says so.
+
+A little over 400 lines on purpose: one job (a table's mapping, parsing and reasons to reject) whose steps
+share the validation's SQL; reading files is ``features.files``, the platforms' exports ``features.exports``.
 """
 
 from __future__ import annotations

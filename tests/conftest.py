@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,7 @@ from filelock import FileLock
 
 from features import cdnow
 from features.simulator import Simulation, SimulationParams, simulate
-from tests.helpers import load, run
+from tests.helpers import load, run, run_here
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # Two workers share two cores with the CLI's, the servers' and the notebook's own processes. Set before anything loads
@@ -102,3 +103,9 @@ def cdnow_run(cdnow_master, tmp_path_factory, worker_id):
 
     data = load(transactions=cdnow_master)
     return data, shared("cdnow_run", lambda: train(data), tmp_path_factory, worker_id)
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys) -> Callable[..., subprocess.CompletedProcess]:
+    """``cli(*args, cwd=folder, env=None)``: ``lifecycle args`` run in this process (``tests.helpers.run_here``)."""
+    return partial(run_here, monkeypatch=monkeypatch, capsys=capsys)

@@ -37,20 +37,28 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300)
 
 
-def run_here(*args: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
-    """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter)."""
+def run_here(*args: str, cwd: Path, monkeypatch, capsys, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter's start-up),
+    in ``cwd`` with ``env`` added to the environment, both for this command only."""
     from lifecycle.cli import application as cli
+    from lifecycle.cli import render
 
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("COLUMNS", "200")
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow sets them: they must not outlive the test
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sys, "argv", ["lifecycle", *args])
-    monkeypatch.setitem(cli._state, "folder", cwd / ".lifecycle")
-    with pytest.raises(SystemExit) as stop:
-        cli.main()
-        raise SystemExit(0)  # a command that returns ends the process with 0
-    out, err = capsys.readouterr()
+    with monkeypatch.context() as here:
+        here.chdir(cwd)
+        for console in (render.console, render.errors):  # as wide as COLUMNS makes a new process's (read at import)
+            here.setattr(console, "_width", 200)
+        for name, value in (env or {}).items():
+            here.setenv(name, value)
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow sets them: they must not outlive the run
+            here.setenv(name, "")  # recorded as unset, or as it was, and so restored after the command
+            here.delenv(name)
+        here.setattr(sys, "argv", ["lifecycle", *args])
+        here.setitem(cli._state, "folder", cwd / ".lifecycle")
+        capsys.readouterr()  # what the test printed before is not the command's
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+            raise SystemExit(0)  # a command that returns ends the process with 0
+        out, err = capsys.readouterr()
     return subprocess.CompletedProcess(args, stop.value.code or 0, out, err)
 
 

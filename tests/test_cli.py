@@ -1,4 +1,5 @@
-"""The lifecycle command as a user runs it: a real process, its output and its exit code."""
+"""The lifecycle command as a user runs it: its output and its exit code (in this process, through the entry point;
+in a real process where the process is the subject: the start-up, a read-only mount, the UI server, the demo)."""
 
 from __future__ import annotations
 
@@ -17,15 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import cdnow_folder, run, run_here
+from tests.helpers import cdnow_folder
 
 COMMANDS = [["config", "show"], ["init"], ["data", "cdnow"], ["data", "simulate"], ["features"], ["demo"], ["train"],
             ["promote"], ["rollback"], ["models"], ["ui"], ["schedule"], ["score"], ["report"], ["serve"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_every_command_has_help_with_an_example(command, tmp_path, monkeypatch, capsys):
-    result = run_here(*command, "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+def test_every_command_has_help_with_an_example(command, tmp_path, cli):
+    result = cli(*command, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "Example" in result.stdout
 
 
@@ -38,9 +39,9 @@ def test_the_cli_starts_without_the_heavy_libraries():
     assert loaded.split() == []
 
 
-def test_features_on_cdnow_writes_the_table_and_a_summary(tmp_path):
-    assert run("data", "cdnow", "--out", "data", cwd=tmp_path).returncode == 0
-    result = run("features", "--transactions", "data/transactions.csv", "--as-of", "1997-09-30",
+def test_features_on_cdnow_writes_the_table_and_a_summary(tmp_path, cli):
+    assert cli("data", "cdnow", "--out", "data", cwd=tmp_path).returncode == 0
+    result = cli("features", "--transactions", "data/transactions.csv", "--as-of", "1997-09-30",
                  "--out", "out/features.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "out/features.csv", dtype={"customer_id": str})
@@ -50,13 +51,13 @@ def test_features_on_cdnow_writes_the_table_and_a_summary(tmp_path):
     assert not (tmp_path / "out/features.rejects.csv").exists()
 
 
-def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
+def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path, cli):
     orders = pd.DataFrame({"customer_id": ["a", "b", "c", "d", "e", "f", None, "g"],
                            "timestamp": ["2024-01-01", "2024-01-02", "2024-02-03", "2024-02-04", "2024-03-01",
                                          "yesterday", "2024-01-01", "2024-02-05"],
                            "amount": [1, 2, 3, 4, -5, 6, 7, 8]})
     orders.to_csv(tmp_path / "orders.csv", index=False)
-    result = run("features", "--transactions", "orders.csv", "--out", "f.parquet", cwd=tmp_path)
+    result = cli("features", "--transactions", "orders.csv", "--out", "f.parquet", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rejects = pd.read_parquet(tmp_path / "f.rejects.parquet")
     assert sorted(rejects.reason) == ["missing customer_id", "negative amount", "unparseable timestamp"]
@@ -91,7 +92,7 @@ def test_bad_rows_go_to_the_rejects_file_and_are_counted(tmp_path):
     (["train"], "no orders given: pass --transactions FILE, or set inputs.transactions.path in lifecycle.toml "
      "(LIFECYCLE_INPUTS__TRANSACTIONS__PATH)"),
 ])
-def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, monkeypatch, capsys):
+def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, cli):
     pd.DataFrame({"cust": ["a"], "ts": ["2024-01-01"], "value": [1.0]}).to_csv(tmp_path / "orders.csv", index=False)
     (tmp_path / "empty.csv").write_bytes(b"")
     (tmp_path / "header.csv").write_text("customer_id,timestamp,amount\n")
@@ -101,7 +102,7 @@ def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, monkeypa
                  ).to_parquet(tmp_path / "typed.parquet")
     (tmp_path / "map.toml").write_text('[inputs.transactions.columns]\ncustomer_id = "id"\ntimestamp = "at"\n'
                                        'amount = "paid"\n')
-    result = run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    result = cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in " ".join(result.stderr.split())
     assert len(result.stderr.strip().splitlines()) == 1 or "Invalid value" in message  # click draws a box
@@ -109,16 +110,16 @@ def test_user_mistakes_end_with_one_clear_line(args, message, tmp_path, monkeypa
     assert not (tmp_path / "features.txt").exists() and not (tmp_path / "scores.txt").exists()
 
 
-def test_compressed_csv_is_read(tmp_path):
+def test_compressed_csv_is_read(tmp_path, cli):
     pd.DataFrame({"customer_id": list("abcdef"), "timestamp": ["2024-01-01"] * 6, "amount": [1.0] * 6}).to_csv(
         tmp_path / "orders.csv.gz", index=False, compression="gzip")
-    result = run("features", "--transactions", "orders.csv.gz", "--out", "f.csv", cwd=tmp_path)
+    result = cli("features", "--transactions", "orders.csv.gz", "--out", "f.csv", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(pd.read_csv(tmp_path / "f.csv")) == 6
 
 
-def test_unknown_environment_variables_are_reported_with_the_likely_name(tmp_path):
-    result = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON": "60",
+def test_unknown_environment_variables_are_reported_with_the_likely_name(tmp_path, cli):
+    result = cli("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON": "60",
                                                      "LIFECYCLE_INPUTS__TRANSACTION__PATH": "x.csv",
                                                      "LIFECYCLE_INPUTS__TRANSACTIONS__COLUMNS__AMOUNT": "paid"})
     assert result.returncode == 0
@@ -128,8 +129,8 @@ def test_unknown_environment_variables_are_reported_with_the_likely_name(tmp_pat
     assert "COLUMNS__AMOUNT" not in err and 'amount = "paid"' in result.stdout  # a column map: any key is fine
 
 
-def test_help_keeps_square_brackets(tmp_path, monkeypatch, capsys):
-    result = run_here("score", "--help", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+def test_help_keeps_square_brackets(tmp_path, cli):
+    result = cli("score", "--help", cwd=tmp_path)
     assert "customer-lifecycle[spark]" in "".join(result.stdout.split()).replace("│", "")
 
 
@@ -167,12 +168,12 @@ def test_a_model_used_unfitted_is_our_bug_not_the_users(tmp_path, monkeypatch, c
                           f"is in {tmp_path / 'state' / 'lifecycle.log'}")
 
 
-def test_a_read_only_state_folder_is_one_line(tmp_path):
+def test_a_read_only_state_folder_is_one_line(tmp_path, cli):
     """`train` and `rollback` with the state folder on a read-only mount (a user namespace of its own: root
     writes through permission bits, so chmod proves nothing where the suite runs as root)."""
     orders = pd.DataFrame({"customer_id": list("abcdef"), "timestamp": ["2024-01-01"] * 6, "amount": [1.0] * 6})
     orders.to_csv(tmp_path / "orders.csv", index=False)
-    assert run("models", cwd=tmp_path).returncode == 0  # creates the store
+    assert cli("models", cwd=tmp_path).returncode == 0  # creates the store
     state = tmp_path / ".lifecycle"
     read_only = ["unshare", "-rm", "sh", "-c", 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && '
                  'shift && exec "$@"', "sh", str(state)]
@@ -186,22 +187,22 @@ def test_a_read_only_state_folder_is_one_line(tmp_path):
                                 "must be writable; set state_dir or LIFECYCLE_STATE_DIR to move it)\n"
 
 
-def test_configuration_file_column_map_and_environment(tmp_path):
+def test_configuration_file_column_map_and_environment(tmp_path, cli):
     pd.DataFrame({"cust": list("abcdef"), "ts": ["2024-01-01"] * 6, "value": [1.0] * 6}).to_csv(
         tmp_path / "orders.csv", index=False)
     (tmp_path / "lifecycle.toml").write_text(
         'churn_horizon_days = 60\n[inputs.transactions]\npath = "orders.csv"\n'
         'columns = { customer_id = "cust", timestamp = "ts", amount = "value" }\n')
-    shown = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CLV_HORIZON_DAYS": "180"})
+    shown = cli("config", "show", cwd=tmp_path, env={"LIFECYCLE_CLV_HORIZON_DAYS": "180"})
     assert "churn_horizon_days = 60" in shown.stdout and "clv_horizon_days = 180" in shown.stdout
     assert f'state_dir = "{tmp_path / ".lifecycle"}"' in shown.stdout
-    assert run("features", "--out", "f.csv", cwd=tmp_path).returncode == 0
+    assert cli("features", "--out", "f.csv", cwd=tmp_path).returncode == 0
     assert len(pd.read_csv(tmp_path / "f.csv")) == 6
-    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON_DAYS": "-3"})
+    bad = cli("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_HORIZON_DAYS": "-3"})
     assert bad.returncode == 2 and "churn_horizon_days" in bad.stderr
 
 
-def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_path, monkeypatch):
+def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_path, cli):
     from lifecycle.config import load_settings
     from lifecycle.training import horizons
     from models.risk import RiskBands
@@ -209,27 +210,27 @@ def test_churn_risk_and_activity_settings_reach_the_model_and_are_checked(tmp_pa
     (tmp_path / "lifecycle.toml").write_text("[churn_risk]\nmedium = 0.3\nhigh = 0.8\n")
     assert horizons(load_settings(tmp_path / "lifecycle.toml", churn_horizon_days=90)).risk_bands == RiskBands(0.3, 0.8)
     assert horizons(load_settings(churn_horizon_days=90)).risk_bands == RiskBands(0.4, 0.7)  # the documented defaults
-    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_RISK__HIGH": "0.2"})
+    bad = cli("config", "show", cwd=tmp_path, env={"LIFECYCLE_CHURN_RISK__HIGH": "0.2"})
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert ("churn risk thresholds must be 0 < medium < high < 1: churn_risk.medium is 0.3, churn_risk.high 0.2"
             in " ".join(bad.stderr.split()))
     (tmp_path / "activity.toml").write_text("[activity]\nactive_within_gaps = 2\nlapsed_after_gaps = 4\n")
     settings = load_settings(tmp_path / "activity.toml", churn_horizon_days=90)
     assert settings.feature_builder().activity.lapsed_after_gaps == 4
-    bad = run("config", "show", cwd=tmp_path, env={"LIFECYCLE_ACTIVITY__LAPSED_AFTER_GAPS": "1"})
+    bad = cli("config", "show", cwd=tmp_path, env={"LIFECYCLE_ACTIVITY__LAPSED_AFTER_GAPS": "1"})
     assert bad.returncode == 2 and "activity gaps must rise: active_within_gaps (1.5) < lapsed_after_gaps (1.0)" in (
         " ".join(bad.stderr.split()))
 
 
-def test_simulate_writes_tables_and_ground_truth(tmp_path):
-    result = run("data", "simulate", "--customers", "300", "--seed", "2", "--out", "sim", cwd=tmp_path)
+def test_simulate_writes_tables_and_ground_truth(tmp_path, cli):
+    result = cli("data", "simulate", "--customers", "300", "--seed", "2", "--out", "sim", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for name in ("transactions", "events", "customers", "truth"):
         assert (tmp_path / "sim" / f"{name}.parquet").is_file()
     assert '"seed": 2' in (tmp_path / "sim" / "truth.json").read_text()
-    pareto = run("data", "simulate", "--customers", "300", "--process", "pareto_nbd", "--out", "pareto", cwd=tmp_path)
+    pareto = cli("data", "simulate", "--customers", "300", "--process", "pareto_nbd", "--out", "pareto", cwd=tmp_path)
     assert pareto.returncode == 0 and '"process": "pareto_nbd"' in (tmp_path / "pareto" / "truth.json").read_text()
-    wrong = run("data", "simulate", "--process", "weibull", "--out", "w", cwd=tmp_path)
+    wrong = cli("data", "simulate", "--process", "weibull", "--out", "w", cwd=tmp_path)
     assert wrong.returncode == 2 and "--process must be bgnbd or pareto_nbd" in wrong.stderr
 
 
@@ -268,11 +269,11 @@ def test_demo_runs_the_main_job_on_cdnow(cdnow_demo):
     assert "purchase model: MBG/NBD" in diagnostics and "chosen" in diagnostics
 
 
-def test_paths_with_quotes_work(tmp_path):
+def test_paths_with_quotes_work(tmp_path, cli):
     folder = tmp_path / "it's here"
     folder.mkdir()
-    assert run("data", "cdnow", "--out", "data", cwd=folder).returncode == 0
-    result = run("features", "--transactions", "data/transactions.csv", "--out", "o'ut/features.parquet", cwd=folder)
+    assert cli("data", "cdnow", "--out", "data", cwd=folder).returncode == 0
+    result = cli("features", "--transactions", "data/transactions.csv", "--out", "o'ut/features.parquet", cwd=folder)
     assert result.returncode == 0, result.stderr
     assert len(pd.read_parquet(folder / "o'ut/features.parquet")) == 23_570
 
@@ -288,7 +289,7 @@ def trained(cdnow_demo, tmp_path_factory) -> tuple[Path, str]:
     return folder, " ".join((result.stdout + result.stderr + diagnostics).split())
 
 
-def test_train_registers_and_gates_and_the_registry_commands(trained):
+def test_train_registers_and_gates_and_the_registry_commands(trained, cli):
     tmp_path, out = trained
     assert "INFO mlflow" not in out and "Warning" not in out  # no library chatter for the user
     assert "version 1: promoted to champion (first model)" in out
@@ -296,18 +297,18 @@ def test_train_registers_and_gates_and_the_registry_commands(trained):
     assert "CLV judged on spend over 1997-12-29..1998-06-30 (183 days; learned CLV fitted at 1997-06-29)" in out
     assert "clv: the learned CLV" in out and "the learned CLV's labels cover 183 days" in out
     assert (tmp_path / ".lifecycle" / "mlflow.db").is_file()
-    listed = run("models", cwd=tmp_path)
+    listed = cli("models", cwd=tmp_path)
     assert listed.returncode == 0 and "champion" in listed.stdout
     assert any(name in listed.stdout for name in ("bgnbd", "mbgnbd", "pareto_nbd"))
-    assert run("rollback", cwd=tmp_path).returncode == 2  # nothing to roll back to yet
-    missing = run("promote", "9", cwd=tmp_path)
+    assert cli("rollback", cwd=tmp_path).returncode == 2  # nothing to roll back to yet
+    missing = cli("promote", "9", cwd=tmp_path)
     assert missing.returncode == 2 and "no version '9'" in missing.stderr
     assert "Traceback" not in missing.stderr
 
 
-def test_score_writes_every_customer_or_the_listed_ones(trained):
+def test_score_writes_every_customer_or_the_listed_ones(trained, cli):
     folder, _ = trained
-    everyone = run("score", "--transactions", "data/transactions.csv", "--out", "out/scores.parquet", cwd=folder)
+    everyone = cli("score", "--transactions", "data/transactions.csv", "--out", "out/scores.parquet", cwd=folder)
     assert everyone.returncode == 0, everyone.stderr
     out = " ".join(everyone.stdout.split())
     assert "69,659 rows in = 69,659 valid + 0 rejected" in out and "scored 23,570 customers" in out
@@ -316,21 +317,21 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
     scores = pd.read_parquet(folder / "out/scores.parquet")
     assert len(scores) == 23_570 and set(scores.model_version) == {"1"}
     pd.DataFrame({"customer_id": ["00005", "99999"]}).to_csv(folder / "list.csv", index=False)
-    listed = run("score", "--transactions", "data/transactions.csv", "--customer-list", "list.csv",
+    listed = cli("score", "--transactions", "data/transactions.csv", "--customer-list", "list.csv",
                  "--as-of", "1998-01-01", "--out", "out/listed.csv", cwd=folder)
     assert listed.returncode == 0, listed.stderr
     assert "2 listed customers, 1 without history" in " ".join(listed.stdout.split())
     rows = pd.read_csv(folder / "out/listed.csv", dtype={"customer_id": str})
     assert sorted(rows.customer_id) == ["00005", "99999"] and set(rows.as_of) == {"1998-01-01"}
-    missing = run("score", "--transactions", "data/transactions.csv", "--out", "x.csv", "--model-uri",
+    missing = cli("score", "--transactions", "data/transactions.csv", "--out", "x.csv", "--model-uri",
                   "models:/customer-lifecycle/9", cwd=folder)
     assert missing.returncode == 2 and "cannot load the model" in missing.stderr
     (folder / "header.csv").write_text("customer_id,timestamp,amount\n")
-    empty = run("score", "--transactions", "header.csv", "--out", "x.csv", cwd=folder)
+    empty = cli("score", "--transactions", "header.csv", "--out", "x.csv", cwd=folder)
     assert empty.returncode == 2
     assert empty.stderr == "error: transactions: no rows (the file has a header and nothing else)\n"
     pd.DataFrame({"customer_id": ["5", "6", "7"]}).to_csv(folder / "unpadded.csv", index=False)
-    unpadded = run("score", "--transactions", "data/transactions.csv", "--customer-list", "unpadded.csv",
+    unpadded = cli("score", "--transactions", "data/transactions.csv", "--customer-list", "unpadded.csv",
                    "--out", "out/unpadded.csv", cwd=folder)
     assert unpadded.returncode == 0, unpadded.stderr
     assert " ".join(unpadded.stderr.split()) == (
@@ -338,9 +339,9 @@ def test_score_writes_every_customer_or_the_listed_ones(trained):
         "know nothing about; 3 would match without leading zeros (ids are compared as text: '1' is not '00001')")
 
 
-def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained):
+def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained, cli):
     folder, _ = trained
-    made = run("report", "--transactions", "data/transactions.csv", "--out", "rep", cwd=folder)
+    made = cli("report", "--transactions", "data/transactions.csv", "--out", "rep", cwd=folder)
     assert made.returncode == 0, made.stderr
     out = " ".join(made.stdout.split())
     assert "lifecycle report as of 1998-06-30: 23,570 customers" in out and "report: rep/report.html" in out
@@ -353,7 +354,7 @@ def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained)
         "audiences"}
     assert {p.name for p in (folder / "rep" / "audiences").iterdir()} == {
         "win_back.csv", "second_order.csv", "vip.csv", "at_risk.csv"}
-    again = run("report", "--transactions", "data/transactions.csv", "--scores", "rep/scores.parquet", "--out",
+    again = cli("report", "--transactions", "data/transactions.csv", "--scores", "rep/scores.parquet", "--out",
                 "again", cwd=folder)  # from records scored before: the same tables
     assert again.returncode == 0, again.stderr
     for name in ("funnel.csv", "cohorts.csv", "value_at_risk.csv", "act_first.csv", "segments.csv", "forecast.csv",
@@ -390,17 +391,17 @@ def test_ui_serves_the_local_store(trained):
         server.wait(timeout=30)
 
 
-def test_train_as_of_a_past_day_is_never_promoted_over_newer_data(trained):
+def test_train_as_of_a_past_day_is_never_promoted_over_newer_data(trained, cli):
     """A backfill: trained on the data up to a day, judged on the windows before it, held back by the gate
     (the champion's twin may have seen its window). LIFECYCLE_AS_OF means the same."""
     folder, _ = trained
-    result = run("train", "--transactions", "data/transactions.csv", cwd=folder, env={"LIFECYCLE_AS_OF": "1998-03-31"})
+    result = cli("train", "--transactions", "data/transactions.csv", cwd=folder, env={"LIFECYCLE_AS_OF": "1998-03-31"})
     assert result.returncode == 0, result.stderr
     out = " ".join(result.stdout.split())
     assert "judged on 1997-12-31..1998-03-31" in out
     assert ("version 2: held back as challenger (trained as of 1998-03-31, before the champion's data (up to "
             "1998-06-30): promote it by hand if it is meant to serve)") in out
-    listed = " ".join(run("models", cwd=folder).stdout.split())
+    listed = " ".join(cli("models", cwd=folder).stdout.split())
     assert "│ 2 │ challenger │ held back │" in listed and "│ 1 │ champion │ promoted │" in listed
 
 
@@ -420,7 +421,7 @@ def _never_leaving(customers: int, seed: int = 0) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("shop", ["never leaving", "one heavy buyer", "one day"])
-def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop, tmp_path):
+def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop, tmp_path, cli):
     orders = _never_leaving(600)
     if shop == "one heavy buyer":  # 5,000 orders over two years beside the rest
         minutes = np.sort(np.random.default_rng(1).uniform(0, 730 * 1440, 5000))
@@ -430,7 +431,7 @@ def test_train_on_data_built_to_break_the_fits_ends_in_a_model_or_a_reason(shop,
     if shop == "one day":
         orders["timestamp"] = pd.Timestamp("2024-05-01 10:00")
     orders.to_csv(tmp_path / "orders.csv", index=False)
-    result = run("train", "--transactions", "orders.csv", cwd=tmp_path)
+    result = cli("train", "--transactions", "orders.csv", cwd=tmp_path)
     out, err = " ".join(result.stdout.split()), " ".join(result.stderr.split())
     assert "Traceback" not in out + err
     if shop == "one day":

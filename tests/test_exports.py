@@ -12,7 +12,7 @@ from features import sources
 from features.build import FeatureBuilder
 from features.errors import LifecycleError
 from features.tables import TableSource
-from tests.helpers import NOW, load, run_here
+from tests.helpers import NOW, load
 
 # Shopify's orders export (Admin > Orders > Export), 2025: one row per line item; the order's totals, status,
 # currency, refunds, cancellation and tags on its first line only.
@@ -332,7 +332,7 @@ EXPORTS = {  # platform: (the export, the file name the platform gives it, indep
 
 
 @pytest.mark.parametrize("platform", list(EXPORTS))
-def test_lifecycle_init_then_train_score_and_report_with_no_other_flag(platform, tmp_path, monkeypatch, capsys):
+def test_lifecycle_init_then_train_score_and_report_with_no_other_flag(platform, tmp_path, cli):
     """A platform's export, as the platform writes it: `lifecycle init FILE` recognises it and writes the
     configuration; `features`, `train`, `score` and `report` then need no flag, and every customer's purchase days
     and net spend to date equal an independent pandas computation."""
@@ -341,7 +341,7 @@ def test_lifecycle_init_then_train_score_and_report_with_no_other_flag(platform,
     export.to_csv(tmp_path / name, index=False)
 
     def lifecycle(*args: str):
-        done = run_here(*args, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+        done = cli(*args, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         return " ".join(done.stdout.split())
 
@@ -362,7 +362,7 @@ def test_lifecycle_init_then_train_score_and_report_with_no_other_flag(platform,
     assert "predicted CLV" in reported and currency in reported and (tmp_path / "report/report.html").is_file()
 
 
-def test_init_guesses_other_files_and_says_what_it_could_not(tmp_path, monkeypatch, capsys):
+def test_init_guesses_other_files_and_says_what_it_could_not(tmp_path, cli):
     """A file no preset knows: its columns guessed from common names in any case, a status column it does not
     filter by warned about, a missing column named; an existing configuration kept unless --force."""
     pd.DataFrame({"Customer": ["a@x.com", "B@x.com"], "Order Date": ["2024-01-01", "2024-02-01"],
@@ -372,8 +372,7 @@ def test_init_guesses_other_files_and_says_what_it_could_not(tmp_path, monkeypat
         tmp_path / "events.csv", index=False)
     pd.DataFrame({"Customer": ["a@x.com"], "Signed up at": ["2023-12-01"], "Channel": ["ads"]}).to_csv(
         tmp_path / "people.csv", index=False)
-    made = run_here("init", "sales.csv", "events.csv", "people.csv", cwd=tmp_path, monkeypatch=monkeypatch,
-                    capsys=capsys)
+    made = cli("init", "sales.csv", "events.csv", "people.csv", cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     out, err = " ".join(made.stdout.split()), " ".join(made.stderr.split())
     assert ("columns guessed from their names: customer_id = 'Customer', timestamp = 'Order Date', amount = "
@@ -384,23 +383,22 @@ def test_init_guesses_other_files_and_says_what_it_could_not(tmp_path, monkeypat
     assert 'columns = { customer_id = "user_id", timestamp = "time", event_type = "Event" }' in written
     assert 'columns = { customer_id = "Customer", signup_date = "Signed up at", acquisition_channel = "Channel" }' in (
         written)
-    again = run_here("init", "sales.csv", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    again = cli("init", "sales.csv", cwd=tmp_path)
     assert again.returncode == 2 and "lifecycle.toml exists: pass --force to replace it" in again.stderr
     pd.DataFrame({"who": ["a"], "when": ["2024-01-01"]}).to_csv(tmp_path / "thin.csv", index=False)
-    thin = run_here("init", "thin.csv", "--force", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    thin = cli("init", "thin.csv", "--force", cwd=tmp_path)
     assert "no column for customer_id (set inputs.transactions.columns.customer_id)" in thin.stderr
     assert "no column for amount" in thin.stderr
 
 
-def test_flags_and_the_environment_replace_the_configured_filters(tmp_path, monkeypatch, capsys):
+def test_flags_and_the_environment_replace_the_configured_filters(tmp_path, monkeypatch, cli):
     """--exclude, and LIFECYCLE_INPUTS__TRANSACTIONS__EXCLUDE, replace what `lifecycle init` configured; a filter
     that cannot be read is one line."""
     shopify_export(customers=40, seed=3).to_csv(tmp_path / "orders_export_1.csv", index=False)
-    assert run_here("init", "orders_export_1.csv", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys).returncode == 0
+    assert cli("init", "orders_export_1.csv", cwd=tmp_path).returncode == 0
 
     def reasons(*flags: str) -> set[str]:
-        made = run_here("features", "--out", "f.parquet", *flags, cwd=tmp_path, monkeypatch=monkeypatch,
-                        capsys=capsys)
+        made = cli("features", "--out", "f.parquet", *flags, cwd=tmp_path)
         assert made.returncode == 0, made.stderr
         return set(pd.read_parquet(tmp_path / "f.rejects.parquet").reason)
 
@@ -411,8 +409,7 @@ def test_flags_and_the_environment_replace_the_configured_filters(tmp_path, monk
     monkeypatch.setenv("LIFECYCLE_INPUTS__TRANSACTIONS__EXCLUDE", '["Tags contains gift"]')
     assert reasons() & {"excluded: Tags contains gift", "excluded: Payment Method in [bogus]"} == {
         "excluded: Tags contains gift"}
-    bad = run_here("features", "--out", "i.parquet", "--exclude", "Tags = test", cwd=tmp_path,
-                   monkeypatch=monkeypatch, capsys=capsys)
+    bad = cli("features", "--out", "i.parquet", "--exclude", "Tags = test", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "'Tags = test' is not a row filter: write 'COLUMN in [a, b]'" in bad.stderr
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import ONE_CUT, run
+from tests.helpers import ONE_CUT, copy_store, run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
 CONNECT = {"SPARK_REMOTE": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}  # a Spark Connect server started here
@@ -68,14 +68,14 @@ def scores(path) -> pd.DataFrame:
     return table.astype({"customer_id": str, "as_of": str}).sort_values("customer_id", ignore_index=True)
 
 
-def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
+def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, cli):
     """The listed customers, nearly all, at a day; neither engine opens the events' later partitions. Spark runs twice
     (a JVM and its Python workers each time): submitted with spark-submit, whose master it keeps, and through Spark
     Connect, where the executors load the registered model themselves (MLflow's Connect path), scoring everyone: the
     same records again, and each feature's drift from the training population, as the local engine measures it."""
     folder, tables, known = shop
     extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
-    local = run("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
+    local = cli("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
     spark = submit("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder,
                    env={"LIFECYCLE_SPARK__PARTITIONS": "3"})
     assert local.returncode == 0 and spark.returncode == 0, spark.stdout + spark.stderr[-3000:]
@@ -94,7 +94,7 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop):
     assert "2 rejected" in spark.stdout and "1 without history" in spark.stdout
     assert "on Spark (local[2])" in spark.stdout
     day = ["--as-of", "2025-08-31"]  # months before the training data ends: the features have drifted
-    everyone = run("score", *tables, *day, "--out", "everyone.parquet", cwd=folder)
+    everyone = cli("score", *tables, *day, "--out", "everyone.parquet", cwd=folder)
     elsewhere = f"sqlite:///{folder / 'elsewhere.db'}"  # a server whose environment names another registry
     connect = run("score", *tables, *day, "--engine", "spark", "--out", "connect.parquet", cwd=folder,
                   env={**CONNECT, "MLFLOW_REGISTRY_URI": elsewhere, "MLFLOW_TRACKING_URI": elsewhere})
@@ -178,25 +178,28 @@ def test_the_buyers_merged_on_spark_are_the_local_engines_on_cdnow(spark, tmp_pa
     assert merged[date(1997, 1, 31)].learned.buyers < merged[date(1998, 6, 30)].learned.buyers == 23_570
 
 
-def test_spark_training_gives_the_local_model_on_cdnow(spark, tmp_path):
-    """``lifecycle train`` on Spark (3 partitions of customers) trains the model of the local engine on CDNOW, which is
-    smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM edges, metrics of every cut date,
-    decisions and forecast; and it is logged, registered and gated like a local run."""
+def test_spark_training_gives_the_local_model_on_cdnow(spark, cdnow_run, cdnow_demo, tmp_path):
+    """``lifecycle train`` on Spark (3 partitions of customers) trains the model of the local engine (the shared CDNOW
+    run) on CDNOW, which is smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM edges,
+    metrics of every cut date, decisions and forecast; and it is logged, registered and gated like a local run (here
+    in a copy of the demo's store, against its champion)."""
     from features import cdnow
     from lifecycle.config import Settings
     from lifecycle.training import run_training
 
     path = cdnow.write_master(tmp_path)
-    settings = Settings(inputs={"transactions": {"path": str(path)}}, state_dir=tmp_path / "state",
+    folder = copy_store(cdnow_demo[0], tmp_path / "demo")
+    settings = Settings(inputs={"transactions": {"path": str(path)}}, state_dir=folder / ".lifecycle",
                         spark={"partitions": 3})
-    local = run_training(settings)
     on_spark = run_training(settings, spark=spark)
-    ours, theirs = local.result, on_spark.result
+    ours, theirs = cdnow_run[1], on_spark.result
     assert theirs.model.purchases.name == ours.model.purchases.name
     assert theirs.model.purchases.params_ == pytest.approx(ours.model.purchases.params_, rel=1e-6)
     assert theirs.model.spend.params_ == pytest.approx(ours.model.spend.params_, rel=1e-6)
     assert theirs.model.builder.rfm_edges_ == ours.model.builder.rfm_edges_
-    assert theirs.model.decisions == ours.model.decisions and theirs.notes == ours.notes
+    horizon = theirs.model.decisions["churn_horizon"]  # the job's (``with_churn_horizon``), beside the protocol's
+    assert theirs.model.decisions == ours.model.decisions | {"churn_horizon": horizon} and theirs.notes == ours.notes
+    assert horizon.startswith("90 days, from the purchase cycle")
     assert [c.end for c in theirs.cuts] == [c.end for c in ours.cuts] and len(ours.cuts) == 3
     for mine, yours in zip(theirs.backtest, ours.backtest, strict=True):
         assert mine.metrics == pytest.approx(yours.metrics, rel=1e-6, nan_ok=True)
@@ -204,8 +207,8 @@ def test_spark_training_gives_the_local_model_on_cdnow(spark, tmp_path):
     pd.testing.assert_frame_equal(theirs.forecast, ours.forecast, rtol=1e-6)
     assert (theirs.customers, len(theirs.features), theirs.judged_share) == (23_570, 23_570, 1.0)
     pd.testing.assert_frame_equal(theirs.features, ours.features)
-    assert on_spark.version == "2" and on_spark.decision.champion_version == local.version
-    assert not any((tmp_path / "state").glob("spark-sample-*"))  # the samples' folder is removed
+    assert on_spark.version == "2" and on_spark.decision.champion_version == "1"
+    assert not any((folder / ".lifecycle").glob("spark-sample-*"))  # the samples' folder is removed
 
 
 def test_spark_training_refuses_too_little_data_as_the_local_engine_does(spark, tmp_path):

@@ -1,4 +1,5 @@
-"""One writer at a time on the local registry: real `lifecycle` processes, a shared SQLite store, kill -9."""
+"""One writer at a time on the local registry: real `lifecycle train` processes, a shared SQLite store, kill -9 (the
+registry read and changed after each kill in this process)."""
 
 from __future__ import annotations
 
@@ -86,11 +87,11 @@ def _kill_when(process: subprocess.Popen, folder: Path, condition, timeout: floa
     process.wait(timeout=30)
 
 
-def test_kill_9_at_any_moment_leaves_the_champion_and_the_store_usable(shop, tmp_path):
+def test_kill_9_at_any_moment_leaves_the_champion_and_the_store_usable(shop, tmp_path, cli):
     folder = tmp_path
     (folder / "sim").symlink_to(shop / "sim")
-    first = _train(folder)
-    assert first.wait(timeout=600) == 0
+    first = cli("train", "--transactions", "sim/transactions.csv", cwd=folder, env=ONE_CUT)
+    assert first.returncode == 0, first.stderr
     assert _aliases(folder) == {"champion": "1"}
     moments = {
         "while training": lambda f: time.sleep(3) is None,
@@ -101,12 +102,12 @@ def test_kill_9_at_any_moment_leaves_the_champion_and_the_store_usable(shop, tmp
     for moment, condition in moments.items():
         _kill_when(_train(folder), folder, condition)
         assert _aliases(folder) == {"champion": "1"}, moment
-        listed = run("models", cwd=folder)
+        listed = cli("models", cwd=folder)
         assert listed.returncode == 0 and "Traceback" not in listed.stderr, moment
     versions = [str(v) for (v,) in _store(folder, "SELECT version FROM model_versions ORDER BY version")]
     ungated = [v for v in versions if v not in _gate_tags(folder)]
     assert ungated, "no kill landed between registering and gating"
-    refused = run("promote", ungated[-1], cwd=folder)
+    refused = cli("promote", ungated[-1], cwd=folder)
     err = " ".join(refused.stderr.split())
     assert refused.returncode == 2
     assert f"version {ungated[-1]} was registered but never gated: tagged interrupted" in err
@@ -114,9 +115,8 @@ def test_kill_9_at_any_moment_leaves_the_champion_and_the_store_usable(shop, tmp
     assert _store(folder, "SELECT count(*) FROM runs WHERE status = 'RUNNING'") == [(0,)]  # marked FAILED
     assert {_gate_tags(folder)[v] for v in ungated} == {"interrupted"}
     # the store goes on: a new run is gated against the champion, and a forced promotion is possible
-    again = _train(folder)
-    out, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err
-    assert f"version {int(versions[-1]) + 1}:" in " ".join(out.split())
-    forced = run("promote", ungated[-1], "--force", cwd=folder)
+    again = cli("train", "--transactions", "sim/transactions.csv", cwd=folder, env=ONE_CUT)
+    assert again.returncode == 0, again.stderr
+    assert f"version {int(versions[-1]) + 1}:" in " ".join(again.stdout.split())
+    forced = cli("promote", ungated[-1], "--force", cwd=folder)
     assert forced.returncode == 0 and _aliases(folder)["champion"] == ungated[-1]
