@@ -156,7 +156,7 @@ def run_training(settings: Settings, data: Dataset | None = None, on_wait: Calla
             drift = registry.drift_from_champion(client, result.features)
             run_id, version = registry.record(result, params, summary, drift)
             for _ in range(GATE_ATTEMPTS):
-                decision = registry.gate(client, base.data, result, settings.mlflow.gate_tolerance)
+                decision = registry.gate(client, base, result, settings.mlflow.gate_tolerance)
                 if registry.alias_version(client, "champion") == decision.champion_version:
                     break
             else:

@@ -67,7 +67,7 @@ def test_gate_promotes_protects_and_rolls_back(cdnow_run, tmp_path, monkeypatch)
         raise RuntimeError("killed mid-run")
 
     with monkeypatch.context() as patch:  # a run that dies after registering, before the gate decides
-        patch.setattr(registry, "evaluate_twin", crash)
+        patch.setattr(registry, "judge", crash)
         with pytest.raises(RuntimeError, match="killed mid-run"):
             run_once(client, data, trained)
     assert registry.alias_version(client, "champion") == first

@@ -160,7 +160,7 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     from models.purchase_models import PURCHASE_MODELS
     from training.base import Base
     from training.decisions import choose_purchase_model
-    from training.tables import holdout
+    from training.tables import holdouts
     from training.windows import cut_windows
 
     sim = simulate(SimulationParams(customers=10_000, seed=seed, process=process, events=False, prospect_share=0))
@@ -168,8 +168,8 @@ def test_auto_serves_a_p_alive_as_good_as_the_generating_model(process, serves, 
     first, last = data.date_range()
     wins = cut_windows(Base(data), first.date(), last.date(), Horizons())
     assert len(wins) == 3
-    holdouts = [holdout(Base(data), FeatureBuilder(), w, Horizons()) for w in wins]
-    _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
+    calibrations = holdouts(Base(data), [FeatureBuilder() for _ in wins], wins, Horizons())
+    _, compared, chosen = choose_purchase_model(calibrations, wins, Horizons())
     assert chosen == serves, compared
     end = FeatureBuilder().fit_transform(data, (sim.end - DAY).date()).df()
     history = (end.frequency, end.recency, end["T"])

@@ -182,7 +182,7 @@ def test_spark_training_gives_the_local_model_on_cdnow(spark, cdnow_run, cdnow_d
     """``lifecycle train`` on Spark (3 partitions of customers) trains the model of the local engine (the shared CDNOW
     run) on CDNOW, which is smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM edges,
     metrics of every cut date, decisions and forecast; and it is logged, registered and gated like a local run (here
-    in a copy of the demo's store, against its champion)."""
+    in a copy of the demo's store, against its champion, the same model judged on Spark)."""
     from features import cdnow
     from lifecycle.config import Settings
     from lifecycle.training import run_training
@@ -208,6 +208,8 @@ def test_spark_training_gives_the_local_model_on_cdnow(spark, cdnow_run, cdnow_d
     assert (theirs.customers, len(theirs.features), theirs.judged_share) == (23_570, 23_570, 1.0)
     pd.testing.assert_frame_equal(theirs.features, ours.features)
     assert on_spark.version == "2" and on_spark.decision.champion_version == "1"
+    # the champion's twins (the local engine's model) judged on Spark, on the challenger's cut dates: its metrics
+    assert on_spark.decision.champion == pytest.approx(on_spark.decision.challenger, rel=1e-6)
     assert not any((folder / ".lifecycle").glob("spark-sample-*"))  # the samples' folder is removed
 
 
@@ -229,3 +231,31 @@ def test_spark_training_refuses_too_little_data_as_the_local_engine_does(spark, 
     with pytest.raises(LifecycleError, match="too little data to train") as on_spark:
         run_training(settings, spark=spark)
     assert str(on_spark.value) == str(local.value)
+
+
+def test_the_backtest_is_judged_in_the_partitions_on_customers_the_driver_does_not_hold(spark, cdnow_run, tmp_path):
+    """The judged tables and every prediction are computed in Spark's partitions of customers: with only the rows of
+    about 300 trained customers on the driver, the local CDNOW run's twins judged on Spark give its evaluations, every
+    one of the 23,570 customers' rows and every metric."""
+    from features import cdnow
+    from features.spark import Reading, partitioned
+    from features.tables import TableSource
+    from training.judging import judge
+    from training.spark import spark_base
+    from training.tables import Sample
+
+    run = cdnow_run[1]
+    reading = Reading(now=datetime(2026, 1, 1))
+    shop = partitioned(spark, {"transactions": TableSource(path=str(cdnow.write_master(tmp_path)))}, None, reading,
+                       partitions=3)
+    base = spark_base(shop, reading, 300, tmp_path / "sample")
+    assert 200 < base.data.customers_count() < 400 and base.customers() == 23_570
+    evaluations = judge(base, run.twins, run.cuts, run.model.horizons, Sample.judged(base.customers()))
+    for mine, yours in zip(evaluations, run.backtest, strict=True):
+        for table in ("churn", "next_stage", "holdout", "value"):
+            pd.testing.assert_frame_equal(getattr(mine, table).reset_index(drop=True),
+                                          getattr(yours, table).reset_index(drop=True), rtol=1e-12)
+        assert len(mine.churn) == 23_570
+        assert mine.metrics == pytest.approx(yours.metrics, rel=1e-12, nan_ok=True)
+        assert mine.baselines == pytest.approx(yours.baselines, rel=1e-12, nan_ok=True)
+        assert mine.next_stage_auc_by_stage == pytest.approx(yours.next_stage_auc_by_stage, rel=1e-12)

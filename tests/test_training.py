@@ -83,15 +83,15 @@ def test_tied_purchase_models_are_settled_by_the_documented_preference():
     among those tied with the best serves, never BG/NBD."""
     from training.base import Base
     from training.decisions import PREFERENCE, choose_purchase_model
-    from training.tables import holdout
+    from training.tables import holdouts
     from training.windows import cut_windows
 
     sim = simulate(SimulationParams(customers=1500, seed=3, process="pareto_nbd", events=False, prospect_share=0))
     data = load(transactions=sim.transactions)
     first, last = data.date_range()
     wins = cut_windows(Base(data), first.date(), last.date(), Horizons())
-    holdouts = [holdout(Base(data), FeatureBuilder(), w, Horizons()) for w in wins]
-    _, compared, chosen = choose_purchase_model(holdouts, wins, Horizons())
+    calibrations = holdouts(Base(data), [FeatureBuilder() for _ in wins], wins, Horizons())
+    _, compared, chosen = choose_purchase_model(calibrations, wins, Horizons())
     assert compared.tied.sum() >= 2, compared  # a tie to settle
     assert chosen == next(name for name in PREFERENCE if compared.tied[name]) != "bgnbd"
     assert "tied with" in compared.attrs["why"]

@@ -8,8 +8,10 @@ its DuckDB holds only the sampled customers' rows, on which the protocol builds 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import TypeVar
 
 import duckdb
 import pandas as pd
@@ -21,6 +23,8 @@ from models.forecast import forecast
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 from models.rows import BuyerRows, buyer_rows
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,12 @@ class Base:
                  ) -> pd.DataFrame:
         """The base's totals over the coming horizons (``models.forecast``), by the models fitted on ``fitted``."""
         return forecast(purchases, spend, horizons, fitted.features)
+
+    def gather(self, work: Callable[[Dataset], T]) -> list[T]:
+        """``work`` done where the base's customers are, each result in the list: here once, on ``data``. On Spark,
+        once per partition of customers (``training.spark.SparkBase``), so ``work`` must be picklable and its result
+        bounded (a sample's rows, not everyone's)."""
+        return [work(self.data)]
 
 
 def ids_sql(data: Dataset) -> str:

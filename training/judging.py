@@ -4,6 +4,7 @@ scored on and its metrics beside the simple baselines, and the track record of w
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,9 @@ from models.gamma_gamma import SpendModel
 from models.learned_clv import LearnedCLV
 from models.lifecycle import MODEL_FORMAT, Horizons, btyd_columns, classifier_inputs
 from training import evaluate
+from training.base import Base
 from training.choices import CLV_SOURCES
-from training.tables import LABELS, Sample, holdout_table, labelled, value_table
+from training.tables import LABELS, Sample, holdout_table, in_customer_order, labelled, value_table
 from training.windows import Windows
 
 # The track record of what serves, per cut date: churn beside recency alone, the CLV beside the past spend rate, and
@@ -27,7 +29,7 @@ TRACK_RECORD = ("churn_roc_auc", "churn_roc_auc_recency", "churn_brier", "clv_gi
                 "holdout_purchases_interval_stated", "holdout_spend_interval_coverage",
                 "holdout_spend_interval_stated")
 # The newest cut date's out-of-time evaluation as `lifecycle train` shows it: (label, metric, baseline, the baseline's
-# metric), the metrics as ``evaluate_twin`` names them.
+# metric), the metrics as ``judge`` names them.
 EVALUATION_TABLE = (
     ("churn ROC-AUC", "churn_roc_auc", "recency alone", "churn_roc_auc_recency"),
     ("classifier ROC-AUC, buyers", "churn_buyers_classifier_roc_auc", "P(no purchase)", "churn_buyers_roc_auc_btyd"),
@@ -102,39 +104,55 @@ class Evaluation:
     purchase_models: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def evaluate_twin(data: Dataset, twin: EvaluationTwin, win: Windows, horizons: Horizons, sample: Sample,
-                  holdout_rows: pd.DataFrame | None = None, value_rows: pd.DataFrame | None = None) -> Evaluation:
-    """Score ``twin`` on the windows ``win`` beside the baselines, on the run's judged ``sample`` of the customers
-    (``Sample.judged``); ``holdout_rows`` is that sample's ``holdout_table`` of the twin's builder,
-    ``value_rows`` its ``value_table`` of the twin's CLV builder, when the caller has them already.
+def judge(base: Base, twins: list[EvaluationTwin], cuts: list[Windows], horizons: Horizons, sample: Sample
+          ) -> list[Evaluation]:
+    """Score each twin on its cut date's windows (``twins[k]`` on ``cuts[k]``) beside the baselines, on the run's
+    judged ``sample`` of the customers (``Sample.judged``). The judged customers' tables and every prediction are
+    computed where the base's customers are (``Base.gather``: in partitions of customers on Spark, in one pass for
+    every cut date); the metrics here, from those customers' rows.
 
-    The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twin's choices of source.
+    The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twins' choices of source.
     """
-    if holdout_rows is None:
-        holdout_rows = holdout_table(data, twin.builder, win, horizons, sample)
-    if value_rows is None:
-        value_rows = value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged),
-                                 win.clv_judged, win.clv_label_days, sample)
-    holdout = _btyd_holdout(holdout_rows, twin, win, horizons)
-    value = _judged_value(value_rows, twin, win.clv_label_days, horizons)
-    test = labelled(data, twin.builder, twin.builder.transform(data, win.t1), win.t1, horizons, sample)
-    btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
-    inputs = pd.DataFrame(classifier_inputs(test.drop(columns=LABELS), btyd))
-    churn = pd.DataFrame({
-        "customer_id": test["customer_id"],
-        "churned": test["churned"].astype(int),
-        "classifier": twin.churn.predict_proba(inputs),
-        "btyd": btyd["btyd_churn_probability"],  # missing for prospects: the purchase model does not apply
-        # A prospect has no recency: rank them as the longest-gone.
-        "recency": test["recency_days"].fillna(1e9),
-    })
-    climbing = test["next_stage"].notna().to_numpy()
-    next_stage = pd.DataFrame({
-        "customer_id": test.loc[climbing, "customer_id"],
-        "stage": test.loc[climbing, "stage"].astype(str),
-        "reached": test.loc[climbing, "reached_next_stage"].astype(int),
-        "probability": twin.next_stage.predict_proba(inputs[climbing]),
-    })
+    parts = base.gather(partial(_judged_tables, twins=twins, cuts=cuts, horizons=horizons, sample=sample))
+    return [_scored(*(in_customer_order([part[k][table] for part in parts]) for table in range(4)), twin)
+            for k, twin in enumerate(twins)]
+
+
+def _judged_tables(data: Dataset, twins: list[EvaluationTwin], cuts: list[Windows], horizons: Horizons,
+                   sample: Sample) -> list[tuple[pd.DataFrame, ...]]:
+    """Per cut date, ``sample``'s customers in ``data`` as ``Evaluation`` holds them: (churn, next_stage, holdout,
+    value), each in customer order."""
+    tables = []
+    for twin, win in zip(twins, cuts, strict=True):
+        holdout = _btyd_holdout(holdout_table(data, twin.builder, win, horizons, sample), twin, win, horizons)
+        value = _judged_value(value_table(data, twin.clv_builder, twin.clv_builder.transform(data, win.clv_judged),
+                                          win.clv_judged, win.clv_label_days, sample), twin, win.clv_label_days,
+                              horizons)
+        test = labelled(data, twin.builder, twin.builder.transform(data, win.t1), win.t1, horizons, sample)
+        btyd = pd.DataFrame(btyd_columns(twin.purchases, twin.spend, test, horizons), index=test.index)
+        inputs = pd.DataFrame(classifier_inputs(test.drop(columns=LABELS), btyd))
+        churn = pd.DataFrame({
+            "customer_id": test["customer_id"],
+            "churned": test["churned"].astype(int),
+            "classifier": twin.churn.predict_proba(inputs),
+            "btyd": btyd["btyd_churn_probability"],  # missing for prospects: the purchase model does not apply
+            # A prospect has no recency: rank them as the longest-gone.
+            "recency": test["recency_days"].fillna(1e9),
+        })
+        climbing = test["next_stage"].notna().to_numpy()
+        next_stage = pd.DataFrame({
+            "customer_id": test.loc[climbing, "customer_id"],
+            "stage": test.loc[climbing, "stage"].astype(str),
+            "reached": test.loc[climbing, "reached_next_stage"].astype(int),
+            "probability": twin.next_stage.predict_proba(inputs[climbing]),
+        })
+        tables.append((churn, next_stage, holdout, value))
+    return tables
+
+
+def _scored(churn: pd.DataFrame, next_stage: pd.DataFrame, holdout: pd.DataFrame, value: pd.DataFrame,
+            twin: EvaluationTwin) -> Evaluation:
+    """The ``Evaluation`` of a twin's judged tables: their metrics beside the baselines'."""
     buyers = churn[churn.btyd.notna()]
     metrics = churn_metrics(churn, twin.churn_source)
     metrics |= {f"churn_buyers_classifier_{k}": v

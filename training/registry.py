@@ -37,7 +37,8 @@ from features.sources import Dataset
 from models import pyfunc
 from models.lifecycle import MODEL_FORMAT, model_format
 from training.backtest import Bootstrap, absolute_error, gini, roc_auc
-from training.judging import EvaluationTwin, evaluate_twin, track_record_rows
+from training.base import Base
+from training.judging import EvaluationTwin, judge, track_record_rows
 from training.plots import figures
 from training.tables import Sample
 from training.train import TrainingResult
@@ -145,7 +146,7 @@ def served_by(result: TrainingResult) -> dict[str, str]:
             "clv_source": model.clv_source, QUALITY_TAG: model.quality, "quality_reasons": "; ".join(model.weaknesses)}
 
 
-def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolerance: float) -> Decision:
+def gate(client: MlflowClient, data: Dataset | Base, challenger: TrainingResult, tolerance: float) -> Decision:
     """Compare the challenger with the champion on the challenger's cut dates.
 
     At each cut date the champion is scored through its evaluation twin of the same rank (fitted no
@@ -153,7 +154,8 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     dates with its noise (``training.backtest``). The challenger is held back only where it is worse
     beyond noise and by more than ``tolerance`` (relative); a tie promotes it (it has seen the newest
     data). A challenger trained on older data than the champion (a backfill: ``train --as-of``) is held
-    back: the champion's twins may have seen its windows, so no fair comparison exists.
+    back: the champion's twins may have seen its windows, so no fair comparison exists. The champion is judged on the
+    challenger's judged customers, where ``data`` (or the ``Base`` of a shop on Spark) has them.
     """
     ours = _pooled_gated(challenger.backtest)
     champion = alias_version(client, "champion")
@@ -178,7 +180,8 @@ def gate(client: MlflowClient, data: Dataset, challenger: TrainingResult, tolera
     ranks = range(min(len(twins), len(challenger.backtest)))
     horizons = challenger.model.horizons
     judged = Sample(challenger.judged_share)  # the challenger's judged customers
-    theirs_by_cut = [evaluate_twin(data, twins[k], challenger.cuts[k], horizons, judged) for k in ranks]
+    theirs_by_cut = judge(data if isinstance(data, Base) else Base(data), twins[:len(ranks)],
+                          challenger.cuts[:len(ranks)], horizons, judged)
     ours_by_cut = [challenger.backtest[k] for k in ranks]
     ours, theirs = _pooled_gated(ours_by_cut), _pooled_gated(theirs_by_cut)
     bootstrap, reasons = Bootstrap(), []

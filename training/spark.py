@@ -2,24 +2,30 @@
 whole base computed on Spark.
 
 Every customer's rows meet in one partition (``features.spark.partitioned``), where the local engine's code runs on
-them. Four passes over the partitions, each merged on Spark:
+them. The passes over the partitions, each merged on Spark or gathered on the driver:
 
 - the census: rows read and rejected per table, the first and last order, customers with an order and known;
 - at each date the protocol fits at, each buyer's BTYD summary and RFM measures (``FeatureBuilder.buyer_measures``),
   merged per date into what the feature builder's fit learns (``features.build.Learned``: the exact, interpolated
   quantiles DuckDB's ``quantile_cont`` gives locally) and the BTYD fits' distinct rows with their counts
   (``models.rows.BuyerRows``), which are fitted on the driver;
-- the samples: the rows of the judged and the trained customers (``training.tables.Sample``: shares of the customers
-  by a hash of the id, the same customers as on one machine), written as Parquet and loaded into the driver's DuckDB,
-  where the protocol builds its tables, fits the classifiers and the learned CLV, and judges;
+- the training sample: the rows of the trained customers (``training.tables.Sample.trained``: a share of the
+  customers by a hash of the id, the same customers as on one machine), written as Parquet and loaded into the
+  driver's DuckDB, where the protocol fits the classifiers and the learned CLV;
+- the backtest (``SparkBase.gather``): the judged customers' holdout tables at every cut date, then, once the twins are
+  fitted, their judged tables and every prediction of every twin (and, at the gate, of the champion's), computed in
+  the partitions; the driver computes the metrics from those rows (``training.judging.judge``);
 - the forecast: the served models' sums over every buyer (``models.forecast.sums_of``).
 
-Nothing per customer of the whole base reaches the driver: it holds the samples, and per date the distinct rows.
+Nothing per customer of the whole base reaches the driver: it holds the training sample, the judged customers'
+predictions, and per date the distinct rows.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -37,7 +43,7 @@ from models.forecast import COLUMNS, sums_of, totals
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 from models.rows import BuyerRows
-from training.base import Base, Fitted, ids_sql
+from training.base import Base, Fitted, T, ids_sql
 from training.tables import Sample
 from training.windows import windows
 
@@ -114,6 +120,19 @@ class SparkBase(Base):
         return totals(purchases, spend, horizons, forecast_sums(self.shop, self.reading, fitted.builder, fitted.day,
                                                                 purchases, spend, horizons.clv_days), fitted.rows)
 
+    def gather(self, work: Callable[[Dataset], T]) -> list[T]:
+        reading, as_of, span = self.reading, self.data.as_of, self.data.span
+
+        def done(group: pd.DataFrame) -> pd.DataFrame:
+            data = partition_dataset(group, reading)
+            if as_of is not None:
+                data.until(as_of)
+            data.span = span  # a partition's customers stand in the whole shop's dates (label windows are checked)
+            return pd.DataFrame({"result": [pickle.dumps(work(data))]})
+
+        parts = self.shop.rows.groupBy(BUCKET).applyInPandas(done, "result binary").toPandas()
+        return [pickle.loads(result) for result in parts.result]
+
 
 def spark_base(shop: Partitioned, reading: Reading, sample_customers: int, folder: Path, as_of: date | None = None,
                memory_limit: str | None = None, threads: int | None = None) -> SparkBase:
@@ -122,8 +141,8 @@ def spark_base(shop: Partitioned, reading: Reading, sample_customers: int, folde
     ``memory_limit`` and ``threads``, spilling there."""
     shop.rows.persist()  # read by every pass
     census = take_census(shop, reading, as_of)
-    judged, trained = Sample.judged(census.customers), Sample.trained(sample_customers, census.known)
-    data = _load(write_sample(shop, reading, [judged, trained], folder), reading, memory_limit, folder, threads)
+    trained = Sample.trained(sample_customers, census.known)
+    data = _load(write_sample(shop, reading, [trained], folder), reading, memory_limit, folder, threads)
     if as_of is not None:
         data.until(as_of)
     data.report, data.span = census.report, (census.first, census.last)  # they stand for the whole shop

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 
 import duckdb
 import pandas as pd
@@ -145,10 +146,26 @@ class Holdout:
     table: pd.DataFrame
 
 
-def holdout(base: Base, builder: FeatureBuilder, win: Windows, horizons: Horizons, sample: Sample = EVERYONE
-            ) -> Holdout:
-    """The ``Holdout`` of the cut date ``win``, its table holding ``sample``'s buyers."""
-    return Holdout(base.rows(win.btyd_calibration_end), holdout_table(base.data, builder, win, horizons, sample))
+def holdouts(base: Base, builders: list[FeatureBuilder], cuts: list[Windows], horizons: Horizons,
+             sample: Sample = EVERYONE) -> list[Holdout]:
+    """The ``Holdout`` of each cut date of ``cuts`` (``builders[k]`` building the summaries of ``cuts[k]``), its table
+    holding ``sample``'s buyers: computed where the base's customers are, in one pass (``Base.gather``)."""
+    parts = base.gather(partial(_holdout_tables, builders=builders, cuts=cuts, horizons=horizons, sample=sample))
+    return [Holdout(base.rows(win.btyd_calibration_end), in_customer_order([part[k] for part in parts]))
+            for k, win in enumerate(cuts)]
+
+
+def _holdout_tables(data: Dataset, builders: list[FeatureBuilder], cuts: list[Windows], horizons: Horizons,
+                    sample: Sample) -> list[pd.DataFrame]:
+    return [holdout_table(data, builder, win, horizons, sample) for builder, win in zip(builders, cuts, strict=True)]
+
+
+def in_customer_order(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """One table of the same table's rows from partitions of customers (``Base.gather``), in customer order."""
+    if len(parts) == 1:
+        return parts[0]
+    rows = [part for part in parts if len(part)] or parts[:1]
+    return pd.concat(rows, ignore_index=True).sort_values("customer_id", ignore_index=True)
 
 
 def holdout_table(data: Dataset, builder: FeatureBuilder, win: Windows, horizons: Horizons,

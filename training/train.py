@@ -59,11 +59,11 @@ from training.judging import (
     EvaluationTwin,
     churn_metrics,
     clv_metrics,
-    evaluate_twin,
+    judge,
     track_record_rows,
     value_inputs,
 )
-from training.tables import LABELS, Holdout, Sample, holdout, labelled, sampled, scratch, value_table
+from training.tables import LABELS, Holdout, Sample, holdouts, labelled, sampled, scratch, value_table
 from training.windows import Windows, cut_windows
 
 
@@ -153,13 +153,13 @@ class Protocol:
         self.judged = Sample.judged(self.base.customers())
         self.trained = Sample.trained(self.config.sample_customers, self.base.known())
         builders = [self.config.new_builder() for _ in cuts]
-        holdouts = [holdout(self.base, b, w, self.horizons, self.judged) for b, w in zip(builders, cuts, strict=True)]
-        fitted, compared, chosen = choose_purchase_model(holdouts, cuts, self.horizons, self.config.purchase_model,
+        calibrations = holdouts(self.base, builders, cuts, self.horizons, self.judged)
+        fitted, compared, chosen = choose_purchase_model(calibrations, cuts, self.horizons, self.config.purchase_model,
                                                          self.fitter, self.bootstrap)
         model_type = PURCHASE_MODELS[chosen]
-        judged = [self.judge(*cut, model_type) for cut in zip(cuts, builders, holdouts, [f[chosen] for f in fitted],
-                                                              strict=True)]
-        twins, evaluations = (list(column) for column in zip(*judged, strict=True))
+        twins = [self.twin(*cut, model_type) for cut in zip(cuts, builders, calibrations, [f[chosen] for f in fitted],
+                                                            strict=True)]
+        evaluations = judge(self.base, twins, cuts, self.horizons, self.judged)
         twins, why = self.decide(twins, evaluations)
         evaluations[0].purchase_models = compared
         model, scoring, totals, customers = self.fit_served(cuts[0], twins[0], model_type)
@@ -179,25 +179,23 @@ class Protocol:
             raise LifecycleError(f"no valid order on or before {as_of}" if as_of else "no valid order to train on")
         return cut_windows(self.base, first.date(), self.data.as_of or last.date(), self.horizons, self.config.cuts)
 
-    def judge(self, win: Windows, builder: FeatureBuilder, calibration: Holdout, holdout_purchases: PurchaseModel,
-              model_type: type[PurchaseModel]) -> tuple[EvaluationTwin, Evaluation]:
-        """The evaluation twin of one cut date (``builder`` to be fitted at t0, ``calibration`` its BTYD
-        calibration and holdout) and how it did out of time."""
+    def twin(self, win: Windows, builder: FeatureBuilder, calibration: Holdout, holdout_purchases: PurchaseModel,
+             model_type: type[PurchaseModel]) -> EvaluationTwin:
+        """The evaluation twin of one cut date (``builder`` to be fitted at t0, ``calibration`` its BTYD calibration
+        and holdout)."""
         holdout_spend = self.fitter.spend(calibration.rows, "holdout")
         with scratch(self.data.con):
             fitted = self.base.fit(builder, win.t0)
             purchases, spend = self.fitter.btyd(fitted.rows, model_type, "at t0")
             churn, next_stage = self.classifiers(
                 labelled(self.data, builder, fitted.features, win.t0, self.horizons, self.trained), purchases, spend)
-        clv, at_judged = self.clv_twin(win, model_type)
-        twin = EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend, **clv)
-        return twin, evaluate_twin(self.data, twin, win, self.horizons, self.judged, calibration.table, at_judged)
+        return EvaluationTwin(builder, purchases, spend, churn, next_stage, holdout_purchases, holdout_spend,
+                              **self.clv_twin(win, model_type))
 
-    def clv_twin(self, win: Windows, model_type: type[PurchaseModel]) -> tuple[dict, pd.DataFrame]:
-        """What judges the CLVs at ``win`` (the twin's ``clv_*`` and ``learned_clv`` fields): the BTYD models and
-        feature builder fitted at end - L, and the learned CLV fitted at end - 2L when the label window L is at least
-        the churn horizon (else a note: it would learn from too little); and the judged sample's value table at
-        end - L."""
+    def clv_twin(self, win: Windows, model_type: type[PurchaseModel]) -> dict:
+        """The twin's ``clv_*`` and ``learned_clv`` fields at ``win``: the BTYD models and feature builder fitted at
+        end - L, and the learned CLV fitted at end - 2L when the label window L is at least the churn horizon (else a
+        note: it would learn from too little)."""
         new_builder, fitter, L = self.config.new_builder, self.fitter, win.clv_label_days
         learned = None
         if self.horizons.churn_days <= L:
@@ -219,9 +217,7 @@ class Protocol:
         with scratch(self.data.con):
             fitted = self.base.fit(builder, win.clv_judged)
             purchases, spend = fitter.btyd(fitted.rows, model_type, f"at {win.clv_judged}")
-            at_judged = value_table(self.data, builder, fitted.features, win.clv_judged, L, self.judged)
-        return {"learned_clv": learned, "clv_builder": builder, "clv_purchases": purchases,
-                "clv_spend": spend}, at_judged
+        return {"learned_clv": learned, "clv_builder": builder, "clv_purchases": purchases, "clv_spend": spend}
 
     def decide(self, twins: list[EvaluationTwin], evaluations: list[Evaluation]
                ) -> tuple[list[EvaluationTwin], dict[str, str]]:
