@@ -236,26 +236,31 @@ def test_spark_training_refuses_too_little_data_as_the_local_engine_does(spark, 
 def test_the_backtest_is_judged_in_the_partitions_on_customers_the_driver_does_not_hold(spark, cdnow_run, tmp_path):
     """The judged tables and every prediction are computed in Spark's partitions of customers: with only the rows of
     about 300 trained customers on the driver, the local CDNOW run's twins judged on Spark give its evaluations, every
-    one of the 23,570 customers' rows and every metric."""
+    one of the 23,570 customers' rows and every metric; judged on a tenth of the customers (the partitions then load
+    only theirs), the local engine's judging of the same tenth."""
     from features import cdnow
     from features.spark import Reading, partitioned
     from features.tables import TableSource
+    from training.base import Base
     from training.judging import judge
     from training.spark import spark_base
     from training.tables import Sample
 
-    run = cdnow_run[1]
+    data, run = cdnow_run
     reading = Reading(now=datetime(2026, 1, 1))
     shop = partitioned(spark, {"transactions": TableSource(path=str(cdnow.write_master(tmp_path)))}, None, reading,
                        partitions=3)
     base = spark_base(shop, reading, 300, tmp_path / "sample")
     assert 200 < base.data.customers_count() < 400 and base.customers() == 23_570
-    evaluations = judge(base, run.twins, run.cuts, run.model.horizons, Sample.judged(base.customers()))
-    for mine, yours in zip(evaluations, run.backtest, strict=True):
-        for table in ("churn", "next_stage", "holdout", "value"):
-            pd.testing.assert_frame_equal(getattr(mine, table).reset_index(drop=True),
-                                          getattr(yours, table).reset_index(drop=True), rtol=1e-12)
-        assert len(mine.churn) == 23_570
-        assert mine.metrics == pytest.approx(yours.metrics, rel=1e-12, nan_ok=True)
-        assert mine.baselines == pytest.approx(yours.baselines, rel=1e-12, nan_ok=True)
-        assert mine.next_stage_auc_by_stage == pytest.approx(yours.next_stage_auc_by_stage, rel=1e-12)
+    tenth = Sample(0.1)
+    for sample, expected in ((Sample.judged(base.customers()), run.backtest),
+                             (tenth, judge(Base(data), run.twins, run.cuts, run.model.horizons, tenth))):
+        evaluations = judge(base, run.twins, run.cuts, run.model.horizons, sample)
+        for mine, yours in zip(evaluations, expected, strict=True):
+            for table in ("churn", "next_stage", "holdout", "value"):
+                pd.testing.assert_frame_equal(getattr(mine, table).reset_index(drop=True),
+                                              getattr(yours, table).reset_index(drop=True), rtol=1e-12)
+            assert len(mine.churn) == (23_570 if sample.share == 1 else pytest.approx(2_357, rel=0.1))
+            assert mine.metrics == pytest.approx(yours.metrics, rel=1e-12, nan_ok=True)
+            assert mine.baselines == pytest.approx(yours.baselines, rel=1e-12, nan_ok=True)
+            assert mine.next_stage_auc_by_stage == pytest.approx(yours.next_stage_auc_by_stage, rel=1e-12)

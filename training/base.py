@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import duckdb
 import pandas as pd
@@ -23,6 +23,9 @@ from models.forecast import forecast
 from models.gamma_gamma import SpendModel
 from models.lifecycle import Horizons
 from models.rows import BuyerRows, buyer_rows
+
+if TYPE_CHECKING:
+    from training.tables import Sample
 
 T = TypeVar("T")
 
@@ -76,10 +79,11 @@ class Base:
         """The base's totals over the coming horizons (``models.forecast``), by the models fitted on ``fitted``."""
         return forecast(purchases, spend, horizons, fitted.features)
 
-    def gather(self, work: Callable[[Dataset], T]) -> list[T]:
+    def gather(self, work: Callable[[Dataset], T], sample: Sample | None = None) -> list[T]:
         """``work`` done where the base's customers are, each result in the list: here once, on ``data``. On Spark,
-        once per partition of customers (``training.spark.SparkBase``), so ``work`` must be picklable and its result
-        bounded (a sample's rows, not everyone's)."""
+        once per partition of customers (``training.spark.SparkBase``), on the rows of ``sample``'s customers only
+        where one is given (``work`` reads no one else), so ``work`` must be picklable and its result bounded (a
+        sample's rows, not everyone's)."""
         return [work(self.data)]
 
 

@@ -113,7 +113,7 @@ def judge(base: Base, twins: list[EvaluationTwin], cuts: list[Windows], horizons
 
     The served churn and CLV metrics (``churn_*``, ``clv_*``) follow the twins' choices of source.
     """
-    parts = base.gather(partial(_judged_tables, twins=twins, cuts=cuts, horizons=horizons, sample=sample))
+    parts = base.gather(partial(_judged_tables, twins=twins, cuts=cuts, horizons=horizons, sample=sample), sample)
     return [_scored(*(in_customer_order([part[k][table] for part in parts]) for table in range(4)), twin)
             for k, twin in enumerate(twins)]
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from features import rfm
@@ -120,11 +121,12 @@ class SparkBase(Base):
         return totals(purchases, spend, horizons, forecast_sums(self.shop, self.reading, fitted.builder, fitted.day,
                                                                 purchases, spend, horizons.clv_days), fitted.rows)
 
-    def gather(self, work: Callable[[Dataset], T]) -> list[T]:
+    def gather(self, work: Callable[[Dataset], T], sample: Sample | None = None) -> list[T]:
         reading, as_of, span = self.reading, self.data.as_of, self.data.span
+        keep = None if sample is None or sample.share >= 1 else sample.condition()
 
         def done(group: pd.DataFrame) -> pd.DataFrame:
-            data = partition_dataset(group, reading)
+            data = partition_dataset(group if keep is None else _rows_of(group, keep), reading)
             if as_of is not None:
                 data.until(as_of)
             data.span = span  # a partition's customers stand in the whole shop's dates (label windows are checked)
@@ -234,6 +236,16 @@ def _at(counted: pd.DataFrame, day: date) -> pd.DataFrame:
     """``counted``'s rows of ``day``, sorted as ``models.rows.buyer_rows`` sorts them."""
     rows = counted[counted.as_of == day].drop(columns="as_of")
     return rows.sort_values(list(rows.columns[:-1]), ignore_index=True)
+
+
+def _rows_of(group: pd.DataFrame, keep: str) -> pd.DataFrame:
+    """``group``'s rows of the customers whose id (as validation leaves it: trimmed text) meets the SQL condition
+    ``keep``, chosen before the rows are loaded and validated."""
+    ids = pd.DataFrame({"customer_id": group.customer_id.str.strip(" ").dropna().unique()})
+    con = duckdb.connect()
+    con.register("ids", ids)
+    kept = con.sql(f"SELECT customer_id FROM ids WHERE {keep}").df().customer_id
+    return group[group.customer_id.str.strip(" ").isin(set(kept))]
 
 
 def write_sample(shop: Partitioned, reading: Reading, samples: list[Sample], folder: Path) -> dict[str, Path | None]:

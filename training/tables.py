@@ -150,7 +150,8 @@ def holdouts(base: Base, builders: list[FeatureBuilder], cuts: list[Windows], ho
              sample: Sample = EVERYONE) -> list[Holdout]:
     """The ``Holdout`` of each cut date of ``cuts`` (``builders[k]`` building the summaries of ``cuts[k]``), its table
     holding ``sample``'s buyers: computed where the base's customers are, in one pass (``Base.gather``)."""
-    parts = base.gather(partial(_holdout_tables, builders=builders, cuts=cuts, horizons=horizons, sample=sample))
+    parts = base.gather(partial(_holdout_tables, builders=builders, cuts=cuts, horizons=horizons, sample=sample),
+                        sample)
     return [Holdout(base.rows(win.btyd_calibration_end), in_customer_order([part[k] for part in parts]))
             for k, win in enumerate(cuts)]
 
