@@ -177,12 +177,11 @@ def gate(client: MlflowClient, data: Dataset | Base, challenger: TrainingResult,
     if not isinstance(twins, list) or model_format(twins[0]) != MODEL_FORMAT:  # an older release's champion
         return Decision(True, ours, champion_version=champion,
                         reasons=[f"the champion (version {champion}) was saved by an older, incompatible release"])
-    ranks = range(min(len(twins), len(challenger.backtest)))
-    horizons = challenger.model.horizons
+    ranks = min(len(twins), len(challenger.backtest))
     judged = Sample(challenger.judged_share)  # the challenger's judged customers
-    theirs_by_cut = judge(data if isinstance(data, Base) else Base(data), twins[:len(ranks)],
-                          challenger.cuts[:len(ranks)], horizons, judged)
-    ours_by_cut = [challenger.backtest[k] for k in ranks]
+    theirs_by_cut = judge(data if isinstance(data, Base) else Base(data), twins[:ranks], challenger.cuts[:ranks],
+                          challenger.model.horizons, judged)
+    ours_by_cut = challenger.backtest[:ranks]
     ours, theirs = _pooled_gated(ours_by_cut), _pooled_gated(theirs_by_cut)
     bootstrap, reasons = Bootstrap(), []
     for name, (table, outcome, score, metric) in GATED.items():
