@@ -57,6 +57,8 @@ def maximize_likelihood(model: str, objective: Objective, columns: tuple[np.ndar
 
     with ThreadPoolExecutor(pieces) as pool:
         def total(log_params: np.ndarray):
+            if pieces == 1:
+                return part(log_params, chunks[0], shares[0])
             values, gradients = zip(*pool.map(partial(part, log_params), chunks, shares), strict=True)
             return sum(values), sum(gradients)
 

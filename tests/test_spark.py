@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 from datetime import date, datetime
@@ -14,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import ONE_CUT, copy_store, run
+from tests.helpers import ONE_CUT, run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
 CONNECT = {"SPARK_REMOTE": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}  # a Spark Connect server started here
+CUTS = "LIFECYCLE_BACKTEST_CUTS"
 
 
 def submit(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -32,10 +32,14 @@ def submit(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory):
-    """A small simulated shop (orders, events, customer table) with a champion trained on it through Spark Connect, two
-    bad orders and a customer list naming all but three of the customers with orders, and one nobody has seen. It is
-    scored with its events as a Parquet dataset partitioned by day, whose folder for a later day holds a file that is
-    not Parquet."""
+    """A small simulated shop (orders, events, customer table) with two bad orders, trained twice: here, with the
+    local engine (version 1, the champion), then on Spark through Spark Connect (version 2, gated against version 1,
+    which is judged on Spark). A customer list names all but three of the customers with orders, and one nobody has
+    seen. It is scored with its events as a Parquet dataset partitioned by day, whose folder for a later day holds a
+    file that is not Parquet. Returns the folder, the tables' flags, the listed customers known and the local run."""
+    from lifecycle.config import Settings
+    from lifecycle.training import run_training
+
     folder = tmp_path_factory.mktemp("spark")
     assert run("data", "simulate", "--customers", "1000", "--seed", "5", "--out", "sim", cwd=folder).returncode == 0
     orders = pd.read_parquet(folder / "sim/transactions.parquet")
@@ -44,13 +48,18 @@ def shop(tmp_path_factory):
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
+    with pytest.MonkeyPatch.context() as here:  # what MLflow sets in the environment ends with the run
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            here.setenv(name, "")
+            here.delenv(name)
+        local = run_training(Settings(inputs={name.strip("-"): {"path": str(folder / path)}
+                                              for name, path in zip(tables[::2], tables[1::2], strict=True)},
+                                      state_dir=folder / ".lifecycle", backtest_cuts=int(ONE_CUT[CUTS]),
+                                      clv={"model": "btyd"}))
     trained = run("train", *tables, "--engine", "spark", cwd=folder,
                   env={**ONE_CUT, **CONNECT, "LIFECYCLE_CLV__MODEL": "btyd"})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
-    with sqlite3.connect(folder / ".lifecycle/mlflow.db") as store:
-        assert store.execute("SELECT value FROM params WHERE key = 'engine'").fetchall() == [
-            ("local[2] through Spark Connect",)]
     duckdb.sql(f"COPY (SELECT *, CAST(timestamp AS DATE) AS day FROM '{folder}/sim/events.parquet') TO "
                f"'{folder}/events' (FORMAT parquet, PARTITION_BY (day))")
     (folder / "events/day=2026-03-01").mkdir()
@@ -58,7 +67,7 @@ def shop(tmp_path_factory):
     tables[3] = "events"
     known = orders.customer_id.drop_duplicates().astype(str).iloc[3:].tolist()
     pd.DataFrame({"customer_id": [*known, "never-seen"]}).to_csv(folder / "list.csv", index=False)
-    return folder, tables, len(known)
+    return folder, tables, len(known), local
 
 
 def scores(path) -> pd.DataFrame:
@@ -73,7 +82,7 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, cli):
     (a JVM and its Python workers each time): submitted with spark-submit, whose master it keeps, and through Spark
     Connect, where the executors load the registered model themselves (MLflow's Connect path), scoring everyone: the
     same records again, and each feature's drift from the training population, as the local engine measures it."""
-    folder, tables, known = shop
+    folder, tables, known, _ = shop
     extra = ["--as-of", "2025-12-30", "--customer-list", "list.csv"]
     local = cli("score", *tables, *extra, "--out", "local.parquet", cwd=folder)
     spark = submit("score", *tables, *extra, "--engine", "spark", "--out", "spark.parquet", cwd=folder,
@@ -100,7 +109,7 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, cli):
                   env={**CONNECT, "MLFLOW_REGISTRY_URI": elsewhere, "MLFLOW_TRACKING_URI": elsewhere})
     assert everyone.returncode == 0 and connect.returncode == 0, connect.stdout + connect.stderr[-3000:]
     said = " ".join(connect.stdout.split())
-    assert "on Spark (local[2] through Spark Connect)" in said and "drift from the training data of version 1" in said
+    assert "on Spark (local[2] through Spark Connect)" in said and "drift from the training data of version 2" in said
     pd.testing.assert_frame_equal(scores(folder / "connect.parquet"), scores(folder / "everyone.parquet"),
                                   check_dtype=False, rtol=1e-12)
     assert sorted(pd.read_parquet(folder / "connect.rejects.parquet").reason) == sorted(rejects.reason)
@@ -111,7 +120,7 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, cli):
 
 
 def test_spark_needs_the_scoring_day(shop):
-    folder, tables, _ = shop
+    folder, tables, _, _ = shop
     result = run("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert result.returncode != 0 and "pass --as-of" in result.stderr and "Traceback" not in result.stderr
 
@@ -178,38 +187,56 @@ def test_the_buyers_merged_on_spark_are_the_local_engines_on_cdnow(spark, tmp_pa
     assert merged[date(1997, 1, 31)].learned.buyers < merged[date(1998, 6, 30)].learned.buyers == 23_570
 
 
-def test_spark_training_gives_the_local_model_on_cdnow(spark, cdnow_run, cdnow_demo, tmp_path):
-    """``lifecycle train`` on Spark (3 partitions of customers) trains the model of the local engine (the shared CDNOW
-    run) on CDNOW, which is smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM edges,
-    metrics of every cut date, decisions and forecast; and it is logged, registered and gated like a local run (here
-    in a copy of the demo's store, against its champion, the same model judged on Spark)."""
-    from features import cdnow
-    from lifecycle.config import Settings
-    from lifecycle.training import run_training
+def test_spark_training_through_connect_gives_the_local_model(shop):
+    """``lifecycle train`` on Spark through Spark Connect (3 partitions of customers) trains the model of the local
+    engine on the same shop, which is smaller than both samples: the same purchase model and Gamma-Gamma to 1e-6, RFM
+    edges, decisions, notes, metrics and baselines, forecast and customers; it is logged, registered and gated like a
+    local run, against the local champion judged on Spark, whose gated metrics are then its own."""
+    import mlflow
 
-    path = cdnow.write_master(tmp_path)
-    folder = copy_store(cdnow_demo[0], tmp_path / "demo")
-    settings = Settings(inputs={"transactions": {"path": str(path)}}, state_dir=folder / ".lifecycle",
-                        spark={"partitions": 3})
-    on_spark = run_training(settings, spark=spark)
-    ours, theirs = cdnow_run[1], on_spark.result
-    assert theirs.model.purchases.name == ours.model.purchases.name
-    assert theirs.model.purchases.params_ == pytest.approx(ours.model.purchases.params_, rel=1e-6)
-    assert theirs.model.spend.params_ == pytest.approx(ours.model.spend.params_, rel=1e-6)
-    assert theirs.model.builder.rfm_edges_ == ours.model.builder.rfm_edges_
-    horizon = theirs.model.decisions["churn_horizon"]  # the job's (``with_churn_horizon``), beside the protocol's
-    assert theirs.model.decisions == ours.model.decisions | {"churn_horizon": horizon} and theirs.notes == ours.notes
-    assert horizon.startswith("90 days, from the purchase cycle")
-    assert [c.end for c in theirs.cuts] == [c.end for c in ours.cuts] and len(ours.cuts) == 3
-    for mine, yours in zip(theirs.backtest, ours.backtest, strict=True):
-        assert mine.metrics == pytest.approx(yours.metrics, rel=1e-6, nan_ok=True)
-        assert mine.baselines == pytest.approx(yours.baselines, rel=1e-6, nan_ok=True)
-    pd.testing.assert_frame_equal(theirs.forecast, ours.forecast, rtol=1e-6)
-    assert (theirs.customers, len(theirs.features), theirs.judged_share) == (23_570, 23_570, 1.0)
-    pd.testing.assert_frame_equal(theirs.features, ours.features)
-    assert on_spark.version == "2" and on_spark.decision.champion_version == "1"
-    # the champion's twins (the local engine's model) judged on Spark, on the challenger's cut dates: its metrics
-    assert on_spark.decision.champion == pytest.approx(on_spark.decision.challenger, rel=1e-6)
+    from models.pyfunc import load
+    from training import registry
+
+    folder, _, _, local = shop
+    ours = local.result
+    client = registry.connect(registry.local_tracking_uri(folder / ".lifecycle"))
+    theirs = load(f"models:/{registry.MODEL_NAME}/2").model
+    version = client.get_model_version(registry.MODEL_NAME, "2")
+    run = client.get_run(version.run_id)
+    history = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
+               for name in run.data.metrics}
+
+    def artifact(name: str) -> Path:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name))
+
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    notes = artifact(registry.NOTES_ARTIFACT).read_text().splitlines() if registry.NOTES_ARTIFACT in logged else []
+    assert run.data.params["engine"] == "local[2] through Spark Connect" and local.version == "1"
+    assert theirs.purchases.name == ours.model.purchases.name
+    assert theirs.purchases.params_ == pytest.approx(ours.model.purchases.params_, rel=1e-6)
+    assert theirs.spend.params_ == pytest.approx(ours.model.spend.params_, rel=1e-6)
+    assert theirs.builder.rfm_edges_.keys() == ours.model.builder.rfm_edges_.keys()
+    for score, edges in ours.model.builder.rfm_edges_.items():  # to the last bits of the amounts' sums
+        assert theirs.builder.rfm_edges_[score] == pytest.approx(edges, rel=1e-12), score
+    assert theirs.decisions == ours.model.decisions and notes == ours.notes
+    def data(run_id: str) -> dict[str, str]:  # the orders, the rejected rows, the customers and the days
+        return {k: v for k, v in client.get_run(run_id).data.params.items() if k.startswith("data_")}
+
+    assert data(run.info.run_id) == data(local.run_id) and data(local.run_id)["data_rejected"] == "2"
+    assert len(ours.cuts) == 1
+    for evaluation, step in zip(reversed(ours.backtest), range(len(ours.backtest)), strict=True):
+        at_step = {name: values[step] for name, values in history.items() if name in evaluation.metrics}
+        assert at_step == pytest.approx(evaluation.metrics, rel=1e-6, nan_ok=True)
+        assert {name: history[f"baseline_{name}"][step] for name in evaluation.baselines} == pytest.approx(
+            evaluation.baselines, rel=1e-6, nan_ok=True)
+    forecast = pd.read_csv(artifact(registry.FORECAST_ARTIFACT))
+    pd.testing.assert_frame_equal(forecast, ours.forecast, rtol=1e-6, check_dtype=False)
+    # gated against version 1, the local model, judged on Spark on version 2's cut dates: its metrics are version 2's
+    tags = version.tags
+    assert tags["gate_champion_version"] == "1" and tags[registry.GATE_TAG] == "True"
+    gated = [key.removeprefix("gate_challenger_") for key in tags if key.startswith("gate_challenger_")]
+    assert gated and [float(tags[f"gate_champion_{k}"]) for k in gated] == pytest.approx(
+        [float(tags[f"gate_challenger_{k}"]) for k in gated], rel=1e-6)
     assert not any((folder / ".lifecycle").glob("spark-sample-*"))  # the samples' folder is removed
 
 
