@@ -26,6 +26,10 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # same model every time), and waits that sleep rather than spin on the cores the others wait for.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Spark's JVMs (this process's, spark-submit's, a Connect server's) live a minute at most here: compiled by the quick
+# JIT alone, they spend the cores on the tests rather than on optimizing code they will not run long (a fifth less time
+# for a Spark Connect scoring of the test shop). Every JVM reads it, and says so on its stderr.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1")
 
 # `make test` runs two workers (--dist loadgroup), each given whole groups (``group``); the groups below (or every group
 # of a file, by its name) go first, in this order (100-250 s each on 2026-12-07): one of them last would leave a worker

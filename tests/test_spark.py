@@ -119,9 +119,9 @@ def test_spark_gives_the_records_and_rejects_of_the_local_engine(shop, cli):
     pd.testing.assert_frame_equal(drift[1], drift[0], rtol=1e-9)
 
 
-def test_spark_needs_the_scoring_day(shop):
+def test_spark_needs_the_scoring_day(shop, cli):
     folder, tables, _, _ = shop
-    result = run("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
+    result = cli("score", *tables, "--engine", "spark", "--out", "spark.parquet", cwd=folder, env=SPARK)
     assert result.returncode != 0 and "pass --as-of" in result.stderr and "Traceback" not in result.stderr
 
 
