@@ -37,6 +37,14 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300)
 
 
+def forget_mlflow_uris(patch: pytest.MonkeyPatch) -> None:
+    """Unset MLflow's URI variables in ``patch``, which restores them as they were: a run sets them, and they must not
+    outlive it."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        patch.setenv(name, "")  # recorded as unset, or as it was, and so restored when ``patch`` is undone
+        patch.delenv(name)
+
+
 def run_here(*args: str, cwd: Path, monkeypatch, capsys, env: dict | None = None) -> subprocess.CompletedProcess:
     """``lifecycle args`` in this process (the entry point and its handlers, without a new interpreter's start-up),
     in ``cwd`` with ``env`` added to the environment, both for this command only."""
@@ -49,9 +57,7 @@ def run_here(*args: str, cwd: Path, monkeypatch, capsys, env: dict | None = None
             here.setattr(console, "_width", 200)
         for name, value in (env or {}).items():
             here.setenv(name, value)
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # MLflow sets them: they must not outlive the run
-            here.setenv(name, "")  # recorded as unset, or as it was, and so restored after the command
-            here.delenv(name)
+        forget_mlflow_uris(here)
         here.setattr(sys, "argv", ["lifecycle", *args])
         here.setitem(cli._state, "folder", cwd / ".lifecycle")
         capsys.readouterr()  # what the test printed before is not the command's
@@ -166,3 +172,16 @@ def assert_not_below_the_baselines_unless_weak(run) -> None:
     value = bootstrap.difference(gini, [(e.value.customer_id, e.value.spend, e.value.served, e.value.spend_rate)
                                         for e in run.backtest])
     assert run.model.weaknesses or "worse" not in (churn.verdict, value.verdict), (churn, value)
+
+
+def assert_logged_backtest(client, run_id: str, backtest: list, rel: float) -> None:
+    """The MLflow run ``run_id`` logged every cut date of ``backtest`` (newest first; logged oldest first, a step
+    each): its metrics and baselines to ``rel``."""
+    history = {name: {m.step: m.value for m in client.get_metric_history(run_id, name)}
+               for name in client.get_run(run_id).data.metrics}
+    assert max(len(steps) for steps in history.values()) == len(backtest)
+    for step, evaluation in enumerate(reversed(backtest)):
+        assert {k: history[k][step] for k in evaluation.metrics} == pytest.approx(evaluation.metrics, rel=rel,
+                                                                                  nan_ok=True)
+        assert {k: history[f"baseline_{k}"][step] for k in evaluation.baselines} == pytest.approx(
+            evaluation.baselines, rel=rel, nan_ok=True)

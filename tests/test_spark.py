@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import ONE_CUT, run
+from tests.helpers import ONE_CUT, assert_logged_backtest, forget_mlflow_uris, run
 
 SPARK = {"LIFECYCLE_SPARK__MASTER": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}
 CONNECT = {"SPARK_REMOTE": "local[2]", "LIFECYCLE_SPARK__PARTITIONS": "3"}  # a Spark Connect server started here
-CUTS = "LIFECYCLE_BACKTEST_CUTS"
+TRAINED = {**ONE_CUT, "LIFECYCLE_CLV__MODEL": "btyd"}  # both trainings of the shop
 
 
 def submit(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -48,16 +48,14 @@ def shop(tmp_path_factory):
     pd.concat([orders.astype({"timestamp": str}), bad]).to_csv(folder / "orders.csv", index=False)
     tables = ["--transactions", "orders.csv", "--events", "sim/events.parquet",
               "--customers", "sim/customers.parquet"]
-    with pytest.MonkeyPatch.context() as here:  # what MLflow sets in the environment ends with the run
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-            here.setenv(name, "")
-            here.delenv(name)
+    with pytest.MonkeyPatch.context() as here:
+        forget_mlflow_uris(here)
+        for name, value in TRAINED.items():
+            here.setenv(name, value)
         local = run_training(Settings(inputs={name.strip("-"): {"path": str(folder / path)}
                                               for name, path in zip(tables[::2], tables[1::2], strict=True)},
-                                      state_dir=folder / ".lifecycle", backtest_cuts=int(ONE_CUT[CUTS]),
-                                      clv={"model": "btyd"}))
-    trained = run("train", *tables, "--engine", "spark", cwd=folder,
-                  env={**ONE_CUT, **CONNECT, "LIFECYCLE_CLV__MODEL": "btyd"})
+                                      state_dir=folder / ".lifecycle"))
+    trained = run("train", *tables, "--engine", "spark", cwd=folder, env={**TRAINED, **CONNECT})
     assert trained.returncode == 0, trained.stderr
     assert "clv: the BTYD CLV (clv.model is btyd)" in " ".join(trained.stdout.split())  # chosen, not judged
     duckdb.sql(f"COPY (SELECT *, CAST(timestamp AS DATE) AS day FROM '{folder}/sim/events.parquet') TO "
@@ -203,8 +201,6 @@ def test_spark_training_through_connect_gives_the_local_model(shop):
     theirs = load(f"models:/{registry.MODEL_NAME}/2").model
     version = client.get_model_version(registry.MODEL_NAME, "2")
     run = client.get_run(version.run_id)
-    history = {name: [m.value for m in sorted(client.get_metric_history(run.info.run_id, name), key=lambda m: m.step)]
-               for name in run.data.metrics}
 
     def artifact(name: str) -> Path:
         return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name))
@@ -219,16 +215,10 @@ def test_spark_training_through_connect_gives_the_local_model(shop):
     for score, edges in ours.model.builder.rfm_edges_.items():  # to the last bits of the amounts' sums
         assert theirs.builder.rfm_edges_[score] == pytest.approx(edges, rel=1e-12), score
     assert theirs.decisions == ours.model.decisions and notes == ours.notes
-    def data(run_id: str) -> dict[str, str]:  # the orders, the rejected rows, the customers and the days
-        return {k: v for k, v in client.get_run(run_id).data.params.items() if k.startswith("data_")}
-
-    assert data(run.info.run_id) == data(local.run_id) and data(local.run_id)["data_rejected"] == "2"
-    assert len(ours.cuts) == 1
-    for evaluation, step in zip(reversed(ours.backtest), range(len(ours.backtest)), strict=True):
-        at_step = {name: values[step] for name, values in history.items() if name in evaluation.metrics}
-        assert at_step == pytest.approx(evaluation.metrics, rel=1e-6, nan_ok=True)
-        assert {name: history[f"baseline_{name}"][step] for name in evaluation.baselines} == pytest.approx(
-            evaluation.baselines, rel=1e-6, nan_ok=True)
+    summaries = [{k: v for k, v in client.get_run(r).data.params.items() if k.startswith("data_")}
+                 for r in (local.run_id, run.info.run_id)]  # the orders, the rejected rows, the customers, the days
+    assert summaries[1] == summaries[0] and summaries[0]["data_rejected"] == "2" and len(ours.cuts) == 1
+    assert_logged_backtest(client, run.info.run_id, ours.backtest, rel=1e-6)
     forecast = pd.read_csv(artifact(registry.FORECAST_ARTIFACT))
     pd.testing.assert_frame_equal(forecast, ours.forecast, rtol=1e-6, check_dtype=False)
     # gated against version 1, the local model, judged on Spark on version 2's cut dates: its metrics are version 2's
