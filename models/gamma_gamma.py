@@ -15,10 +15,8 @@ from dataclasses import dataclass
 from typing import Self
 
 import numpy as np
-from autograd import value_and_grad
-from lifetimes import GammaGammaFitter
 from scipy.optimize import minimize_scalar
-from scipy.special import gammaln
+from scipy.special import digamma, gammaln
 
 from features.errors import LifecycleError, NotFittedError
 from models.distributions import MIXTURE_ABOVE, FuturePurchases, FutureSpend, SpendMixture
@@ -80,8 +78,8 @@ class SpendModel:
         (ux, um), counts, _ = unique_rows(x, m / unit, weights=w)
         pooled = _fit_pooled(ux, um, counts)
         try:  # Gamma-Gamma's gain in log-likelihood over the pooled model, unpenalized
-            p, q, gamma = maximize_likelihood("Gamma-Gamma", _GAMMA_GAMMA, (ux, um), counts, 0.0, 3)
-            fitted = -GammaGammaFitter._negative_log_likelihood(np.log([p, q, gamma]), ux, um, counts, 0.0)
+            p, q, gamma = maximize_likelihood("Gamma-Gamma", _value_and_gradient, (ux, um), counts, 0.0, 3)
+            fitted = -_value_and_gradient(np.log([p, q, gamma]), ux, um, counts, 0.0)[0]
             self.pooled_ = 2 * (fitted * counts.sum() - pooled.log_likelihood) < POOLED_LR or q > POOLED_Q
         except FitFailed:  # not converging: q running off to infinity
             self.pooled_ = True
@@ -120,7 +118,7 @@ class SpendModel:
         unit = np.average(m, weights=w)
         (ux, um), counts, _ = unique_rows(x, m / unit, weights=w)
         p, q, gamma = self._params()
-        return log_parameter_covariance(_GAMMA_GAMMA, (ux, um), counts, 0.0, np.log([p, q, gamma / unit]))
+        return log_parameter_covariance(_value_and_gradient, (ux, um), counts, 0.0, np.log([p, q, gamma / unit]))
 
     def future_spend(self, purchases: FuturePurchases, frequency, monetary_value) -> FutureSpend:
         """The distribution of each customer's spend over the horizon of ``purchases`` (see ``FutureSpend``)."""
@@ -147,7 +145,24 @@ class SpendModel:
         return self.params_["p"], self.params_["q"], self.params_["gamma"]
 
 
-_GAMMA_GAMMA = value_and_grad(GammaGammaFitter._negative_log_likelihood)
+def _value_and_gradient(log_params, x, m, weights, penalizer) -> tuple[float, np.ndarray]:
+    """lifetimes' Gamma-Gamma objective (``GammaGammaFitter._negative_log_likelihood``: the same value, to the last
+    bit) and its gradient in the log-parameters, written out (autograd's tracing cost several times the arithmetic).
+
+    With ``P = p x + q``, each row's log-likelihood has derivatives ``x (psi(P) - psi(p x) + log m + log x -
+    log(x m + gamma))`` in p, ``psi(P) - psi(q) + log gamma - log(x m + gamma)`` in q and ``q / gamma - P / (x m +
+    gamma)`` in gamma.
+    """
+    params = np.exp(log_params)
+    p, q, v = params
+    shape, spent = p * x + q, np.log(x * m + v)
+    values = (gammaln(p * x + q) - gammaln(p * x) - gammaln(q) + q * np.log(v) + (p * x - 1) * np.log(m)
+              + (p * x) * np.log(x) - (p * x + q) * spent) * weights
+    value = -values.sum() / weights.sum() + penalizer * sum(params ** 2)
+    by_row = np.stack([x * (digamma(shape) - digamma(p * x) + np.log(m) + np.log(x) - spent),
+                       digamma(shape) - digamma(q) + np.log(v) - spent,
+                       q / v - shape / (x * m + v)])
+    return value, params * (-(by_row @ weights) / weights.sum() + 2 * penalizer * params)
 
 
 @dataclass(frozen=True)

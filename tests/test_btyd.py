@@ -101,6 +101,25 @@ def test_predictions_and_clv_equal_lifetimes_on_the_cdnow_master_log(cdnow_maste
     np.testing.assert_allclose(ours, reference.to_numpy(), rtol=1e-6)
 
 
+def test_gamma_gammas_objective_is_lifetimes_with_its_exact_gradient(published):
+    """The fit's objective, written out with its gradient: lifetimes' value to the last bit, and autograd's gradient
+    of lifetimes' function, at points around the CDNOW estimates and far from them, with and without a penalizer."""
+    from autograd import value_and_grad
+
+    from models.gamma_gamma import _value_and_gradient
+
+    repeat = published[published.x > 0]
+    x, m = repeat.x.to_numpy(float), repeat.zbar.to_numpy(float) / repeat.zbar.mean()
+    weights = np.arange(len(x)) % 3 + 1.0
+    reference = value_and_grad(GammaGammaFitter._negative_log_likelihood)
+    for point in ([1.8, 1.4, -0.3], [0.1, 0.1, 0.1], [-3.0, 5.0, 4.0], [2.5, -0.5, 1.0]):
+        for penalizer in (0.0, 0.1):
+            value, gradient = _value_and_gradient(np.array(point), x, m, weights, penalizer)
+            their_value, their_gradient = reference(np.array(point), x, m, weights, penalizer)
+            assert value == their_value
+            np.testing.assert_allclose(gradient, their_gradient, rtol=1e-10, atol=1e-13)
+
+
 def test_the_last_bit_of_the_mean_spends_does_not_reach_gamma_gamma(published):
     """Mean spends from parallel sums differ in their last bit from run to run; the same data give the same fit."""
     x, m = published.x.to_numpy(), published.zbar.to_numpy()

@@ -65,7 +65,7 @@ def roc_auc(outcome: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.n
     s, y, w = score[order], outcome[order].astype(float), weights[:, order]
     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
     positive = np.add.reduceat(w * y, starts, axis=1)
-    negative = np.add.reduceat(w * (1 - y), starts, axis=1)
+    negative = np.add.reduceat(w, starts, axis=1) - positive  # exact where the weights are counts
     below = np.cumsum(negative, axis=1) - negative
     return (positive * (below + 0.5 * negative)).sum(axis=1) / (positive.sum(axis=1) * negative.sum(axis=1))
 
@@ -97,13 +97,21 @@ def _gini_difference(actual: np.ndarray, a: np.ndarray, b: np.ndarray, weights: 
 
 def _lorenz(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Mean gap between the Lorenz curve of ``actual`` ordered by ``predicted`` and the diagonal, a customer of weight
-    w counted as w customers in a row (so a weight is exactly a repeated row)."""
+    w counted as w customers in a row (so a weight is exactly a repeated row).
+
+    With P the weights' sum, M the weighted sum of ``actual``, and W_j the weight up to and including row j (in the
+    order): P * gap = (P M - sum_j a_j w_j (W_j - (w_j + 1) / 2)) / M - (P + 1) / 2, one running sum of the weights
+    (exact, where they are counts) instead of one of each row's rise over the diagonal.
+    """
     order = np.argsort(-predicted, kind="stable")
     a, w = actual[order], weights[:, order]
-    people, money = w.sum(axis=1, keepdims=True), (w @ a)[:, None]
-    step = w * a / money - w / people  # each row's rise of the curve over the diagonal's
-    before = np.cumsum(step, axis=1) - step
-    return (w * before + (w + 1) / 2 * step).sum(axis=1) / people[:, 0]
+    people, money = w.sum(axis=1), w @ a
+    running = np.cumsum(w, axis=1)  # W_j, then w_j (W_j - (w_j + 1) / 2), in place
+    running -= w / 2
+    running -= 0.5
+    running *= w
+    below = running @ a
+    return ((people * money - below) / money - (people + 1) / 2) / people
 
 
 def decile_mape(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray, groups: int = 10) -> np.ndarray:
@@ -111,12 +119,19 @@ def decile_mape(actual: np.ndarray, predicted: np.ndarray, weights: np.ndarray, 
     decile its weight's midpoint falls in, ordered by ``predicted``, highest first); lower is better."""
     order = np.argsort(-predicted, kind="stable")
     a, p, w = actual[order], predicted[order], weights[:, order]
-    total = w.sum(axis=1, keepdims=True)
-    group = np.minimum(((np.cumsum(w, axis=1) - w / 2) / total * groups).astype(int), groups - 1)
-    cell = (group + groups * np.arange(len(w))[:, None]).ravel()  # replicate x decile, flattened
+    replicates, rows = w.shape
+    # the midpoints' place in deciles never falls along a row: each decile is a run of it, summed in one pass
+    place = (np.cumsum(w, axis=1) - w / 2) / w.sum(axis=1, keepdims=True) * groups
+    firsts = np.column_stack([np.zeros(replicates, dtype=np.int64),
+                              [np.searchsorted(row, np.arange(1, groups)) for row in place]])
+    lasts = np.column_stack([firsts[:, 1:], np.full(replicates, rows)])
+    empty = firsts == lasts
+    starts = np.minimum(firsts + rows * np.arange(replicates)[:, None], replicates * rows - 1).ravel()
 
     def per_decile(values: np.ndarray) -> np.ndarray:
-        return np.bincount(cell, weights=(w * values).ravel(), minlength=groups * len(w)).reshape(len(w), groups)
+        sums = np.add.reduceat((w * values).ravel(), starts).reshape(replicates, groups)
+        sums[empty] = 0.0
+        return sums
 
     people, spent, sized = per_decile(np.ones_like(a)), per_decile(a), per_decile(p)
     with np.errstate(invalid="ignore", divide="ignore"):
