@@ -26,8 +26,7 @@ import models
 from features.errors import LifecycleError
 from models.lifecycle import MODEL_FORMAT, LifecycleModel, model_format
 
-REQUIREMENTS = ("lifetimes", "setuptools", "numpy", "pandas", "scipy", "scikit-learn", "lightgbm", "duckdb",
-                "pyarrow", "pydantic", "autograd")
+REQUIREMENTS = ("numpy", "pandas", "scipy", "numba", "scikit-learn", "lightgbm", "duckdb", "pyarrow", "pydantic")
 
 
 class LifecyclePyfunc(mlflow.pyfunc.PythonModel):
