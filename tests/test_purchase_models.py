@@ -91,6 +91,23 @@ def test_bg_objectives_are_lifetimes_with_their_exact_gradient(name, published, 
                 np.testing.assert_allclose(gradient, their_gradient, rtol=1e-9, atol=1e-12)
 
 
+def test_pareto_nbds_gradient_is_the_objectives_slope(published, master):
+    """Pareto/NBD's gradient (exact in alpha and beta, central differences in r and s) against the slope of its own
+    objective measured with Richardson's extrapolation of central differences, in every log-parameter, near the
+    CDNOW estimates and far from them (s near its cap included), with and without a penalizer."""
+    objective = PURCHASE_MODELS["pareto_nbd"]()._objective()
+    for x, t_x, T in (published, master[0]):
+        columns = (x, t_x / T.max(), T / T.max(), np.arange(len(x)) % 3 + 1.0)  # time as the fit scales it; weights
+        for point in ([-0.6, 0.1, -0.5, 0.2], [0.1, 0.1, 0.1, 0.1], [1.0, -2.0, 3.0, 4.0], [-2.0, 2.0, 4.5, 6.0]):
+            for penalizer in (0.0, 0.1):
+                gradient = objective(np.array(point), *columns, penalizer)[1]
+                slopes = {h: [(objective(point + step, *columns, penalizer)[0]
+                               - objective(point - step, *columns, penalizer)[0]) / (2 * h) for step in h * np.eye(4)]
+                          for h in (5e-4, 1e-3)}
+                measured = (4 * np.array(slopes[5e-4]) - np.array(slopes[1e-3])) / 3
+                np.testing.assert_allclose(gradient, measured, rtol=1e-6, atol=1e-9)
+
+
 def test_mbgnbd_equals_lifetimes_on_the_published_sample_and_the_master_log(published, master):
     (columns, models) = master
     for data, ours in ((published, PURCHASE_MODELS["mbgnbd"]().fit(*published)), (columns, models["mbgnbd"])):
