@@ -10,9 +10,8 @@ the next t are ``(a + b~ + x) / (a - 1) [1 - (1 - z)^(a - 1) 2F1(a + b~ - r, a -
 P(alive)``: the papers' expression after Euler's transformation of its 2F1, whose parameters then no
 longer grow with x (the papers' form overflows for customers with hundreds of purchases).
 
-The fit maximizes ``lifetimes``' own likelihood (``BetaGeoFitter``'s, computed as it does: the same value to the
-last bit) with its gradient written out (``_value_and_gradient``): the same estimates as ``BetaGeoFitter``, which
-tests/test_btyd.py guards against the published CDNOW numbers.
+The fit maximizes ``lifetimes``' own likelihood with its gradient (autograd): the same estimates
+as ``BetaGeoFitter``, which tests/test_btyd.py guards against the published CDNOW numbers.
 
 The distribution of future purchases: given alive and the history, ``lambda ~ Gamma(r + x, alpha
 + T)`` and ``p ~ Beta(a, b~ + 1 + x)``, independent. The next t holds N ~ NB(r + x, (alpha + T) /
@@ -23,11 +22,12 @@ regularized incomplete beta function.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import betainc, betaln, digamma, expit, gammaln, hyp2f1
+from autograd import value_and_grad
+from lifetimes import BetaGeoFitter
+from scipy.special import betainc, betaln, expit, gammaln, hyp2f1
 
 from models.btyd import PurchaseModel
 from models.likelihood import Objective
@@ -40,6 +40,7 @@ class BGNBD(PurchaseModel):
     label = "BG/NBD"
     parameters = ("r", "alpha", "a", "b")
     time_parameters = ("alpha",)
+    _fitter: ClassVar[type] = BetaGeoFitter
     # Drop-out chances before the x-th repeat purchase: x for BG/NBD, x + 1 for MBG/NBD (also at the first).
     _first_purchase_chance: ClassVar[int] = 0
     # Where customers' drop-out probabilities barely differ, a and b run off together (a / (a + b), the mean, fixed)
@@ -49,7 +50,7 @@ class BGNBD(PurchaseModel):
     most: ClassVar[dict[str, float]] = {"a": 100.0}
 
     def _objective(self) -> Objective:
-        return partial(_value_and_gradient, first_purchase_chance=self._first_purchase_chance)
+        return value_and_grad(self._fitter._negative_log_likelihood)
 
     def _log_likelihood(self, params, x, t_x, T):
         r, alpha, a, b = params
@@ -90,40 +91,3 @@ class BGNBD(PurchaseModel):
         staying = np.exp(betaln(a, stays + first - 1) - betaln(a, stays)) * np.cumprod(
             np.hstack([one, (stays + steps - 1) / (a + stays + steps - 1)]), axis=1)
         return np.maximum(arrivals, 0) * staying
-
-
-def _value_and_gradient(log_params, x, t_x, T, weights, penalizer, first_purchase_chance: int
-                        ) -> tuple[float, np.ndarray]:
-    """lifetimes' objective (``BetaGeoFitter._negative_log_likelihood``; ``ModifiedBetaGeoFitter``'s with
-    ``first_purchase_chance`` 1), computed as lifetimes computes it, and its gradient in the log-parameters, written
-    out (autograd's tracing cost several times the arithmetic).
-
-    Each row's log-likelihood is ``A1 + A2 + A3 + log(1 + e^O)``, O the log-odds of gone (``_log_gone_odds``; BG/NBD:
-    no ``e^O`` without a repeat purchase), so its derivative is A1's, A2's and A3's plus P(gone) times O's.
-    """
-    params = np.exp(log_params)
-    r, alpha, a, b = params
-    k = first_purchase_chance
-    a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(b + x + k) - gammaln(b) - gammaln(a + b + x + k)
-    a3 = -(r + x) * np.log(alpha + T)
-    if k:
-        a4 = np.log(a) - np.log(b + x) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
-        ll = a1 + a2 + a3 + np.logaddexp(a4, 0)
-        gone, odds_in_b = expit(a4), -1 / (b + x)
-    else:
-        a4 = np.log(a) - np.log(b + np.maximum(x, 1) - 1) - (r + x) * np.log(t_x + alpha)
-        top = np.maximum(a3, a4)
-        stays, leaves = np.exp(a3 - top), np.exp(a4 - top) * (x > 0)
-        ll = a1 + a2 + np.log(stays + leaves) + top
-        gone, odds_in_b = leaves / (stays + leaves), -1 / (b + np.maximum(x, 1) - 1)
-    value = -(weights * ll).sum() / weights.sum() + penalizer * sum(params ** 2)
-    common = digamma(a + b) - digamma(a + b + x + k)
-    by_row = np.stack([  # in r, alpha, a and b
-        digamma(r + x) - digamma(r) + np.log(alpha) - np.log(alpha + T) + gone * (np.log(alpha + T)
-                                                                                  - np.log(alpha + t_x)),
-        r / alpha - (r + x) / (alpha + T) + gone * (r + x) * (1 / (alpha + T) - 1 / (alpha + t_x)),
-        common + gone / a,
-        common + digamma(b + x + k) - digamma(b) + gone * odds_in_b,
-    ])
-    return value, params * (-(by_row @ weights) / weights.sum() + 2 * penalizer * params)

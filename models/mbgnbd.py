@@ -4,10 +4,12 @@ A customer may leave right after their first order, so a customer without a repe
 no longer certainly alive: P(alive) falls with the time since that order, like everyone else's.
 Likelihood, P(alive) and expected purchases are BG/NBD's with one more drop-out chance (``b + x``
 where BG/NBD has ``b + x - 1``; see ``models.bgnbd``). The fit maximizes ``lifetimes``'
-``ModifiedBetaGeoFitter`` likelihood (computed as it does) with its gradient: the same estimates.
+``ModifiedBetaGeoFitter`` likelihood with its gradient: the same estimates.
 """
 
 from __future__ import annotations
+
+from lifetimes import ModifiedBetaGeoFitter
 
 from models.bgnbd import BGNBD
 
@@ -17,4 +19,5 @@ class MBGNBD(BGNBD):
 
     name = "mbgnbd"
     label = "MBG/NBD"
+    _fitter = ModifiedBetaGeoFitter
     _first_purchase_chance = 1

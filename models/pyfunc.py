@@ -26,7 +26,8 @@ import models
 from features.errors import LifecycleError
 from models.lifecycle import MODEL_FORMAT, LifecycleModel, model_format
 
-REQUIREMENTS = ("numpy", "pandas", "scipy", "numba", "scikit-learn", "lightgbm", "duckdb", "pyarrow", "pydantic")
+REQUIREMENTS = ("lifetimes", "setuptools", "autograd", "numpy", "pandas", "scipy", "numba", "scikit-learn", "lightgbm",
+                "duckdb", "pyarrow", "pydantic")
 
 
 class LifecyclePyfunc(mlflow.pyfunc.PythonModel):

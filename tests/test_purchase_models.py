@@ -72,25 +72,6 @@ def test_pareto_nbd_reproduces_fader_and_hardie_on_the_published_sample(publishe
         assert model.params_[name] == pytest.approx(theirs.params_[name], rel=1e-4), name
 
 
-@pytest.mark.parametrize("name", ["bgnbd", "mbgnbd"])
-def test_bg_objectives_are_lifetimes_with_their_exact_gradient(name, published, master):
-    """BG/NBD's and MBG/NBD's objective, written out with its gradient: lifetimes' value to the last bit, and
-    autograd's gradient of lifetimes' function, near the CDNOW estimates and far from them, with and without a
-    penalizer, on the published sample (weeks) and the master log (days, up to 144 repeat purchases)."""
-    from autograd import value_and_grad
-
-    reference = value_and_grad(LIFETIMES[name]._negative_log_likelihood)
-    objective = PURCHASE_MODELS[name]()._objective()
-    for columns in (published, master[0]):
-        weights = np.arange(len(columns[0])) % 3 + 1.0
-        for point in ([-1.4, 1.5, -0.2, 0.9], [0.1, 0.1, 0.1, 0.1], [1.0, -2.0, 3.0, 4.0], [-3.0, 4.0, -2.0, -1.0]):
-            for penalizer in (0.0, 0.1):
-                value, gradient = objective(np.array(point), *columns, weights, penalizer)
-                their_value, their_gradient = reference(np.array(point), *columns, weights, penalizer)
-                assert value == their_value
-                np.testing.assert_allclose(gradient, their_gradient, rtol=1e-9, atol=1e-12)
-
-
 def test_pareto_nbds_gradient_is_the_objectives_slope(published, master):
     """Pareto/NBD's gradient (exact in alpha and beta, central differences in r and s) against the slope of its own
     objective measured with Richardson's extrapolation of central differences, in every log-parameter, near the
