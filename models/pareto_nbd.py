@@ -98,9 +98,13 @@ class ParetoNBD(PurchaseModel):
         nodes, weights = NODES
         y = low + (high - low) * (nodes[:, None, None] + 1) / 2  # nodes x rows x counts
         v = -np.expm1(-y)
-        density = (k - 1) * np.log(v) - shape * y - betaln(k, shape)  # Beta(v; k, r + x) dv / dy
-        stays = s * (np.log(beta + T) - y - np.log((beta + T) * np.exp(-y) + (alpha + T) * v))
-        return (high - low) / 2 * np.tensordot(weights, np.exp(density + stays), axes=1)
+        # log of Beta(v; k, r + x) dv / dy = v^(k - 1) e^(-(r + x) y) / B(k, r + x) times the chance of staying,
+        # g(v) = ((beta + T) e^-y / ((beta + T) e^-y + (alpha + T) v))^s, e^-y taken as 1 - v (where 1 - v is tiny
+        # and loses digits, its term is as tiny beside (alpha + T) v); one array pass per operation
+        fixed = s * np.log(beta + T) - betaln(k, shape)  # rows x counts
+        log_integrand = ((k - 1) * np.log(v) - (shape + s) * y + fixed
+                         - s * np.log((beta + T) * (1 - v) + (alpha + T) * v))
+        return (high - low) / 2 * np.tensordot(weights, np.exp(log_integrand), axes=1)
 
 
 def _log_likelihood(params, x, t_x, T, tails=None) -> np.ndarray:
