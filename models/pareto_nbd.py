@@ -127,9 +127,12 @@ def _value_and_gradient(log_params, x, t_x, T, weights, penalizer) -> tuple[floa
     differences in r and s. Seven evaluations of the tails, on the distinct (x, t) pairs found once."""
     tails, total = _tails(x, t_x, T), weights.sum()
 
-    def objective(point):
+    def value(params, ll) -> float:
+        return -(weights * ll).sum() / total + penalizer * (params ** 2).sum()
+
+    def objective(point) -> float:
         params = np.exp(point)
-        return -(weights * _log_likelihood(params, x, t_x, T, tails)).sum() / total + penalizer * (params ** 2).sum()
+        return value(params, _log_likelihood(params, x, t_x, T, tails))
 
     params = np.exp(log_params)
     r, alpha, s, beta = params
@@ -145,7 +148,7 @@ def _value_and_gradient(log_params, x, t_x, T, weights, penalizer) -> tuple[floa
         step = np.zeros(len(log_params))
         step[i] = STEP
         gradient[i] = (objective(log_params + step) - objective(log_params - step)) / (2 * STEP)
-    return -(weights * ll).sum() / total + penalizer * (params ** 2).sum(), gradient
+    return value(params, ll), gradient
 
 
 def _log_tail(params, x, t) -> np.ndarray:
