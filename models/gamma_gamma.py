@@ -155,11 +155,12 @@ def _value_and_gradient(log_params, x, m, weights, penalizer) -> tuple[float, np
     """
     params = np.exp(log_params)
     p, q, v = params
-    shape, spent = p * x + q, np.log(x * m + v)
-    values = (gammaln(p * x + q) - gammaln(p * x) - gammaln(q) + q * np.log(v) + (p * x - 1) * np.log(m)
-              + (p * x) * np.log(x) - (p * x + q) * spent) * weights
+    px = p * x
+    shape, log_m, log_x, spent = px + q, np.log(m), np.log(x), np.log(x * m + v)  # lifetimes' terms, as it forms them
+    values = (gammaln(shape) - gammaln(px) - gammaln(q) + q * np.log(v) + (px - 1) * log_m + px * log_x
+              - shape * spent) * weights
     value = -values.sum() / weights.sum() + penalizer * sum(params ** 2)
-    by_row = np.stack([x * (digamma(shape) - digamma(p * x) + np.log(m) + np.log(x) - spent),
+    by_row = np.stack([x * (digamma(shape) - digamma(px) + log_m + log_x - spent),
                        digamma(shape) - digamma(q) + np.log(v) - spent,
                        q / v - shape / (x * m + v)])
     return value, params * (-(by_row @ weights) / weights.sum() + 2 * penalizer * params)
