@@ -363,7 +363,8 @@ def test_report_writes_the_page_and_tables_and_says_what_it_cannot_show(trained,
 
 
 def test_ui_serves_the_local_store(trained):
-    """`lifecycle ui` is a real MLflow server on the run's store: the champion and the run's plots are there."""
+    """`lifecycle ui` is a real MLflow server on the run's store: the champion and the run's plots are there. It is
+    the server alone, without MLflow's job runners (a process each, importing MLflow: browsing needs none)."""
     folder, _ = trained
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -386,9 +387,23 @@ def test_ui_serves_the_local_store(trained):
         run_id = version["model_version"]["run_id"]
         listed = json.load(urlopen(f"{base}/artifacts/list?run_id={run_id}&path=plots", timeout=5))
         assert len([f for f in listed["files"] if f["path"].endswith(".png")]) == 10
+        started = _session(server.pid)  # the UI and what it started
+        assert any("mlflow" in c for c in started) and not [c for c in started if "huey" in c or "jobs" in c], started
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _session(leader: int) -> list[str]:
+    """The command lines of the running processes in the session that ``leader`` started (from /proc)."""
+    commands = []
+    for process in Path("/proc").glob("[0-9]*"):
+        try:
+            if os.getsid(int(process.name)) == leader:
+                commands.append((process / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # ended meanwhile
+            continue
+    return commands
 
 
 def test_train_as_of_a_past_day_is_never_promoted_over_newer_data(trained, cli):
