@@ -39,7 +39,6 @@ from models.lifecycle import MODEL_FORMAT, model_format
 from training.backtest import Bootstrap, absolute_error, gini, roc_auc
 from training.base import Base
 from training.judging import EvaluationTwin, judge, track_record_rows
-from training.plots import figures
 from training.tables import Sample
 from training.train import TrainingResult
 
@@ -128,6 +127,8 @@ def record(result: TrainingResult, params: dict[str, object], summary: dict[str,
             twin = Path(tmp) / Path(TWIN_ARTIFACT).name
             twin.write_bytes(pickle.dumps(result.twins))
             mlflow.log_artifact(str(twin), str(Path(TWIN_ARTIFACT).parent))
+        from training.plots import figures  # matplotlib: here, not in the commands that only read the registry
+
         for name, figure in figures(result).items():
             mlflow.log_figure(figure, f"{PLOTS}/{name}.png")
         with _quiet_registration():
