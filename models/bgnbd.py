@@ -10,8 +10,11 @@ the next t are ``(a + b~ + x) / (a - 1) [1 - (1 - z)^(a - 1) 2F1(a + b~ - r, a -
 P(alive)``: the papers' expression after Euler's transformation of its 2F1, whose parameters then no
 longer grow with x (the papers' form overflows for customers with hundreds of purchases).
 
-The fit maximizes ``lifetimes``' own likelihood with its gradient (autograd): the same estimates
-as ``BetaGeoFitter``, which tests/test_btyd.py guards against the published CDNOW numbers.
+The fit maximizes ``lifetimes``' own likelihood with autograd's gradient of it, written out
+(``_value_and_gradient``): the same floating-point operations, in the same order, as autograd's backward
+pass over ``BetaGeoFitter._negative_log_likelihood``, so the same value and gradient to the last bit
+(tested at many points) and the same estimates, without autograd's tracing (several times the arithmetic).
+tests/test_btyd.py guards them against the published CDNOW numbers.
 
 The distribution of future purchases: given alive and the history, ``lambda ~ Gamma(r + x, alpha
 + T)`` and ``p ~ Beta(a, b~ + 1 + x)``, independent. The next t holds N ~ NB(r + x, (alpha + T) /
@@ -25,9 +28,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from autograd import value_and_grad
 from lifetimes import BetaGeoFitter
-from scipy.special import betainc, betaln, expit, gammaln, hyp2f1
+from scipy.special import betainc, betaln, expit, gammaln, hyp2f1, psi
 
 from models.btyd import PurchaseModel
 from models.likelihood import Objective
@@ -50,7 +52,7 @@ class BGNBD(PurchaseModel):
     most: ClassVar[dict[str, float]] = {"a": 100.0}
 
     def _objective(self) -> Objective:
-        return value_and_grad(self._fitter._negative_log_likelihood)
+        return _value_and_gradient
 
     def _log_likelihood(self, params, x, t_x, T):
         r, alpha, a, b = params
@@ -91,3 +93,48 @@ class BGNBD(PurchaseModel):
         staying = np.exp(betaln(a, stays + first - 1) - betaln(a, stays)) * np.cumprod(
             np.hstack([one, (stays + steps - 1) / (a + stays + steps - 1)]), axis=1)
         return np.maximum(arrivals, 0) * staying
+
+
+def _sum(values: np.ndarray) -> np.float64:
+    """A row array's contribution to a parameter, summed as autograd sums it (``np.sum`` along axis 0)."""
+    return np.sum(values, axis=0)
+
+
+def _value_and_gradient(log_params, freq, rec, T, weights, penalizer) -> tuple[float, np.ndarray]:
+    """``BetaGeoFitter._negative_log_likelihood`` and autograd's gradient of it in the log-parameters, bit for bit:
+    lifetimes' forward expressions, then each node's share of the gradient as autograd's backward pass forms it, and
+    each parameter's shares added in the order that pass adds them (the later use first)."""
+    params = np.exp(log_params)
+    r, alpha, a, b = params
+    r_1, log_alpha = r + freq, np.log(alpha)
+    A_1 = gammaln(r_1) - gammaln(r) + r * log_alpha
+    a_b, b_x, a_b_x = a + b, b + freq, a + b + freq
+    A_2 = gammaln(a_b) + gammaln(b_x) - gammaln(b) - gammaln(a_b_x)
+    r_3, alpha_T = r + freq, alpha + T
+    log_alpha_T, minus_r_3 = np.log(alpha_T), -r_3
+    A_3 = minus_r_3 * log_alpha_T
+    b_1 = b + np.maximum(freq, 1) - 1
+    r_4, rec_alpha = r + freq, rec + alpha
+    log_rec_alpha = np.log(rec_alpha)
+    A_4 = np.log(a) - np.log(b_1) - r_4 * log_rec_alpha
+    top = np.maximum(A_3, A_4)
+    e_3, e_4, repeat = np.exp(A_3 - top), np.exp(A_4 - top), freq > 0
+    inside = e_3 + e_4 * repeat
+    total = weights.sum()
+    value = -(weights * (A_1 + A_2 + np.log(inside) + top)).sum() / total + penalizer * sum(params ** 2)
+    g = weights * (np.reshape(-(1.0 / total), ()) + np.zeros(np.shape(inside)))  # each row's share of the mean
+    g_e_3 = e_3 * (g / inside)
+    g_e_4 = e_4 * (repeat * (g / inside))
+    g_top = g + -g_e_4 + -g_e_3
+    g_A_4 = g_e_4 + g_top * ((top == A_4) / (1.0 + (A_4 == A_3)))
+    g_A_3 = g_e_3 + g_top * ((top == A_3) / (1.0 + (A_3 == A_4)))
+    g_sum = _sum(g)
+    g_a_b_x = _sum(-g * psi(a_b_x))
+    g_a_b = g_sum * psi(a_b)
+    g_r = (_sum(log_rec_alpha * -g_A_4) + _sum(-(log_alpha_T * g_A_3)) + log_alpha * g_sum
+           + _sum(-g) * psi(r) + _sum(g * psi(r_1)))
+    g_alpha = _sum(r_4 * -g_A_4 / rec_alpha) + _sum(minus_r_3 * g_A_3 / alpha_T) + r * g_sum / alpha
+    g_a = _sum(g_A_4) / a + g_a_b_x + g_a_b
+    g_b = _sum(-g_A_4 / b_1) + g_a_b_x + _sum(-g) * psi(b) + _sum(g * psi(b_x)) + g_a_b
+    gradient = np.full(4, penalizer * 1.0) * 2 * params ** 1.0 + np.array([g_r, g_alpha, g_a, g_b])
+    return value, params * gradient

@@ -120,6 +120,37 @@ def test_gamma_gammas_objective_is_lifetimes_with_its_exact_gradient(published):
             np.testing.assert_allclose(gradient, their_gradient, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("model", ["bgnbd", "mbgnbd"])
+def test_bg_objectives_are_autograds_of_lifetimes_bit_for_bit(model, published):
+    """BG/NBD's and MBG/NBD's objectives, written out, give lifetimes' value and autograd's gradient of it to the last
+    bit (so the fits' paths and estimates are the ones autograd gave): on CDNOW's published sample with weights and on
+    random rows, at points near the estimates and far out, with and
+    without a penalizer."""
+    from autograd import value_and_grad
+    from lifetimes import ModifiedBetaGeoFitter
+
+    from models import bgnbd, mbgnbd
+
+    fitter, objective = {"bgnbd": (BetaGeoFitter, bgnbd._value_and_gradient),
+                         "mbgnbd": (ModifiedBetaGeoFitter, mbgnbd._value_and_gradient)}[model]
+    reference = value_and_grad(fitter._negative_log_likelihood)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 8, 300).astype(float)
+    age = rng.uniform(1, 80, 300)
+    rows = [(published.x.to_numpy(float), published.t_x.to_numpy(float), published["T"].to_numpy(float)),
+            (x, np.where(x > 0, age * rng.uniform(0, 1, 300), 0.0), age)]
+    points = [np.log([0.24, 4.4, 0.79, 2.4]), np.zeros(4), *rng.normal(0, 2.5, (40, 4))]
+    for columns in rows:
+        weights = np.arange(len(columns[0])) % 3 + 1.0
+        for k, point in enumerate(points):
+            penalizer = (0.0, 0.001, 0.1)[k % 3]
+            with np.errstate(all="ignore"):
+                value, gradient = objective(point, *columns, weights, penalizer)
+                their_value, their_gradient = reference(point, *columns, weights, penalizer)
+            assert np.array_equal(value, their_value, equal_nan=True), (model, point)
+            assert np.array_equal(gradient, their_gradient, equal_nan=True), (model, point, gradient - their_gradient)
+
+
 def test_the_last_bit_of_the_mean_spends_does_not_reach_gamma_gamma(published):
     """Mean spends from parallel sums differ in their last bit from run to run; the same data give the same fit."""
     x, m = published.x.to_numpy(), published.zbar.to_numpy()
