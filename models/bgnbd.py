@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-from lifetimes import BetaGeoFitter
 from scipy.special import betainc, betaln, expit, gammaln, hyp2f1, psi
 
 from models.btyd import PurchaseModel
@@ -42,7 +41,6 @@ class BGNBD(PurchaseModel):
     label = "BG/NBD"
     parameters = ("r", "alpha", "a", "b")
     time_parameters = ("alpha",)
-    _fitter: ClassVar[type] = BetaGeoFitter
     # Drop-out chances before the x-th repeat purchase: x for BG/NBD, x + 1 for MBG/NBD (also at the first).
     _first_purchase_chance: ClassVar[int] = 0
     # Where customers' drop-out probabilities barely differ, a and b run off together (a / (a + b), the mean, fixed)
@@ -122,7 +120,7 @@ def _value_and_gradient(log_params, freq, rec, T, weights, penalizer) -> tuple[f
     inside = e_3 + e_4 * repeat
     total = weights.sum()
     value = -(weights * (A_1 + A_2 + np.log(inside) + top)).sum() / total + penalizer * sum(params ** 2)
-    g = weights * (np.reshape(-(1.0 / total), ()) + np.zeros(np.shape(inside)))  # each row's share of the mean
+    g = weights * -(1.0 / total)  # each row's share of the mean's gradient
     g_e_3 = e_3 * (g / inside)
     g_e_4 = e_4 * (repeat * (g / inside))
     g_top = g + -g_e_4 + -g_e_3
@@ -136,5 +134,5 @@ def _value_and_gradient(log_params, freq, rec, T, weights, penalizer) -> tuple[f
     g_alpha = _sum(r_4 * -g_A_4 / rec_alpha) + _sum(minus_r_3 * g_A_3 / alpha_T) + r * g_sum / alpha
     g_a = _sum(g_A_4) / a + g_a_b_x + g_a_b
     g_b = _sum(-g_A_4 / b_1) + g_a_b_x + _sum(-g) * psi(b) + _sum(g * psi(b_x)) + g_a_b
-    gradient = np.full(4, penalizer * 1.0) * 2 * params ** 1.0 + np.array([g_r, g_alpha, g_a, g_b])
+    gradient = 2 * penalizer * params + np.array([g_r, g_alpha, g_a, g_b])
     return value, params * gradient

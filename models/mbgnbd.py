@@ -11,7 +11,6 @@ BG/NBD's (bit for bit, tested): the same estimates.
 from __future__ import annotations
 
 import numpy as np
-from lifetimes import ModifiedBetaGeoFitter
 from scipy.special import gammaln, psi
 
 from models.bgnbd import BGNBD, _sum
@@ -23,7 +22,6 @@ class MBGNBD(BGNBD):
 
     name = "mbgnbd"
     label = "MBG/NBD"
-    _fitter = ModifiedBetaGeoFitter
     _first_purchase_chance = 1
 
     def _objective(self) -> Objective:
@@ -48,7 +46,7 @@ def _value_and_gradient(log_params, freq, rec, T, weights, penalizer) -> tuple[f
     gone = np.logaddexp(A_4, 0)
     total = weights.sum()
     value = -(weights * (A_1 + A_2 + A_3 + gone)).sum() / total + penalizer * sum(params ** 2)
-    g = weights * (np.reshape(-(1.0 / total), ()) + np.zeros(np.shape(gone)))  # each row's share of the mean
+    g = weights * -(1.0 / total)  # each row's share of the mean's gradient
     g_A_4 = g * np.exp(A_4 - gone)
     g_stretch = r_4 * g_A_4
     g_sum = _sum(g)
@@ -60,5 +58,5 @@ def _value_and_gradient(log_params, freq, rec, T, weights, penalizer) -> tuple[f
                + r * g_sum / alpha)
     g_a = _sum(g_A_4) / a + g_a_b_x_1 + g_a_b
     g_b = _sum(-g_A_4 / b_x) + g_a_b_x_1 + _sum(-g) * psi(b) + _sum(g * psi(b_x_1)) + g_a_b
-    gradient = np.full(4, penalizer * 1.0) * 2 * params ** 1.0 + np.array([g_r, g_alpha, g_a, g_b])
+    gradient = 2 * penalizer * params + np.array([g_r, g_alpha, g_a, g_b])
     return value, params * gradient

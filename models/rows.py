@@ -33,7 +33,7 @@ def unique_rows(*columns: np.ndarray, weights: np.ndarray | None = None
     Rows are hashed to 64 bits and the hashes factorized, many times faster than the sort behind
     ``np.unique(axis=0)``; every row is then checked against its representative, and a hash
     collision (never seen, but possible) falls back to the exact sort. The distinct rows come out
-    sorted because lifetimes' likelihood evaluates ~1.5x faster on sorted input.
+    sorted: the likelihoods sum over them in this order, which fixes the fits' last bits.
     """
     hashes = pd.util.hash_pandas_object(pd.DataFrame(dict(enumerate(columns))), index=False).to_numpy()
     inverse, _ = pd.factorize(hashes)

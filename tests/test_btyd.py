@@ -124,8 +124,7 @@ def test_gamma_gammas_objective_is_lifetimes_with_its_exact_gradient(published):
 def test_bg_objectives_are_autograds_of_lifetimes_bit_for_bit(model, published):
     """BG/NBD's and MBG/NBD's objectives, written out, give lifetimes' value and autograd's gradient of it to the last
     bit (so the fits' paths and estimates are the ones autograd gave): on CDNOW's published sample with weights and on
-    random rows, at points near the estimates and far out, with and
-    without a penalizer."""
+    random rows, at points near the estimates and far out, with and without a penalizer."""
     from autograd import value_and_grad
     from lifetimes import ModifiedBetaGeoFitter
 
